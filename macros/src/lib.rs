@@ -1,0 +1,406 @@
+//! The `#[static_call]` attribute. An implementation detail of the
+//! `static_call` crate, which re-exports it: depend on that crate instead.
+//!
+//! The expansion names nothing but `::static_call::__private`, and leaves
+//! every platform decision to that crate (its `backend!` macro picks the
+//! inline-asm or the portable body by its own `cfg`).
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::parse::{Parse, ParseStream};
+use syn::spanned::Spanned;
+use syn::visit_mut::VisitMut;
+use syn::{Attribute, Expr, Ident, ReturnType, Token, Type, TypeBareFn, Visibility};
+
+/// Declares a static call key.
+///
+/// ```ignore
+/// #[static_call]
+/// pub static HASH: extern "C" fn(u64) -> u64 = fnv1a;   // with a default target
+/// #[static_call]
+/// static ON_EVENT: extern "C" fn(u32);                   // with no target yet
+/// #[static_call(out_of_line)]
+/// static BIG: extern "C" fn(Big) -> Big = big;           // any C signature
+/// ```
+///
+/// See the `static_call` crate for the rules.
+#[proc_macro_attribute]
+pub fn static_call(args: proc_macro::TokenStream, input: proc_macro::TokenStream) -> proc_macro::TokenStream {
+    let args = TokenStream::from(args);
+    let input = TokenStream::from(input);
+    match expand(args, input) {
+        Ok(t) => t.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+const FORMS: &str = "expected `static NAME: extern \"C\" fn(..) -> R = target;` or `static NAME: extern \"C\" fn(..);` \
+                     (no target; return type `()` or zeroable)";
+
+struct Decl {
+    attrs: Vec<Attribute>,
+    vis: Visibility,
+    ident: Ident,
+    ty: Type,
+    target: Option<Expr>,
+}
+
+impl Parse for Decl {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let attrs = input.call(Attribute::parse_outer)?;
+        let vis: Visibility = input.parse()?;
+        if input.peek(Token![const]) {
+            return Err(input.error(format!("#[static_call] goes on a `static`, not a `const`: {FORMS}")));
+        }
+        if !input.peek(Token![static]) {
+            return Err(input.error(format!("#[static_call] goes on a `static` item: {FORMS}")));
+        }
+        input.parse::<Token![static]>()?;
+        if input.peek(Token![mut]) {
+            let m: Token![mut] = input.parse()?;
+            return Err(syn::Error::new(
+                m.span,
+                "a static call key cannot be `static mut`: retarget it with `KEY.update(f)`, which is safe and \
+                 patches every call site",
+            ));
+        }
+        let ident: Ident = input.parse()?;
+        input.parse::<Token![:]>()?;
+        let ty: Type = input.parse()?;
+        let target = if input.peek(Token![=]) {
+            input.parse::<Token![=]>()?;
+            Some(input.parse()?)
+        } else {
+            None
+        };
+        input.parse::<Token![;]>()?;
+        Ok(Decl { attrs, vis, ident, ty, target })
+    }
+}
+
+#[derive(Default)]
+struct Args {
+    out_of_line: bool,
+}
+
+fn parse_args(args: TokenStream) -> syn::Result<Args> {
+    let mut out = Args::default();
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("out_of_line") {
+            out.out_of_line = true;
+            Ok(())
+        } else {
+            Err(meta.error(
+                "unknown argument; the valid forms are `#[static_call]` and `#[static_call(out_of_line)]`",
+            ))
+        }
+    });
+    syn::parse::Parser::parse2(parser, args)?;
+    Ok(out)
+}
+
+/// How a value travels at an inline site.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Class {
+    Integer,
+    Float,
+}
+
+fn classify(ty: &Type) -> Class {
+    match ty {
+        Type::Path(p) if p.qself.is_none() && (p.path.is_ident("f32") || p.path.is_ident("f64")) => Class::Float,
+        Type::Paren(p) => classify(&p.elem),
+        Type::Group(g) => classify(&g.elem),
+        _ => Class::Integer,
+    }
+}
+
+fn is_unit(ret: &ReturnType) -> bool {
+    match ret {
+        ReturnType::Default => true,
+        ReturnType::Type(_, t) => matches!(&**t, Type::Tuple(t) if t.elems.is_empty()),
+    }
+}
+
+/// The return type with every lifetime made `'static`, for the
+/// `Key<F, R>` type parameter.
+fn static_ret(ret: &ReturnType) -> Type {
+    struct Staticize;
+    impl VisitMut for Staticize {
+        fn visit_lifetime_mut(&mut self, l: &mut syn::Lifetime) {
+            *l = syn::Lifetime::new("'static", l.span());
+        }
+        fn visit_type_reference_mut(&mut self, r: &mut syn::TypeReference) {
+            if r.lifetime.is_none() {
+                r.lifetime = Some(syn::Lifetime::new("'static", r.and_token.span));
+            }
+            syn::visit_mut::visit_type_reference_mut(self, r);
+        }
+    }
+    match ret {
+        ReturnType::Default => syn::parse_quote!(()),
+        ReturnType::Type(_, t) => {
+            let mut t = (**t).clone();
+            Staticize.visit_type_mut(&mut t);
+            t
+        }
+    }
+}
+
+const INT_REGS: [&str; 6] = ["rdi", "rsi", "rdx", "rcx", "r8", "r9"];
+const FLOAT_REGS: [&str; 8] = ["xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7"];
+
+fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
+    let args = parse_args(args)?;
+    let decl: Decl = syn::parse2(input)?;
+    let Decl { attrs, vis, ident, ty, target } = &decl;
+
+    let Type::BareFn(f) = ty else {
+        return Err(syn::Error::new(
+            ty.span(),
+            "a static call key's type is a function pointer: `extern \"C\" fn(..) -> R` (or `unsafe extern \"C\" fn`)",
+        ));
+    };
+    check_abi(f, args.out_of_line)?;
+    if let Some(v) = &f.variadic {
+        return Err(syn::Error::new(v.span(), "variadic targets cannot be static calls"));
+    }
+    if let ReturnType::Type(_, t) = &f.output {
+        if let Type::Never(n) = &**t {
+            return Err(syn::Error::new(n.span(), "a static call target cannot return `!`"));
+        }
+    }
+
+    let marker = format_ident!("__static_call_{}", ident);
+    let key = format_ident!("__STATIC_CALL_KEY_{}", ident);
+    let sc = quote!(::static_call::__private);
+    let unit = is_unit(&f.output);
+    let ret_static = static_ret(&f.output);
+    let ret_ty = match &f.output {
+        ReturnType::Default => quote!(()),
+        ReturnType::Type(_, t) => quote!(#t),
+    };
+    let unsafety = &f.unsafety;
+    let lifetimes = f.lifetimes.as_ref().map(|b| {
+        let l = &b.lifetimes;
+        quote!(<#l>)
+    });
+    let arg_names: Vec<Ident> = (0..f.inputs.len()).map(|i| format_ident!("__arg{}", i)).collect();
+    let arg_tys: Vec<&Type> = f.inputs.iter().map(|a| &a.ty).collect();
+
+    // The key: its slot starts at the default target, or null.
+    let no_target = if unit { quote!(#sc::NoTarget::Nop) } else { quote!(#sc::NoTarget::Zero) };
+    let (init, zero_check, form) = match target {
+        Some(t) => (
+            quote!({
+                const __TARGET: #ty = #t;
+                __TARGET as *mut ()
+            }),
+            quote!(),
+            quote!(target),
+        ),
+        None => {
+            let span = match &f.output {
+                ReturnType::Default => ident.span(),
+                ReturnType::Type(_, t) => t.span(),
+            };
+            (
+                quote!(::core::ptr::null_mut()),
+                quote_spanned!(span=> const _: () = #sc::assert_zeroable::<#ret_static>();),
+                if unit { quote!(unit) } else { quote!(zero) },
+            )
+        }
+    };
+
+    let inline_body = if args.out_of_line {
+        quote!({
+            // SAFETY: the trampoline jumps to a target of type `#ty` (or does
+            // nothing and returns zero, which needs `Zeroable`), so calling it
+            // as one is calling the target.
+            let __f = unsafe { ::core::mem::transmute::<*const (), #ty>(#sc::trampoline_addr!(#key)) };
+            #[allow(unused_unsafe)]
+            unsafe { __f(#(#arg_names),*) }
+        })
+    } else {
+        inline_site(f, &key, &arg_names, &arg_tys, unit)?
+    };
+
+    let portable_body = quote!({
+        let __p = #key.__raw().load();
+        if __p.is_null() {
+            // SAFETY: a null slot means the return type is `Zeroable` (see
+            // `zeroed_return`).
+            unsafe { #sc::zeroed_return::<#ret_ty>() }
+        } else {
+            // SAFETY: a non-null slot holds a `#ty`.
+            let __f = unsafe { ::core::mem::transmute::<*mut (), #ty>(__p) };
+            #[allow(unused_unsafe)]
+            unsafe { __f(#(#arg_names),*) }
+        }
+    });
+
+    let doc_call = format!(
+        "Calls the current target of [`{ident}`]{}: an inline call site.",
+        if args.out_of_line { " through its trampoline" } else { "" }
+    );
+
+    Ok(quote! {
+        #(#attrs)*
+        #vis static #ident: #marker = #marker(());
+
+        #[doc(hidden)]
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy)]
+        #vis struct #marker(());
+
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        static #key: #sc::Key<#ty, #ret_static> =
+            // SAFETY: `#ty` is an `extern "C"` function pointer type returning
+            // `#ret_static` up to lifetimes (checked above); the target is one
+            // of them, or null with a zeroable return (checked below).
+            unsafe { #sc::Key::__new(#init, #no_target) };
+
+        #zero_check
+
+        #sc::backend! {
+            inline { #sc::trampoline!(#key, #form); }
+            portable {}
+        }
+
+        impl #marker {
+            #[doc = #doc_call]
+            #[inline(always)]
+            #[allow(clippy::too_many_arguments, clippy::missing_safety_doc)]
+            #vis #unsafety fn call #lifetimes (self, #(#arg_names: #arg_tys),*) -> #ret_ty {
+                #sc::backend! {
+                    inline { #inline_body }
+                    portable { #portable_body }
+                }
+            }
+        }
+
+        impl ::core::ops::Deref for #marker {
+            type Target = #sc::Key<#ty, #ret_static>;
+            #[inline(always)]
+            fn deref(&self) -> &Self::Target {
+                &#key
+            }
+        }
+
+        impl #sc::StaticCall for #marker {
+            type Fn = #ty;
+            type Ret = #ret_static;
+            #[inline(always)]
+            fn key(&self) -> &'static #sc::Key<#ty, #ret_static> {
+                &#key
+            }
+        }
+    })
+}
+
+fn check_abi(f: &TypeBareFn, out_of_line: bool) -> syn::Result<()> {
+    let name = f.abi.as_ref().map(|a| a.name.as_ref().map_or("C".to_string(), |n| n.value()));
+    let ok = match name.as_deref() {
+        Some("C") => true,
+        Some("C-unwind") => out_of_line,
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    let span = f.abi.as_ref().map_or(f.fn_token.span, |a| a.span());
+    let msg = match name.as_deref() {
+        Some("C-unwind") => "`extern \"C-unwind\"` targets are allowed only with #[static_call(out_of_line)]: \
+                             an inline site's asm cannot be unwound through"
+            .to_string(),
+        Some(other) => format!(
+            "static call targets must be `extern \"C\" fn`, not `extern \"{other}\"`: the call site passes \
+             arguments by the C calling convention"
+        ),
+        None => "static call targets must be `extern \"C\" fn`: the call site passes arguments by the C calling \
+                 convention, which a Rust `fn` does not promise; write `extern \"C\" fn(..)`"
+            .to_string(),
+    };
+    Err(syn::Error::new(span, msg))
+}
+
+/// The body of an inline call: the asm site with each argument bound to its
+/// System V register.
+fn inline_site(f: &TypeBareFn, key: &Ident, names: &[Ident], tys: &[&Type], unit: bool) -> syn::Result<TokenStream> {
+    let sc = quote!(::static_call::__private);
+    let mut operands = Vec::new();
+    let (mut ints, mut floats) = (0, 0);
+    for (name, ty) in names.iter().zip(tys) {
+        match classify(ty) {
+            Class::Integer => {
+                let Some(reg) = INT_REGS.get(ints) else {
+                    return Err(syn::Error::new(
+                        ty.span(),
+                        format!(
+                            "an inline static call site passes at most {} integer-class arguments in registers, \
+                             and this is number {}: pass a reference to a struct instead, or declare the key \
+                             #[static_call(out_of_line)]",
+                            INT_REGS.len(),
+                            ints + 1
+                        ),
+                    ));
+                };
+                ints += 1;
+                operands.push(quote_spanned!(ty.span()=>
+                    in(#reg) <#ty as #sc::IntegerRegister>::into_register(#name),
+                ));
+            }
+            Class::Float => {
+                let Some(reg) = FLOAT_REGS.get(floats) else {
+                    return Err(syn::Error::new(
+                        ty.span(),
+                        format!(
+                            "an inline static call site passes at most {} floating-point arguments in \
+                             registers, and this is number {}: pass a reference instead, or declare the key \
+                             #[static_call(out_of_line)]",
+                            FLOAT_REGS.len(),
+                            floats + 1
+                        ),
+                    ));
+                };
+                floats += 1;
+                operands.push(quote_spanned!(ty.span()=> in(#reg) #name,));
+            }
+        }
+    }
+    let ret = match (&f.output, unit) {
+        (_, true) => None,
+        (ReturnType::Type(_, t), false) => Some((t, classify(t))),
+        (ReturnType::Default, false) => unreachable!("no return type is unit"),
+    };
+    let (decl, out, result) = match ret {
+        None => (quote!(), quote!(), quote!(())),
+        Some((t, Class::Float)) => (
+            quote!(let __ret: #t;),
+            quote!(lateout("xmm0") __ret,),
+            quote!(__ret),
+        ),
+        Some((t, Class::Integer)) => (
+            quote!(let __ret: u64;),
+            quote!(lateout("rax") __ret,),
+            quote_spanned!(t.span()=>
+                // SAFETY: `rax` holds what the target, of return type `#t`,
+                // returned (or zero with no target, for a `Zeroable` type).
+                unsafe { <#t as #sc::IntegerRegister>::from_register(__ret) }
+            ),
+        ),
+    };
+    Ok(quote!({
+        #decl
+        // SAFETY: the site calls the key's trampoline, or (patched) its
+        // target, an `extern "C"` function of exactly this signature: each
+        // argument is bound to its System V register, all caller-saved
+        // registers are clobbered, and the stack is left usable (no
+        // `nostack`), as a call needs.
+        unsafe {
+            #sc::site!(#key; #(#operands)* #out);
+        }
+        #result
+    }))
+}

@@ -1,0 +1,84 @@
+//! What the macro's expansion uses. Not public API: no stability promise.
+//!
+//! # Safety
+//!
+//! `zeroed_return` produces an all-zero value of a return type; the macro
+//! calls it only where the key's slot is null, which only a declaration
+//! without target or `reset` can make so, and both require `R: Zeroable`
+//! (the call site's return type up to lifetimes).
+#![allow(unsafe_code)]
+
+pub use crate::abi::{FloatRegister, IntegerRegister, Zeroable};
+pub use crate::key::{Key, NoTarget, RawKey, StaticCall};
+pub use core;
+
+/// Expands to its `inline` arm where sites are patched, else to its
+/// `portable` arm: the backend is this crate's choice, made by its own
+/// `cfg`, not the caller's.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_backend {
+    (inline { $($i:tt)* } portable { $($p:tt)* }) => { $($i)* };
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"))))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_backend {
+    (inline { $($i:tt)* } portable { $($p:tt)* }) => { $($p)* };
+}
+
+pub use crate::__static_call_backend as backend;
+#[cfg(target_arch = "x86_64")]
+pub use crate::{
+    __static_call_x86_64_site as site, __static_call_x86_64_trampoline as trampoline,
+    __static_call_x86_64_trampoline_addr as trampoline_addr,
+};
+
+/// The value a call returns while its key has no target.
+///
+/// # Safety
+///
+/// All-zero bits must be a valid `R`: the key's slot is null, which only a
+/// declaration without target or `reset` can make so, both bounded by
+/// `Zeroable` on `R` (up to lifetimes).
+#[inline(always)]
+pub unsafe fn zeroed_return<R>() -> R {
+    // SAFETY: the caller's contract.
+    unsafe { core::mem::zeroed() }
+}
+
+/// Compile-time checks, instantiated with spans on the user's types.
+pub const fn assert_zeroable<R: Zeroable + ?Sized>() {}
+/// As above.
+pub const fn assert_integer<T: IntegerRegister>() {}
+/// As above.
+pub const fn assert_float<T: FloatRegister>() {}
+
+/// Test hook: `hook` runs first in the SIGTRAP handler for every trap at one
+/// of our addresses (so a test can hold a thread on the breakpoint). It must
+/// be async-signal-safe.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+pub fn set_trap_hook(hook: Option<extern "C" fn()>) {
+    crate::patch::set_trap_hook(hook)
+}
+
+/// The address of a key's trampoline, for introspection and tests.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+pub fn trampoline_of<F: Copy, R>(key: &'static Key<F, R>) -> Option<usize> {
+    crate::patch::trampoline(key.__raw())
+}
+
+/// Disassembles one instruction (introspection, the demo).
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+pub fn disassemble(at: usize, bytes: &[u8]) -> String {
+    crate::patch::disassemble(at, bytes)
+}
+
+/// One `membarrier` SYNC_CORE call: the floor an update cannot go below,
+/// for benchmarks.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+pub fn sync_core_once() -> Result<(), crate::Error> {
+    crate::os::linux::membarrier::sync_core_once()
+}

@@ -1,0 +1,3 @@
+//! Instruction encodings, per architecture.
+
+pub mod x86_64;

@@ -1,0 +1,290 @@
+//! x86-64 encodings of every instruction this crate writes, and the assembly
+//! templates the macro expands to.
+//!
+//! Everything here is pure: functions from addresses to bytes and back. The
+//! property tests at the bottom check each encoder against the iced-x86 decoder,
+//! and `tests/encodings.rs` checks that what the assembler emitted for the
+//! templates is what these functions say it is.
+//!
+//! Every patchable instruction is exactly [`INSN_LEN`] bytes long and is one
+//! instruction: a thread preempted anywhere can only ever be at its first byte or
+//! past it, never inside it. That is what makes the int3 protocol sound.
+
+/// Length of every patchable instruction (a site, or the head of a trampoline).
+pub const INSN_LEN: usize = 5;
+
+/// `int3`, the breakpoint that guards an instruction while it is rewritten.
+pub const INT3: u8 = 0xcc;
+/// `call rel32`.
+pub const CALL_REL32: u8 = 0xe8;
+/// `jmp rel32`.
+pub const JMP_REL32: u8 = 0xe9;
+/// The five-byte `nop dword ptr [rax+rax*1+0x0]`.
+pub const NOP5: [u8; INSN_LEN] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
+/// `cs cs cs xor eax, eax`: zeroes `rax` in one five-byte instruction (the
+/// Linux kernel's `xor5rax`).
+pub const XOR5RAX: [u8; INSN_LEN] = [0x2e, 0x2e, 0x2e, 0x31, 0xc0];
+/// `ret` padded with `int3` to five bytes.
+pub const RET5: [u8; INSN_LEN] = [0xc3, INT3, INT3, INT3, INT3];
+
+/// Byte size of a trampoline (and its alignment).
+pub const TRAMP_SIZE: usize = 32;
+/// Offset of `jmp qword ptr [rip + slot]` within a trampoline.
+pub const TRAMP_FAR_OFFSET: usize = 8;
+/// Offset of the 32-bit displacement of that jump.
+pub const TRAMP_FAR_DISP_OFFSET: usize = TRAMP_FAR_OFFSET + 2;
+/// Offset of the first byte after that jump (the base of its displacement).
+pub const TRAMP_FAR_END: usize = TRAMP_FAR_OFFSET + 6;
+/// The bytes of a trampoline from [`INSN_LEN`] on, with the displacement of the
+/// far jump left zero: `ret` (reached after `xor5rax`), two `int3`, `jmp [rip +
+/// slot]`, `ud1 esp, ecx` (stops straight-line speculation, and is the kernel's
+/// trampoline signature), then our own signature `"SCALL"` and version 1.
+pub const TRAMP_TAIL: [u8; TRAMP_SIZE - INSN_LEN] = [
+    0xc3, INT3, INT3, // +5: ret; int3; int3
+    0xff, 0x25, 0, 0, 0, 0, // +8: jmp qword ptr [rip + disp32]
+    0x0f, 0xb9, 0xcc, // +14: ud1 esp, ecx
+    b'S', b'C', b'A', b'L', b'L', 1, // +17: signature, version
+    INT3, INT3, INT3, INT3, INT3, INT3, INT3, INT3, INT3, // +23 .. +32
+];
+
+/// What a five-byte patchable instruction does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Insn {
+    /// `call target`.
+    Call(usize),
+    /// `jmp target` (trampolines only).
+    Jmp(usize),
+    /// Five-byte `nop`.
+    Nop,
+    /// `xor eax, eax` in five bytes.
+    Zero,
+    /// `ret` padded with `int3` (trampolines only).
+    Ret,
+}
+
+/// The displacement from the end of a five-byte branch at `at` to `target`, or
+/// `None` when `target` is out of reach (more than ±2 GiB away).
+pub fn rel32(at: usize, target: usize) -> Option<i32> {
+    let next = at.wrapping_add(INSN_LEN) as i64;
+    i32::try_from((target as i64).wrapping_sub(next)).ok()
+}
+
+/// Encodes `insn` as it would stand at address `at`; `None` when a branch
+/// target is out of rel32 reach.
+pub fn encode(at: usize, insn: Insn) -> Option<[u8; INSN_LEN]> {
+    let branch = |op: u8, target: usize| {
+        let d = rel32(at, target)?.to_le_bytes();
+        Some([op, d[0], d[1], d[2], d[3]])
+    };
+    match insn {
+        Insn::Call(t) => branch(CALL_REL32, t),
+        Insn::Jmp(t) => branch(JMP_REL32, t),
+        Insn::Nop => Some(NOP5),
+        Insn::Zero => Some(XOR5RAX),
+        Insn::Ret => Some(RET5),
+    }
+}
+
+/// Reads back what [`encode`] wrote at `at`; `None` for any other bytes.
+pub fn decode(at: usize, bytes: &[u8; INSN_LEN]) -> Option<Insn> {
+    let target = || {
+        let d = i32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+        at.wrapping_add(INSN_LEN).wrapping_add(d as isize as usize)
+    };
+    match *bytes {
+        NOP5 => Some(Insn::Nop),
+        XOR5RAX => Some(Insn::Zero),
+        RET5 => Some(Insn::Ret),
+        [CALL_REL32, ..] => Some(Insn::Call(target())),
+        [JMP_REL32, ..] => Some(Insn::Jmp(target())),
+        _ => None,
+    }
+}
+
+/// The whole expected image of the trampoline at `tramp` whose key slot is at
+/// `slot`, with `head` as its first five bytes. `None` if the slot is out of
+/// rel32 reach (which the linker would have refused).
+pub fn trampoline_image(tramp: usize, slot: usize, head: [u8; INSN_LEN]) -> Option<[u8; TRAMP_SIZE]> {
+    let mut image = [0u8; TRAMP_SIZE];
+    image[..INSN_LEN].copy_from_slice(&head);
+    image[INSN_LEN..].copy_from_slice(&TRAMP_TAIL);
+    let next = (tramp + TRAMP_FAR_END) as i64;
+    let disp = i32::try_from(slot as i64 - next).ok()?;
+    image[TRAMP_FAR_DISP_OFFSET..TRAMP_FAR_END].copy_from_slice(&disp.to_le_bytes());
+    Some(image)
+}
+
+/// The head of a trampoline that reaches `target` through its key's slot: a
+/// `jmp` to the far jump that follows.
+pub fn far_head(tramp: usize) -> [u8; INSN_LEN] {
+    encode(tramp, Insn::Jmp(tramp + TRAMP_FAR_OFFSET)).expect("a trampoline reaches itself")
+}
+
+/// Where a site's call instruction must start so that its rel32 is 4-byte
+/// aligned.
+pub fn well_placed(site: usize) -> bool {
+    (site + 1) % 4 == 0
+}
+
+/// Assembly templates. They are `macro_rules!` so that `asm!`/`global_asm!` see
+/// string literals; the byte values are those of the constants above, which
+/// `tests/encodings.rs` checks against the assembled text.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_x86_64_site {
+    // A call site: `cs` prefixes pad the call so that its rel32 is 4-byte
+    // aligned while it stays a single instruction, then `call rel32` to the
+    // key's trampoline (the byte forced, so the assembler cannot pick another
+    // form), and a record `{site - ., key - .}` in the site section.
+    ($key:path; $($operands:tt)*) => {
+        ::core::arch::asm!(
+            ".balign 4, 0x2e",
+            ".byte 0x2e, 0x2e, 0x2e",
+            "2:",
+            ".byte 0xe8",
+            ".long {__static_call_key}_sc_tramp - . - 4",
+            ".pushsection static_call_sites_v1, \"aR\", @progbits",
+            ".balign 4",
+            ".long 2b - .",
+            ".long {__static_call_key} - .",
+            ".popsection",
+            __static_call_key = sym $key,
+            $($operands)*
+            clobber_abi("C"),
+        )
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_x86_64_trampoline {
+    // The trampoline of a key: 32 bytes, 32-aligned, in its own section. The
+    // head is one of `jmp +3` (to the far jump, i.e. through the slot), `ret`
+    // padded with int3, or `xor5rax` (falling into the `ret` at +5).
+    ($key:path, target) => {
+        $crate::__static_call_x86_64_trampoline!(@emit $key, ".byte 0xe9, 0x03, 0x00, 0x00, 0x00");
+    };
+    ($key:path, unit) => {
+        $crate::__static_call_x86_64_trampoline!(@emit $key, ".byte 0xc3, 0xcc, 0xcc, 0xcc, 0xcc");
+    };
+    ($key:path, zero) => {
+        $crate::__static_call_x86_64_trampoline!(@emit $key, ".byte 0x2e, 0x2e, 0x2e, 0x31, 0xc0");
+    };
+    (@emit $key:path, $head:literal) => {
+        ::core::arch::global_asm!(
+            ".pushsection .text.static_call_tramp, \"ax\", @progbits",
+            ".balign 32, 0xcc",
+            ".globl {k}_sc_tramp",
+            ".hidden {k}_sc_tramp",
+            ".type {k}_sc_tramp, @function",
+            "{k}_sc_tramp:",
+            $head,
+            ".byte 0xc3, 0xcc, 0xcc",
+            "jmp qword ptr [rip + {k}]",
+            ".byte 0x0f, 0xb9, 0xcc",
+            ".ascii \"SCALL\"",
+            ".byte 1",
+            ".byte 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc",
+            ".size {k}_sc_tramp, 32",
+            ".popsection",
+            ".pushsection static_call_tramps_v1, \"aR\", @progbits",
+            ".balign 4",
+            ".long {k}_sc_tramp - .",
+            ".long {k} - .",
+            ".popsection",
+            k = sym $key,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_x86_64_trampoline_addr {
+    // The address of a key's trampoline, for `out_of_line` calls.
+    ($key:path) => {{
+        let t: *const ();
+        // SAFETY: `lea` only computes an address.
+        unsafe {
+            ::core::arch::asm!(
+                "lea {t}, [rip + {k}_sc_tramp]",
+                t = out(reg) t,
+                k = sym $key,
+                options(pure, nomem, nostack, preserves_flags),
+            )
+        };
+        t
+    }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic};
+    use proptest::prelude::*;
+
+    fn decode_iced(at: usize, bytes: &[u8]) -> iced_x86::Instruction {
+        let mut d = Decoder::with_ip(64, bytes, at as u64, DecoderOptions::NONE);
+        d.decode()
+    }
+
+    proptest! {
+        #[test]
+        fn branches_decode_to_their_target(at in 0x1000usize..(1usize << 46), off in any::<i32>(), call in any::<bool>()) {
+            let target = (at as i64 + 5 + off as i64) as usize;
+            let insn = if call { Insn::Call(target) } else { Insn::Jmp(target) };
+            let bytes = encode(at, insn).unwrap();
+            let i = decode_iced(at, &bytes);
+            prop_assert_eq!(i.len(), INSN_LEN);
+            prop_assert_eq!(i.mnemonic(), if call { Mnemonic::Call } else { Mnemonic::Jmp });
+            prop_assert_eq!(i.near_branch_target(), target as u64);
+            prop_assert_eq!(decode(at, &bytes), Some(insn));
+        }
+
+        #[test]
+        fn out_of_reach_targets_are_refused(at in 0x1000usize..(1usize << 40), far in (1u64 << 31)..(1u64 << 44)) {
+            let target = at + 5 + far as usize;
+            prop_assert_eq!(encode(at, Insn::Call(target)), None);
+            prop_assert_eq!(rel32(at, target), None);
+        }
+
+        #[test]
+        fn trampoline_far_jump_reads_the_slot(tramp in 0x1000usize..(1usize << 46), off in -(1i64 << 30)..(1i64 << 30)) {
+            let tramp = tramp & !31;
+            let slot = (tramp as i64 + off) as usize;
+            let image = trampoline_image(tramp, slot, far_head(tramp)).unwrap();
+            let head = decode_iced(tramp, &image);
+            prop_assert_eq!(head.near_branch_target(), (tramp + TRAMP_FAR_OFFSET) as u64);
+            let far = decode_iced(tramp + TRAMP_FAR_OFFSET, &image[TRAMP_FAR_OFFSET..]);
+            prop_assert_eq!(far.mnemonic(), Mnemonic::Jmp);
+            prop_assert_eq!(far.flow_control(), FlowControl::IndirectBranch);
+            prop_assert!(far.is_ip_rel_memory_operand());
+            prop_assert_eq!(far.ip_rel_memory_address(), slot as u64);
+        }
+    }
+
+    #[test]
+    fn fixed_forms_are_single_five_byte_instructions() {
+        let nop = decode_iced(0, &NOP5);
+        assert_eq!((nop.len(), nop.mnemonic()), (5, Mnemonic::Nop));
+        let xor = decode_iced(0, &XOR5RAX);
+        assert_eq!((xor.len(), xor.mnemonic()), (5, Mnemonic::Xor));
+        assert_eq!(xor.op0_register(), iced_x86::Register::EAX);
+        assert_eq!(xor.op1_register(), iced_x86::Register::EAX);
+        let ret = decode_iced(0, &RET5);
+        assert_eq!(ret.mnemonic(), Mnemonic::Ret);
+        // The byte after xor5rax in a trampoline is the `ret` it falls into.
+        assert_eq!(TRAMP_TAIL[0], 0xc3);
+        let ud1 = decode_iced(0, &TRAMP_TAIL[TRAMP_FAR_END - INSN_LEN..]);
+        assert_eq!(ud1.mnemonic(), Mnemonic::Ud1);
+        for form in [NOP5, XOR5RAX, RET5] {
+            assert_eq!(decode(0x1000, &form).map(|i| encode(0x1000, i).unwrap()), Some(form));
+        }
+        assert_eq!(decode(0x1000, &[INT3, 0, 0, 0, 0]), None);
+    }
+
+    #[test]
+    fn placement() {
+        assert!(well_placed(3) && well_placed(0x1007));
+        assert!(!well_placed(4) && !well_placed(5) && !well_placed(6));
+    }
+}

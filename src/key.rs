@@ -1,0 +1,191 @@
+//! Keys: the typed handle behind each `#[static_call]` static.
+//!
+//! # Safety
+//!
+//! A key stores its target as a type-erased pointer. [`Key::__new`] is the only
+//! constructor, is `unsafe`, and is called only by the macro, which states its
+//! contract: `F` is an `extern "C"` function pointer type (so it is exactly one
+//! pointer, and any non-null pointer stored came from an `F`). Every
+//! conversion back to `F` below relies on that.
+#![allow(unsafe_code)]
+
+use crate::{backend, Error, Site, Zeroable};
+use core::marker::PhantomData;
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+/// What calls return while the key has no target.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum NoTarget {
+    /// Return type `()`: sites become a 5-byte `nop`, the trampoline `ret`.
+    Nop = 0,
+    /// A zeroable return type: `xor eax, eax`.
+    Zero = 1,
+}
+
+/// The untyped part of a key, which the patcher and the trampoline see. The
+/// slot comes first: a trampoline's far form jumps through it
+/// (`jmp [rip + key]`).
+#[doc(hidden)]
+#[repr(C)]
+pub struct RawKey {
+    pub(crate) slot: AtomicPtr<()>,
+    pub(crate) no_target: NoTarget,
+}
+
+impl RawKey {
+    /// The current target, null for none.
+    #[inline(always)]
+    pub fn load(&self) -> *mut () {
+        self.slot.load(Ordering::Acquire)
+    }
+}
+
+/// A static call key of function-pointer type `F` returning `R`.
+///
+/// You do not name this type: `#[static_call]` declares a static that
+/// dereferences to it, and whose own `call` method is the call site. `R` is
+/// `F`'s return type with every lifetime made `'static` (it only decides
+/// whether the key may be without a target).
+#[repr(C)]
+pub struct Key<F, R> {
+    raw: RawKey,
+    _f: PhantomData<(F, fn() -> R)>,
+}
+
+impl<F: Copy, R> Key<F, R> {
+    /// Used by the macro only.
+    ///
+    /// # Safety
+    ///
+    /// `F` is an `extern "C"` (or `unsafe extern "C"`, `extern "C-unwind"`)
+    /// function pointer type whose return type is `R` up to lifetimes;
+    /// `target` is null or an `F` cast to a pointer; `no_target` is
+    /// [`NoTarget::Nop`] only if `R` is `()`; `target` is null only if `R:
+    /// Zeroable`.
+    #[doc(hidden)]
+    pub const unsafe fn __new(target: *mut (), no_target: NoTarget) -> Self {
+        Key { raw: RawKey { slot: AtomicPtr::new(target), no_target }, _f: PhantomData }
+    }
+
+    #[doc(hidden)]
+    #[inline(always)]
+    pub fn __raw(&'static self) -> &'static RawKey {
+        &self.raw
+    }
+
+    fn to_ptr(f: F) -> *mut () {
+        const { assert!(size_of::<F>() == size_of::<*mut ()>()) };
+        // SAFETY: `F` is a function pointer (the constructor's contract):
+        // same size as a pointer, any value a valid pointer.
+        unsafe { core::mem::transmute_copy(&f) }
+    }
+
+    fn from_ptr(p: *mut ()) -> Option<F> {
+        // SAFETY: a non-null slot value came from an `F` (the constructor's
+        // contract, and `update` stores only `F`s).
+        (!p.is_null()).then(|| unsafe { core::mem::transmute_copy(&p) })
+    }
+
+    /// The current target, `None` if the key has none.
+    pub fn get(&self) -> Option<F> {
+        Self::from_ptr(self.raw.load())
+    }
+
+    /// Makes `f` the target of every call site of this key and of its
+    /// trampoline, and returns the previous target.
+    ///
+    /// While it runs, each call reaches the old target or `f`; when it
+    /// returns, every call started afterwards, on any thread, reaches `f`.
+    ///
+    /// # Panics
+    ///
+    /// Only where the environment makes patching impossible (no core
+    /// serialization, text that no writer can write, our SIGTRAP handler
+    /// replaced, a site changed behind our back), with a message that says
+    /// what to do. Use [`Key::try_update`] to handle those as errors.
+    #[track_caller]
+    pub fn update(&self, f: F) -> Option<F> {
+        match self.try_update(f) {
+            Ok(old) => old,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`Key::update`] that returns the reason as an [`Error`] instead of
+    /// panicking. On error nothing changed: not the target, not a byte of
+    /// text.
+    pub fn try_update(&self, f: F) -> Result<Option<F>, Error> {
+        backend::update_one(&self.raw, Self::to_ptr(f)).map(Self::from_ptr)
+    }
+
+    /// The call sites of this key, in address order, with the instruction each
+    /// holds now. Empty for `out_of_line` keys and on the portable backend.
+    pub fn sites(&self) -> Vec<Site> {
+        backend::sites(&self.raw)
+    }
+}
+
+impl<F: Copy, R: Zeroable> Key<F, R> {
+    /// Removes the target: calls do nothing and return zero (sites become a
+    /// five-byte `nop`, or `xor eax, eax` when the return type is not `()`).
+    /// Returns the previous target.
+    ///
+    /// # Panics
+    ///
+    /// As [`Key::update`].
+    #[track_caller]
+    pub fn reset(&self) -> Option<F> {
+        match self.try_reset() {
+            Ok(old) => old,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`Key::reset`] that returns the reason as an [`Error`].
+    pub fn try_reset(&self) -> Result<Option<F>, Error> {
+        backend::update_one(&self.raw, core::ptr::null_mut()).map(Self::from_ptr)
+    }
+}
+
+impl<F, R> core::fmt::Debug for Key<F, R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Key").field("target", &self.raw.load()).finish()
+    }
+}
+
+/// A `#[static_call]` static: implemented by the type the macro declares,
+/// so that [`batch`](crate::batch) can take any key.
+pub trait StaticCall: core::ops::Deref<Target = Key<Self::Fn, Self::Ret>> {
+    /// The declared function-pointer type.
+    type Fn: Copy + 'static;
+    /// Its return type, lifetimes made `'static`.
+    type Ret: 'static;
+    /// The key itself.
+    fn key(&self) -> &'static Key<Self::Fn, Self::Ret>;
+}
+
+/// Updates of many keys applied together, with one set of core syncs: see
+/// [`batch`](crate::batch).
+pub struct Batch {
+    pub(crate) changes: Vec<(&'static RawKey, *mut ())>,
+}
+
+impl Batch {
+    /// Adds "make `f` the target of `key`" to the batch; a later change of the
+    /// same key in the batch replaces this one.
+    pub fn update<K: StaticCall>(&mut self, key: &K, f: K::Fn) -> &mut Self {
+        self.changes.push((key.key().__raw(), Key::<K::Fn, K::Ret>::to_ptr(f)));
+        self
+    }
+
+    /// Adds "remove the target of `key`" to the batch.
+    pub fn reset<K: StaticCall>(&mut self, key: &K) -> &mut Self
+    where
+        K::Ret: Zeroable,
+    {
+        self.changes.push((key.key().__raw(), core::ptr::null_mut()));
+        self
+    }
+}

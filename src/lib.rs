@@ -1,0 +1,150 @@
+//! Hot function pointers that cost what a direct call costs.
+//!
+//! `#[static_call]` declares a key: a static holding a typed `extern "C"`
+//! target. Each `KEY.call(..)` expression is a call site, emitted as an aligned
+//! `call rel32` to the key's out-of-line trampoline and recorded in a linker
+//! section. On Linux x86-64, [`init`] and every update rewrite those calls in
+//! place to call the target directly, while other threads keep calling: an
+//! `int3` guards each instruction while it is rewritten, a SIGTRAP handler
+//! emulates the call for any thread that lands on it, and
+//! `membarrier(SYNC_CORE)` serializes all cores between the steps. Everywhere
+//! else (or with the `portable` feature) the same API runs on an atomic
+//! function pointer.
+//!
+//! ```
+//! use static_call::static_call;
+//!
+//! extern "C" fn fnv1a(x: u64) -> u64 { (x ^ 0xcbf2_9ce4_8422_2325).wrapping_mul(0x100_0000_01b3) }
+//! extern "C" fn ident(x: u64) -> u64 { x }
+//!
+//! #[static_call]
+//! static HASH: extern "C" fn(u64) -> u64 = fnv1a;
+//!
+//! static_call::init().unwrap();
+//! assert_eq!(HASH.call(7), fnv1a(7));
+//! HASH.update(ident);
+//! assert_eq!(HASH.call(7), 7);
+//! ```
+//!
+//! # Rules
+//!
+//! - Targets are `extern "C"`: the site passes arguments in registers by the
+//!   System V rules. A panic in a target aborts the process.
+//! - Inline sites take up to 6 integer-class arguments ([`IntegerRegister`])
+//!   and up to 8 `f32`/`f64`, and return `()`, an integer-class value or a
+//!   float. `#[static_call(out_of_line)]` allows any `extern "C"` signature;
+//!   its calls go through the patched trampoline only.
+//! - SIGTRAP must not be blocked in any thread that calls a site while an
+//!   update runs (the kernel kills a thread that traps with SIGTRAP blocked).
+//!   Install your own SIGTRAP handler, if any, before [`init`]: ours passes the
+//!   traps that are not ours on to it. Under gdb: `handle SIGTRAP nostop
+//!   noprint pass`; under valgrind: `--smc-check=all`.
+//! - Updates are serialized process-wide. An update may be made from inside a
+//!   target, and from a signal handler once [`init`] has run (it then
+//!   allocates nothing); an update from a signal handler that interrupted an
+//!   update on the same thread returns [`Error::Reentrant`]. [`batch`]
+//!   allocates. `fork()` waits for an update in progress.
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub use static_call_macros::static_call;
+
+mod abi;
+mod error;
+mod key;
+mod site;
+
+#[cfg(target_arch = "x86_64")]
+mod arch;
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+mod os;
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+mod patch;
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+mod registry;
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+use patch as backend;
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"))))]
+mod portable;
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"))))]
+use portable as backend;
+
+pub use abi::{FloatRegister, IntegerRegister, Zeroable};
+pub use error::Error;
+pub use key::{Batch, Key, StaticCall};
+pub use site::{NotDirect, Site, SiteState};
+
+/// Whether this build patches call sites (Linux x86-64 without the
+/// `portable` feature) rather than calling through an atomic pointer.
+pub const PATCHING: bool = cfg!(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")));
+
+/// Process-wide counters (per copy of this crate: each shared object that
+/// links it has its own).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Keys retargeted by completed updates (a batch of `n` keys counts `n`).
+    pub updates: u64,
+    /// Call sites rewritten (trampolines not counted).
+    pub sites_patched: u64,
+    /// Calls that landed on the `int3` of an update in progress and were
+    /// emulated by the SIGTRAP handler.
+    pub traps_emulated: u64,
+    /// Calls that landed on the `int3` but reached the handler after the
+    /// update had finished, and were run again.
+    pub traps_rewound: u64,
+}
+
+/// The counters so far.
+pub fn stats() -> Stats {
+    backend::stats()
+}
+
+/// Prepares patching, early in `main` (optional: the first update does it
+/// otherwise): registers for `membarrier` core serialization (slow once a
+/// process has many threads), installs the SIGTRAP handler, chooses how to
+/// write text, and patches every call site to its key's current target.
+/// Idempotent, and cheap after the first success.
+pub fn init() -> Result<(), Error> {
+    backend::init()
+}
+
+/// Applies many updates with one set of core syncs: every site of every key
+/// in the batch changes together.
+///
+/// ```
+/// # use static_call::static_call;
+/// # extern "C" fn one(x: u32) -> u32 { x } extern "C" fn two(x: u32) -> u32 { x + 1 }
+/// # #[static_call] static K1: extern "C" fn(u32) -> u32 = one;
+/// # #[static_call] static K2: extern "C" fn(u32) -> u32 = one;
+/// static_call::batch(|b| {
+///     b.update(&K1, two);
+///     b.update(&K2, two);
+/// })?;
+/// assert_eq!(K1.call(1) + K2.call(1), 4);
+/// # Ok::<(), static_call::Error>(())
+/// ```
+///
+/// Allocates; not for signal handlers.
+pub fn batch(f: impl FnOnce(&mut Batch)) -> Result<(), Error> {
+    let mut b = Batch { changes: Vec::new() };
+    f(&mut b);
+    if b.changes.is_empty() {
+        return Ok(());
+    }
+    backend::update_many(&mut b.changes)
+}
+
+/// How this process writes machine code, once [`init`] or an update chose.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+pub fn text_writer() -> Option<TextWriter> {
+    os::linux::text::current()
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+pub use os::linux::text::TextWriter;
+
+#[doc(hidden)]
+pub mod __private;

@@ -1,0 +1,295 @@
+//! The only door to writing machine code.
+//!
+//! Two writers, probed once in this order:
+//!
+//! 1. [`TextWriter::ProcMem`]: `pwrite` to `/proc/self/mem`. The kernel writes
+//!    through its own mapping of the page (breaking copy-on-write the first
+//!    time), so no protection ever changes and no page is ever writable and
+//!    executable at once. This works where W+X is refused
+//!    (`prctl(PR_SET_MDWE)`, SELinux `execmod`, systemd's
+//!    `MemoryDenyWriteExecute`).
+//! 2. [`TextWriter::Mprotect`]: `mprotect` adds write to each page while keeping
+//!    execute, and a guard restores each page's original protection on every
+//!    path, including a failed write.
+//!
+//! `STATIC_CALL_WRITER=procmem` or `=mprotect` in the environment forces one
+//! (for tests, and for debugging a policy), `=none` refuses both.
+//!
+//! # Safety
+//!
+//! Writing to text is sound only where no thread can execute the bytes being
+//! written in a torn state: the patch protocol in `crate::patch` guarantees that
+//! (an `int3` guards every multi-byte write). This module only checks that the
+//! addresses are mapped text; it is `pub(crate)` and called by the protocol
+//! alone. The `/proc/self/mem` descriptor is reopened after `fork()` (it names
+//! the address space that opened it), detected by a change of process id.
+#![allow(unsafe_code)]
+
+use crate::Error;
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+
+/// How this process writes machine code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TextWriter {
+    /// `pwrite` to `/proc/self/mem`: no protection change, never W+X.
+    ProcMem,
+    /// `mprotect` adds write (keeping execute) for the duration of an update,
+    /// then restores each page's original protection.
+    Mprotect,
+}
+
+const UNPROBED: u8 = 0;
+const PROC_MEM: u8 = 1;
+const MPROTECT: u8 = 2;
+const NONE: u8 = 3;
+
+static CHOSEN: AtomicU8 = AtomicU8::new(UNPROBED);
+/// errno of the probes that failed, for the error message: proc-mem, mprotect.
+static PROBE_ERRNO: [AtomicI32; 2] = [AtomicI32::new(0), AtomicI32::new(0)];
+static MEM_FD: AtomicI32 = AtomicI32::new(-1);
+static MEM_FD_PID: AtomicI32 = AtomicI32::new(0);
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// The writer in use, probing on first use. `probe_at` is an address of text
+/// this crate owns (a trampoline) and whose bytes the probe rewrites with
+/// themselves.
+pub fn probe(probe_at: usize) -> Result<TextWriter, Error> {
+    let chosen = match CHOSEN.load(Ordering::Acquire) {
+        UNPROBED => {
+            let forced = std::env::var("STATIC_CALL_WRITER").ok();
+            let want = |name: &str| forced.as_deref().is_none_or(|f| f == name);
+            let c = if want("procmem") && probe_proc_mem(probe_at) {
+                PROC_MEM
+            } else if want("mprotect") && probe_mprotect(probe_at) {
+                MPROTECT
+            } else {
+                NONE
+            };
+            CHOSEN.store(c, Ordering::Release);
+            c
+        }
+        c => c,
+    };
+    match chosen {
+        PROC_MEM => Ok(TextWriter::ProcMem),
+        MPROTECT => Ok(TextWriter::Mprotect),
+        _ => Err(Error::TextNotWritable {
+            address: probe_at,
+            errno: PROBE_ERRNO[1].load(Ordering::Relaxed),
+            proc_mem_errno: PROBE_ERRNO[0].load(Ordering::Relaxed),
+        }),
+    }
+}
+
+/// The writer chosen by the probe, if it ran and one works.
+pub fn current() -> Option<TextWriter> {
+    match CHOSEN.load(Ordering::Acquire) {
+        PROC_MEM => Some(TextWriter::ProcMem),
+        MPROTECT => Some(TextWriter::Mprotect),
+        _ => None,
+    }
+}
+
+fn probe_proc_mem(at: usize) -> bool {
+    // SAFETY: `at` is text this crate owns; the byte written is the byte read.
+    let byte = unsafe { std::ptr::read_volatile(at as *const u8) };
+    match mem_fd().and_then(|fd| pwrite_all(fd, at, &[byte])) {
+        Ok(()) => true,
+        Err(e) => {
+            PROBE_ERRNO[0].store(e, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+fn probe_mprotect(at: usize) -> bool {
+    match Unlocked::new(&[at]) {
+        Ok(guard) => {
+            drop(guard);
+            true
+        }
+        Err(Error::TextNotWritable { errno, .. }) => {
+            PROBE_ERRNO[1].store(errno, Ordering::Relaxed);
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// The descriptor of this process's `/proc/self/mem`, reopened after a fork.
+fn mem_fd() -> Result<i32, i32> {
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { libc::getpid() };
+    let fd = MEM_FD.load(Ordering::Acquire);
+    if fd >= 0 && MEM_FD_PID.load(Ordering::Acquire) == pid {
+        return Ok(fd);
+    }
+    // SAFETY: a NUL-terminated path; the flags ask for a close-on-exec fd.
+    let new = unsafe { libc::open(c"/proc/self/mem".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if new < 0 {
+        return Err(errno());
+    }
+    if fd >= 0 {
+        // The inherited descriptor names the parent's address space: never
+        // write through it again. Callers hold the patch lock, so no other
+        // thread of this process is using it.
+        // SAFETY: `fd` is ours and no longer used.
+        unsafe { libc::close(fd) };
+    }
+    MEM_FD_PID.store(pid, Ordering::Release);
+    MEM_FD.store(new, Ordering::Release);
+    Ok(new)
+}
+
+fn pwrite_all(fd: i32, at: usize, bytes: &[u8]) -> Result<(), i32> {
+    let mut done = 0;
+    while done < bytes.len() {
+        // SAFETY: the buffer is valid for `len - done` bytes; the offset is an
+        // address in our own address space.
+        let n = unsafe {
+            libc::pwrite(
+                fd,
+                bytes[done..].as_ptr().cast(),
+                bytes.len() - done,
+                (at + done) as libc::off_t,
+            )
+        };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(libc::EIO),
+            _ if errno() == libc::EINTR => {}
+            _ => return Err(errno()),
+        }
+    }
+    Ok(())
+}
+
+/// Text made writable for one update: for the mprotect writer, every page that
+/// holds an address given to [`Session::open`] has write added until the
+/// session drops, when each page gets back exactly the protection it had.
+#[must_use = "dropping the session restores page protections"]
+pub struct Session {
+    writer: TextWriter,
+    fd: i32,
+    _unlocked: Option<Unlocked>,
+}
+
+impl Session {
+    /// Prepares to write at `addrs` (each the start of at most
+    /// `max_len` bytes to be written). Nothing is written yet; on error no
+    /// protection is left changed.
+    pub fn open(writer: TextWriter, addrs: impl Iterator<Item = usize>, max_len: usize) -> Result<Session, Error> {
+        match writer {
+            TextWriter::ProcMem => {
+                let mut addrs = addrs;
+                let fd = mem_fd().map_err(|errno| Error::TextNotWritable {
+                    address: addrs.next().unwrap_or(0),
+                    errno,
+                    proc_mem_errno: errno,
+                })?;
+                Ok(Session { writer, fd, _unlocked: None })
+            }
+            TextWriter::Mprotect => {
+                let mut ends = Vec::new();
+                for a in addrs {
+                    ends.push(a);
+                    ends.push(a + max_len - 1);
+                }
+                ends.sort_unstable();
+                Ok(Session { writer, fd: -1, _unlocked: Some(Unlocked::new(&ends)?) })
+            }
+        }
+    }
+
+    /// Writes `bytes` at `at`.
+    ///
+    /// # Safety
+    ///
+    /// `at..at + bytes.len()` lies within the addresses the session was opened
+    /// for, and no thread executes those bytes while they are torn (the caller
+    /// holds the patch lock and follows the int3 protocol).
+    pub unsafe fn write(&self, at: usize, bytes: &[u8]) -> Result<(), Error> {
+        match self.writer {
+            TextWriter::ProcMem => pwrite_all(self.fd, at, bytes).map_err(|errno| Error::TextNotWritable {
+                address: at,
+                errno,
+                proc_mem_errno: errno,
+            }),
+            TextWriter::Mprotect => {
+                for (i, &b) in bytes.iter().enumerate() {
+                    // SAFETY: the page is writable for the session's lifetime
+                    // (the caller's contract); single-byte volatile stores so
+                    // that the first byte of an instruction changes atomically.
+                    unsafe { std::ptr::write_volatile((at + i) as *mut u8, b) };
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Pages with write added; dropping restores each region's original
+/// protection (execute is never removed, at any point).
+struct Unlocked {
+    guards: Vec<region::ProtectGuard>,
+}
+
+impl Unlocked {
+    /// `addrs` sorted. Adds write to every page that holds one of them.
+    fn new(addrs: &[usize]) -> Result<Unlocked, Error> {
+        let page = region::page::size();
+        let mut guards = Vec::new();
+        let mut i = 0;
+        while i < addrs.len() {
+            // One run of contiguous pages.
+            let start = addrs[i] & !(page - 1);
+            let mut end = start + page;
+            while i < addrs.len() {
+                let p = addrs[i] & !(page - 1);
+                if p > end {
+                    break;
+                }
+                end = end.max(p + page);
+                i += 1;
+            }
+            let regions = region::query_range(start as *const u8, end - start)
+                .map_err(|e| not_writable(start, e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| not_writable(start, e))?;
+            for r in regions {
+                let lo = r.as_range().start.max(start);
+                let hi = r.as_range().end.min(end);
+                // SAFETY: the range is mapped (just queried); we only add
+                // write to its current protection, and the guard puts the
+                // current protection back.
+                let g = unsafe {
+                    region::protect_with_handle(lo as *const u8, hi - lo, r.protection() | region::Protection::WRITE)
+                }
+                .map_err(|e| not_writable(lo, e))?;
+                guards.push(g);
+            }
+        }
+        Ok(Unlocked { guards })
+    }
+}
+
+impl Drop for Unlocked {
+    fn drop(&mut self) {
+        // Restore in reverse order of change.
+        while let Some(g) = self.guards.pop() {
+            drop(g);
+        }
+    }
+}
+
+fn not_writable(address: usize, e: region::Error) -> Error {
+    let errno = match e {
+        region::Error::SystemCall(io) => io.raw_os_error().unwrap_or(0),
+        _ => libc::EFAULT,
+    };
+    Error::TextNotWritable { address, errno, proc_mem_errno: PROBE_ERRNO[0].load(Ordering::Relaxed) }
+}

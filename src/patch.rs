@@ -1,0 +1,567 @@
+//! The patch protocol: rewriting call sites and trampolines while other
+//! threads execute them.
+//!
+//! Under one process-wide lock, an update
+//!
+//! 1. computes the new bytes of every site and trampoline of the keys it
+//!    changes, and the bytes each holds now by our own account;
+//! 2. verifies that each holds exactly those bytes, and refuses the whole
+//!    update otherwise (nothing is written);
+//! 3. drops the entries whose bytes do not change, sorts the rest by address,
+//!    stores the new targets in the keys' slots, and publishes the entries
+//!    for the SIGTRAP handler;
+//! 4. writes `int3` on each first byte, syncs all cores; writes bytes 1..5 of
+//!    each (where they change), syncs; writes each first byte, syncs;
+//! 5. retracts the entries and waits until no handler still reads them.
+//!
+//! "Sync" is `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)`. A thread
+//! that executes an `int3` while it is in place traps; the handler emulates
+//! the new instruction for it (or, if the update finished before the handler
+//! looked, rewinds it to execute the instruction again). Every instruction
+//! written is a single five-byte instruction, so a thread is never inside one.
+//!
+//! # Safety
+//!
+//! The descriptor the handler reads is the patch plan, which lives in the
+//! lock-protected state and is neither moved nor reused until every handler
+//! that might read it has finished (`READERS` drops to zero after `SEQ` turns
+//! even). Text is written only through `os::linux::text::Session`, only at
+//! addresses from the registry, and only after their bytes were verified.
+#![allow(unsafe_code)]
+
+use crate::arch::x86_64::{decode, encode, far_head, Insn, INSN_LEN, INT3, NOP5, RET5, TRAMP_SIZE, XOR5RAX};
+use crate::key::{NoTarget, RawKey};
+use crate::os::linux::signal::{self, Trap};
+use crate::os::linux::text::{self, Session};
+use crate::os::linux::{membarrier, thread_id};
+use crate::registry::{self, Registry, SiteEntry, TrampEntry};
+use crate::site::{NotDirect, Site, SiteState};
+use crate::{Error, Stats};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+
+// ---------------------------------------------------------------- counters
+
+static UPDATES: AtomicU64 = AtomicU64::new(0);
+static SITES_PATCHED: AtomicU64 = AtomicU64::new(0);
+static TRAPS_EMULATED: AtomicU64 = AtomicU64::new(0);
+static TRAPS_REWOUND: AtomicU64 = AtomicU64::new(0);
+
+pub fn stats() -> Stats {
+    Stats {
+        updates: UPDATES.load(Relaxed),
+        sites_patched: SITES_PATCHED.load(Relaxed),
+        traps_emulated: TRAPS_EMULATED.load(Relaxed),
+        traps_rewound: TRAPS_REWOUND.load(Relaxed),
+    }
+}
+
+// ---------------------------------------------------------------- the lock
+
+/// A mutex that knows its owner, so that an update from a signal handler that
+/// interrupted an update on the same thread is refused instead of
+/// deadlocking, and that a `fork()` child can reset. Allocation-free.
+struct PatchLock {
+    owner: AtomicU32,
+    state: UnsafeCell<State>,
+}
+
+// SAFETY: `state` is only reached through a `Guard`, which exists only while
+// `owner` holds the guard's thread id.
+unsafe impl Sync for PatchLock {}
+
+struct State {
+    initialized: bool,
+    poisoned: Option<Error>,
+    /// The patch plan; also the descriptor the SIGTRAP handler reads.
+    /// Capacity for every site and trampoline is reserved at init, so that
+    /// updates allocate nothing.
+    plan: Vec<Patch>,
+}
+
+static LOCK: PatchLock = PatchLock {
+    owner: AtomicU32::new(0),
+    state: UnsafeCell::new(State { initialized: false, poisoned: None, plan: Vec::new() }),
+};
+/// `init` has completed (a fast path that skips the lock).
+static INITIALIZED: AtomicBool = AtomicBool::new(false);
+
+struct Guard;
+
+impl PatchLock {
+    fn lock(&'static self) -> Result<Guard, Error> {
+        let me = thread_id();
+        loop {
+            match self.owner.compare_exchange(0, me, Acquire, Relaxed) {
+                Ok(_) => return Ok(Guard),
+                Err(o) if o == me => return Err(Error::Reentrant),
+                Err(o) => futex_wait(&self.owner, o),
+            }
+        }
+    }
+}
+
+impl Guard {
+    fn state(&mut self) -> &mut State {
+        // SAFETY: this guard holds the lock; the borrow is tied to `&mut self`.
+        unsafe { &mut *LOCK.state.get() }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        LOCK.owner.store(0, Release);
+        futex_wake(&LOCK.owner);
+    }
+}
+
+fn futex_wait(word: &AtomicU32, val: u32) {
+    // SAFETY: FUTEX_WAIT on a valid, aligned u32 with no timeout.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            val,
+            std::ptr::null::<libc::timespec>(),
+        );
+    }
+}
+
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a valid, aligned u32.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX);
+    }
+}
+
+// ---------------------------------------------------------------- fork
+
+/// Whether the forking thread took the lock in `prepare` (it did not if it
+/// already held it: a fork from a signal handler that interrupted an update).
+static FORK_LOCKED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn fork_prepare() {
+    // Wait for any update to finish, so the child never inherits
+    // half-patched text.
+    match LOCK.lock() {
+        Ok(g) => {
+            std::mem::forget(g);
+            FORK_LOCKED.store(true, Relaxed);
+        }
+        Err(_) => FORK_LOCKED.store(false, Relaxed),
+    }
+}
+
+extern "C" fn fork_parent() {
+    if FORK_LOCKED.load(Relaxed) {
+        drop(Guard);
+    }
+}
+
+extern "C" fn fork_child() {
+    // The child has one thread; whoever held the lock in the parent does not
+    // exist here. The `/proc/self/mem` descriptor and membarrier registration
+    // are redone by process id.
+    LOCK.owner.store(0, Release);
+}
+
+fn register_atfork() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: the three handlers are async-signal-safe functions with
+        // the expected signature.
+        unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+    });
+}
+
+// ---------------------------------------------------------------- the descriptor
+
+/// One instruction to rewrite.
+#[derive(Clone, Copy, Debug)]
+struct Patch {
+    at: usize,
+    old: [u8; INSN_LEN],
+    new: [u8; INSN_LEN],
+    /// `new`, decoded, for the handler to emulate.
+    insn: Insn,
+    is_site: bool,
+}
+
+/// Odd while a plan is published; bumped on publish and on retract.
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+static PLAN_PTR: AtomicUsize = AtomicUsize::new(0);
+static PLAN_LEN: AtomicUsize = AtomicUsize::new(0);
+/// Handlers currently reading the published plan.
+static READERS: AtomicUsize = AtomicUsize::new(0);
+/// Test hook: called first thing by the SIGTRAP handler for our traps.
+static TRAP_HOOK: AtomicUsize = AtomicUsize::new(0);
+
+fn publish(plan: &[Patch]) {
+    PLAN_PTR.store(plan.as_ptr() as usize, SeqCst);
+    PLAN_LEN.store(plan.len(), SeqCst);
+    SEQ.fetch_add(1, SeqCst);
+}
+
+fn retract() {
+    SEQ.fetch_add(1, SeqCst);
+    while READERS.load(SeqCst) != 0 {
+        std::thread::yield_now();
+    }
+}
+
+/// The instruction the published plan writes at `at`, if a plan is published
+/// (`seq` odd) and has it. Async-signal-safe.
+fn published_insn(at: usize) -> (usize, Option<Insn>) {
+    READERS.fetch_add(1, SeqCst);
+    let seq = SEQ.load(SeqCst);
+    let mut found = None;
+    if seq % 2 == 1 {
+        let (ptr, len) = (PLAN_PTR.load(SeqCst), PLAN_LEN.load(SeqCst));
+        // SAFETY: while `seq` is odd and we are counted in READERS, the plan
+        // is live and unchanged (`retract` waits for us).
+        let plan = unsafe { std::slice::from_raw_parts(ptr as *const Patch, len) };
+        if let Ok(i) = plan.binary_search_by_key(&at, |p| p.at) {
+            found = plan.get(i).map(|p| p.insn);
+        }
+    }
+    READERS.fetch_sub(1, SeqCst);
+    (seq, found)
+}
+
+/// What the SIGTRAP handler should do about a trap whose `int3` was at `at`.
+/// Async-signal-safe.
+pub fn on_trap(at: usize) -> Trap {
+    let Some(reg) = registry::published() else { return Trap::NotOurs };
+    if !reg.is_ours(at) {
+        return Trap::NotOurs;
+    }
+    let hook = TRAP_HOOK.load(SeqCst);
+    if hook != 0 {
+        // SAFETY: only `__private::set_trap_hook` stores here, an `extern "C" fn()`.
+        let f: extern "C" fn() = unsafe { std::mem::transmute(hook) };
+        f();
+    }
+    loop {
+        let (seq, insn) = published_insn(at);
+        if let Some(insn) = insn {
+            TRAPS_EMULATED.fetch_add(1, Relaxed);
+            return Trap::Emulate(insn);
+        }
+        // Not being patched now. If our int3 is gone, the update finished
+        // between the trap and this handler: run the instruction again.
+        // SAFETY: `at` is an instruction of ours (registry), mapped readable.
+        let byte = unsafe { std::ptr::read_volatile(at as *const u8) };
+        std::sync::atomic::fence(SeqCst);
+        if byte != INT3 {
+            TRAPS_REWOUND.fetch_add(1, Relaxed);
+            return Trap::Rewind;
+        }
+        // Our int3 is still there. If no update started or ended since we
+        // looked at the plan, this int3 is not ours (a debugger's
+        // breakpoint on our address): pass it on. Otherwise look again.
+        if SEQ.load(SeqCst) == seq {
+            return Trap::NotOurs;
+        }
+    }
+}
+
+pub fn set_trap_hook(hook: Option<extern "C" fn()>) {
+    TRAP_HOOK.store(hook.map_or(0, |f| f as usize), SeqCst);
+}
+
+// ---------------------------------------------------------------- forms
+
+fn no_target_site(key: &RawKey) -> [u8; INSN_LEN] {
+    match key.no_target {
+        NoTarget::Nop => NOP5,
+        NoTarget::Zero => XOR5RAX,
+    }
+}
+
+/// What a site holds when its key's target is `target`.
+fn site_form(s: &SiteEntry, target: *mut ()) -> [u8; INSN_LEN] {
+    if target.is_null() {
+        return no_target_site(s.key);
+    }
+    encode(s.at, Insn::Call(target as usize))
+        .or_else(|| encode(s.at, Insn::Call(s.tramp)))
+        .expect("a site reaches its trampoline")
+}
+
+/// What a trampoline head holds when its key's target is `target`.
+fn tramp_form(t: &TrampEntry, target: *mut ()) -> [u8; INSN_LEN] {
+    if target.is_null() {
+        return match t.key.no_target {
+            NoTarget::Nop => RET5,
+            NoTarget::Zero => XOR5RAX,
+        };
+    }
+    encode(t.at, Insn::Jmp(target as usize)).unwrap_or_else(|| far_head(t.at))
+}
+
+/// What a key's trampoline and sites hold before `init`: the assembled
+/// forms.
+enum From {
+    Assembled,
+    Target(*mut ()),
+}
+
+fn plan_key(plan: &mut Vec<Patch>, reg: &Registry, key: &RawKey, from: From, to: *mut ()) {
+    let Some(t) = reg.tramp_of(key) else { return };
+    let old = match from {
+        From::Assembled if key.load().is_null() => tramp_form(t, std::ptr::null_mut()),
+        From::Assembled => far_head(t.at),
+        From::Target(p) => tramp_form(t, p),
+    };
+    push(plan, t.at, old, tramp_form(t, to), false);
+    for s in reg.sites_of(key).iter().filter(|s| s.refused.is_none()) {
+        let old = match from {
+            From::Assembled => encode(s.at, Insn::Call(s.tramp)).expect("checked at load"),
+            From::Target(p) => site_form(s, p),
+        };
+        push(plan, s.at, old, site_form(s, to), true);
+    }
+}
+
+fn push(plan: &mut Vec<Patch>, at: usize, old: [u8; INSN_LEN], new: [u8; INSN_LEN], is_site: bool) {
+    let insn = decode(at, &new).expect("we decode what we encode");
+    debug_assert!(plan.len() < plan.capacity(), "plan capacity reserved at init");
+    plan.push(Patch { at, old, new, insn, is_site });
+}
+
+// ---------------------------------------------------------------- applying
+
+fn sync() {
+    membarrier::sync_core();
+}
+
+/// Verifies and writes `plan`, calling `commit` (which stores the new
+/// targets) once nothing can fail any more but the writes themselves.
+fn apply(st: &mut State, reg: &Registry, commit: impl FnOnce()) -> Result<(), Error> {
+    let plan = &mut st.plan;
+    plan.retain(|p| p.old != p.new);
+    for p in plan.iter() {
+        let found = registry::current_bytes(p.at);
+        if found != p.old {
+            return Err(Error::UnexpectedBytes { address: p.at, found, expected: p.old });
+        }
+    }
+    for t in reg.tramps.iter().filter(|t| plan.iter().any(|p| p.at == t.at)) {
+        if let Some((address, found, expected)) = registry::tramp_damage(t) {
+            return Err(Error::UnexpectedBytes { address, found, expected });
+        }
+    }
+    plan.sort_unstable_by_key(|p| p.at);
+    if plan.is_empty() {
+        commit();
+        return Ok(());
+    }
+    let writer = text::probe(plan[0].at)?;
+    let session = Session::open(writer, plan.iter().map(|p| p.at), INSN_LEN)?;
+    commit();
+    publish(plan);
+
+    // SAFETY (all writes below): addresses from the registry, verified
+    // above; every multi-byte write happens while an int3 guards its
+    // instruction and after all cores synced on that int3.
+    let mut written = 0;
+    let step1 = plan.iter().try_for_each(|p| {
+        unsafe { session.write(p.at, &[INT3]) }?;
+        written += 1;
+        Ok(())
+    });
+    if let Err(e) = step1 {
+        // Undo the int3s written so far: bytes 1..5 are untouched.
+        let undo = plan[..written].iter().try_for_each(|p| unsafe { session.write(p.at, &p.old[..1]) });
+        return finish_failed(st, e, undo);
+    }
+    sync();
+    let mut body_changed = false;
+    let step2 = plan.iter().try_for_each(|p| {
+        if p.new[1..] != p.old[1..] {
+            body_changed = true;
+            unsafe { session.write(p.at + 1, &p.new[1..]) }?;
+        }
+        Ok(())
+    });
+    if let Err(e) = step2 {
+        let undo = (|| {
+            plan.iter().try_for_each(|p| unsafe { session.write(p.at + 1, &p.old[1..]) })?;
+            sync();
+            plan.iter().try_for_each(|p| unsafe { session.write(p.at, &p.old[..1]) })
+        })();
+        return finish_failed(st, e, undo);
+    }
+    if body_changed {
+        sync();
+    }
+    let step3 = plan.iter().try_for_each(|p| unsafe { session.write(p.at, &p.new[..1]) });
+    if let Err(e) = step3 {
+        // Some instructions are complete, the others still guarded: finish
+        // the guarded ones instead (the targets are already stored).
+        let redo = plan.iter().try_for_each(|p| unsafe { session.write(p.at, &p.new[..1]) });
+        return finish_failed(st, e, redo);
+    }
+    sync();
+    retract();
+    drop(session);
+    let sites = plan.iter().filter(|p| p.is_site).count() as u64;
+    SITES_PATCHED.fetch_add(sites, Relaxed);
+    Ok(())
+}
+
+/// A write failed mid-protocol: `repair` tried to put every instruction back
+/// in a consistent state. If it succeeded the breakpoints are gone and the
+/// plan can be retracted; otherwise the plan stays published forever, so the
+/// int3s left behind keep being emulated, and no further update runs.
+fn finish_failed(st: &mut State, e: Error, repair: Result<(), Error>) -> Result<(), Error> {
+    if repair.is_ok() {
+        sync();
+        retract();
+        return Err(e);
+    }
+    let (address, errno) = match e {
+        Error::TextNotWritable { address, proc_mem_errno, .. } => (address, proc_mem_errno),
+        _ => (0, 0),
+    };
+    let poisoned = Error::Poisoned { address, errno };
+    st.poisoned = Some(poisoned);
+    Err(poisoned)
+}
+
+// ---------------------------------------------------------------- entry points
+
+fn init_locked(st: &mut State) -> Result<(), Error> {
+    if st.initialized {
+        return Ok(());
+    }
+    let reg = registry::get();
+    if reg.tramps.is_empty() {
+        st.initialized = true;
+        INITIALIZED.store(true, Release);
+        return Ok(());
+    }
+    membarrier::register()?;
+    text::probe(reg.tramps[0].at + TRAMP_SIZE - 1)?;
+    signal::install()?;
+    register_atfork();
+    st.plan.reserve_exact(reg.sites.len() + reg.tramps.len());
+    for t in reg.tramps.iter().filter(|t| !t.damaged) {
+        let target = t.key.load();
+        plan_key(&mut st.plan, reg, t.key, From::Assembled, target);
+    }
+    let r = apply(st, reg, || ());
+    st.plan.clear();
+    r?;
+    st.initialized = true;
+    INITIALIZED.store(true, Release);
+    Ok(())
+}
+
+pub fn init() -> Result<(), Error> {
+    if INITIALIZED.load(Acquire) {
+        return Ok(());
+    }
+    let mut g = LOCK.lock()?;
+    init_locked(g.state())
+}
+
+/// Applies `changes` (each key at most once) and returns, in `old`, each
+/// key's previous target.
+fn update_locked(st: &mut State, changes: &[(&RawKey, *mut ())], old: &mut [*mut ()]) -> Result<(), Error> {
+    if let Some(e) = st.poisoned {
+        return Err(e);
+    }
+    init_locked(st)?;
+    let reg = registry::get();
+    if !reg.tramps.is_empty() {
+        signal::check()?;
+        membarrier::register()?;
+    }
+    for (o, (key, _)) in old.iter_mut().zip(changes) {
+        *o = key.load();
+    }
+    st.plan.clear();
+    for &(key, new) in changes {
+        plan_key(&mut st.plan, reg, key, From::Target(key.load()), new);
+    }
+    let r = apply(st, reg, || {
+        for &(key, new) in changes {
+            key.slot.store(new, Release);
+        }
+    });
+    st.plan.clear();
+    r?;
+    UPDATES.fetch_add(changes.len() as u64, Relaxed);
+    Ok(())
+}
+
+pub fn update_one(key: &RawKey, new: *mut ()) -> Result<*mut (), Error> {
+    let mut g = LOCK.lock()?;
+    let mut old = [std::ptr::null_mut()];
+    update_locked(g.state(), &[(key, new)], &mut old)?;
+    Ok(old[0])
+}
+
+pub fn update_many(changes: &mut Vec<(&'static RawKey, *mut ())>) -> Result<(), Error> {
+    // Last change of each key wins.
+    changes.reverse();
+    changes.sort_by_key(|&(k, _)| k as *const RawKey as usize);
+    changes.dedup_by_key(|&mut (k, _)| k as *const RawKey as usize);
+    let mut old = vec![std::ptr::null_mut(); changes.len()];
+    let mut g = LOCK.lock()?;
+    update_locked(g.state(), changes, &mut old)
+}
+
+pub fn sites(key: &RawKey) -> Vec<Site> {
+    // Hold the lock (when this thread can) so that no update is half-way.
+    let _g = LOCK.lock().ok();
+    let reg = registry::get();
+    let initialized = INITIALIZED.load(Acquire);
+    reg.sites_of(key)
+        .iter()
+        .map(|s| {
+            let bytes = registry::current_bytes(s.at);
+            let (state, reason) = match decode(s.at, &bytes) {
+                Some(Insn::Call(t)) if t != s.tramp => (SiteState::Direct, None),
+                Some(Insn::Nop) => (SiteState::Nop, Some(NotDirect::NoTarget)),
+                Some(Insn::Zero) => (SiteState::Zero, Some(NotDirect::NoTarget)),
+                _ => {
+                    let reason = s.refused.unwrap_or(if initialized {
+                        NotDirect::OutOfReach
+                    } else {
+                        NotDirect::NotInitialized
+                    });
+                    (SiteState::Trampoline, Some(reason))
+                }
+            };
+            Site { address: s.at, state, reason, bytes }
+        })
+        .collect()
+}
+
+/// The address of `key`'s trampoline in this module.
+pub fn trampoline(key: &RawKey) -> Option<usize> {
+    registry::get().tramp_of(key).map(|t| t.at)
+}
+
+pub fn disassemble(at: usize, bytes: &[u8]) -> String {
+    use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+    let mut d = Decoder::with_ip(64, bytes, at as u64, DecoderOptions::NONE);
+    let insn = d.decode();
+    let mut out = String::new();
+    if insn.is_invalid() {
+        out.push_str("(bad)");
+    } else {
+        let mut f = IntelFormatter::new();
+        let o = f.options_mut();
+        o.set_space_after_operand_separator(true);
+        o.set_hex_prefix("0x");
+        o.set_hex_suffix("");
+        o.set_uppercase_hex(false);
+        o.set_branch_leading_zeros(false);
+        f.format(&insn, &mut out);
+    }
+    out
+}

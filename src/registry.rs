@@ -1,0 +1,228 @@
+//! The table of call sites and trampolines of this module (the executable or
+//! shared object that linked this copy of the crate), read from the linker
+//! sections the macro's assembly fills.
+//!
+//! # Safety
+//!
+//! The records are written only by this crate's assembly templates
+//! (`arch::x86_64`): each holds 32-bit offsets, relative to the record
+//! field itself, to an instruction in this module's text and to a `RawKey`
+//! static. The linker defines `__start_`/`__stop_` around each section, and
+//! the crate itself contributes one sentinel record (offset 0) so that the
+//! sections always exist. Resolving a record is pointer arithmetic within
+//! this module; the key pointers it yields are `'static`.
+#![allow(unsafe_code)]
+
+use crate::arch::x86_64::{
+    encode, trampoline_image, well_placed, Insn, INSN_LEN, TRAMP_SIZE,
+};
+use crate::key::RawKey;
+use crate::site::NotDirect;
+use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::OnceLock;
+
+#[repr(C)]
+struct Record {
+    at: i32,
+    key: i32,
+}
+
+core::arch::global_asm!(
+    ".pushsection static_call_sites_v1, \"aR\", @progbits",
+    ".balign 4",
+    ".long 0, 0",
+    ".popsection",
+    ".pushsection static_call_tramps_v1, \"aR\", @progbits",
+    ".balign 4",
+    ".long 0, 0",
+    ".popsection",
+);
+
+extern "C" {
+    static __start_static_call_sites_v1: Record;
+    static __stop_static_call_sites_v1: Record;
+    static __start_static_call_tramps_v1: Record;
+    static __stop_static_call_tramps_v1: Record;
+}
+
+/// One call site.
+pub struct SiteEntry {
+    pub at: usize,
+    pub key: &'static RawKey,
+    pub tramp: usize,
+    /// Set when the site is never to be patched.
+    pub refused: Option<NotDirect>,
+}
+
+/// One trampoline.
+pub struct TrampEntry {
+    pub at: usize,
+    pub key: &'static RawKey,
+    /// The image past the head did not match at load: every update of this
+    /// key fails with the first difference.
+    pub damaged: bool,
+}
+
+pub struct Registry {
+    /// Sorted by (key, address).
+    pub sites: Box<[SiteEntry]>,
+    /// Sorted by key.
+    pub tramps: Box<[TrampEntry]>,
+    /// Every address this crate may patch (trampolines, sites not refused),
+    /// sorted: what the SIGTRAP handler searches.
+    pub addrs: Box<[usize]>,
+}
+
+static REGISTRY: OnceLock<Registry> = OnceLock::new();
+/// The same registry, for the signal handler, which must not touch `OnceLock`
+/// (it may block).
+static PUBLISHED: AtomicPtr<Registry> = AtomicPtr::new(std::ptr::null_mut());
+
+fn key_addr(k: &RawKey) -> usize {
+    k as *const RawKey as usize
+}
+
+/// Reads a section into (instruction address, key) pairs, sentinels dropped.
+///
+/// # Safety
+///
+/// `start..stop` is one of the record sections of this module.
+unsafe fn records(start: *const Record, stop: *const Record) -> Vec<(usize, &'static RawKey)> {
+    let n = (stop as usize - start as usize) / size_of::<Record>();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        // SAFETY: `i < n` records lie in the section.
+        let r = unsafe { start.add(i) };
+        // SAFETY: as above; fields are plain integers.
+        let (at, key) = unsafe { ((*r).at, (*r).key) };
+        if at == 0 {
+            continue;
+        }
+        let base_at = r as usize;
+        let base_key = base_at + 4;
+        let at = base_at.wrapping_add(at as isize as usize);
+        let key = base_key.wrapping_add(key as isize as usize);
+        // SAFETY: the macro records only `Key` statics, whose first field is
+        // the `RawKey` (both `repr(C)`).
+        out.push((at, unsafe { &*(key as *const RawKey) }));
+    }
+    out
+}
+
+fn read5(at: usize) -> [u8; INSN_LEN] {
+    let mut b = [0; INSN_LEN];
+    for (i, x) in b.iter_mut().enumerate() {
+        // SAFETY: `at` is an instruction of this module's text (registry
+        // entries only), which is mapped readable.
+        *x = unsafe { std::ptr::read_volatile((at + i) as *const u8) };
+    }
+    b
+}
+
+/// The current five bytes at a site or trampoline head.
+pub fn current_bytes(at: usize) -> [u8; INSN_LEN] {
+    read5(at)
+}
+
+fn build() -> Registry {
+    // SAFETY: the linker-defined bounds of our own sections.
+    let (mut sites, mut tramps) = unsafe {
+        (
+            records(&raw const __start_static_call_sites_v1, &raw const __stop_static_call_sites_v1),
+            records(&raw const __start_static_call_tramps_v1, &raw const __stop_static_call_tramps_v1),
+        )
+    };
+    tramps.sort_by_key(|&(at, k)| (key_addr(k), at));
+    tramps.dedup_by_key(|&mut (_, k)| key_addr(k));
+    let tramps: Box<[TrampEntry]> = tramps
+        .into_iter()
+        .map(|(at, key)| {
+            let mut image = [0u8; TRAMP_SIZE];
+            for (i, x) in image.iter_mut().enumerate() {
+                // SAFETY: a trampoline is TRAMP_SIZE bytes of our text.
+                *x = unsafe { std::ptr::read_volatile((at + i) as *const u8) };
+            }
+            let expected = trampoline_image(at, key_addr(key), [0; INSN_LEN]);
+            let tail_ok = expected.is_some_and(|e| e[INSN_LEN..] == image[INSN_LEN..]);
+            TrampEntry { at, key, damaged: !tail_ok || at % TRAMP_SIZE != 0 }
+        })
+        .collect();
+
+    sites.sort_by_key(|&(at, k)| (key_addr(k), at));
+    sites.dedup_by_key(|&mut (at, _)| at);
+    let sites: Box<[SiteEntry]> = sites
+        .into_iter()
+        .map(|(at, key)| {
+            let tramp = tramps
+                .binary_search_by_key(&key_addr(key), |t| key_addr(t.key))
+                .map(|i| tramps[i].at)
+                .unwrap_or(0);
+            let found = read5(at);
+            let refused = if tramp == 0 || encode(at, Insn::Call(tramp)) != Some(found) {
+                Some(NotDirect::Refused(found))
+            } else if !well_placed(at) {
+                Some(NotDirect::Misplaced)
+            } else {
+                None
+            };
+            SiteEntry { at, key, tramp, refused }
+        })
+        .collect();
+
+    let mut addrs: Vec<usize> = tramps.iter().filter(|t| !t.damaged).map(|t| t.at).collect();
+    addrs.extend(sites.iter().filter(|s| s.refused.is_none()).map(|s| s.at));
+    addrs.sort_unstable();
+    Registry { sites, tramps, addrs: addrs.into_boxed_slice() }
+}
+
+/// The registry, built on first use.
+pub fn get() -> &'static Registry {
+    let r = REGISTRY.get_or_init(build);
+    PUBLISHED.store(r as *const Registry as *mut Registry, Ordering::Release);
+    r
+}
+
+/// The registry if it was built, for the signal handler. Async-signal-safe.
+pub fn published() -> Option<&'static Registry> {
+    // SAFETY: either null or the `'static` registry, never freed.
+    unsafe { PUBLISHED.load(Ordering::Acquire).as_ref() }
+}
+
+impl Registry {
+    /// The sites of `key`, in address order.
+    pub fn sites_of(&self, key: &RawKey) -> &[SiteEntry] {
+        let k = key_addr(key);
+        let lo = self.sites.partition_point(|s| key_addr(s.key) < k);
+        let hi = self.sites.partition_point(|s| key_addr(s.key) <= k);
+        &self.sites[lo..hi]
+    }
+
+    /// The trampoline of `key`, if this module has it.
+    pub fn tramp_of(&self, key: &RawKey) -> Option<&TrampEntry> {
+        let k = key_addr(key);
+        self.tramps.binary_search_by_key(&k, |t| key_addr(t.key)).ok().map(|i| &self.tramps[i])
+    }
+
+    /// Whether the SIGTRAP handler should consider `at`. Async-signal-safe.
+    pub fn is_ours(&self, at: usize) -> bool {
+        self.addrs.binary_search(&at).is_ok()
+    }
+}
+
+/// The first difference between a trampoline's bytes past its head and what
+/// the macro assembled: (address, found, expected), five bytes each.
+pub fn tramp_damage(t: &TrampEntry) -> Option<(usize, [u8; INSN_LEN], [u8; INSN_LEN])> {
+    if !t.damaged {
+        return None;
+    }
+    let expected = trampoline_image(t.at, key_addr(t.key), [0; INSN_LEN])?;
+    let start = (INSN_LEN..TRAMP_SIZE - INSN_LEN)
+        .find(|&i| {
+            // SAFETY: within the trampoline.
+            unsafe { std::ptr::read_volatile((t.at + i) as *const u8) != expected[i] }
+        })
+        .unwrap_or(TRAMP_SIZE - INSN_LEN);
+    let mut want = [0; INSN_LEN];
+    want.copy_from_slice(&expected[start..start + INSN_LEN]);
+    Some((t.at + start, read5(t.at + start), want))
+}

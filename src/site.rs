@@ -1,0 +1,96 @@
+//! Introspection: what each call site executes now, and why.
+
+use core::fmt;
+
+/// What a call site executes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SiteState {
+    /// `call target`: the goal state, as cheap as a direct call.
+    Direct,
+    /// `call trampoline`: see [`Site::reason`].
+    Trampoline,
+    /// A five-byte `nop`: the key has no target and returns `()`.
+    Nop,
+    /// `xor eax, eax`: the key has no target and returns zero.
+    Zero,
+}
+
+/// Why a site is not [`SiteState::Direct`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum NotDirect {
+    /// [`init`](crate::init) has not run (nor any update): every site calls
+    /// its trampoline, which jumps to the target.
+    NotInitialized,
+    /// The key has no target.
+    NoTarget,
+    /// The target is more than 2 GiB away (typically in a `dlopen`ed
+    /// library): the site calls the trampoline, which jumps through the key.
+    OutOfReach,
+    /// The assembler did not place the call's rel32 on a 4-byte boundary: the
+    /// site is never patched and keeps calling the trampoline.
+    Misplaced,
+    /// At `init` the site did not hold the call to its trampoline the macro
+    /// emitted (these bytes instead): it is never patched.
+    Refused([u8; 5]),
+}
+
+impl fmt::Display for NotDirect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotDirect::NotInitialized => f.write_str("not initialized yet"),
+            NotDirect::NoTarget => f.write_str("no target"),
+            NotDirect::OutOfReach => f.write_str("target out of rel32 reach, called through the key's slot"),
+            NotDirect::Misplaced => f.write_str("rel32 not 4-byte aligned, left on the trampoline"),
+            NotDirect::Refused(b) => write!(f, "unexpected bytes {b:02x?} at init, left alone"),
+        }
+    }
+}
+
+/// One call site of a key, as it was when [`Key::sites`](crate::Key::sites)
+/// looked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Site {
+    pub(crate) address: usize,
+    pub(crate) state: SiteState,
+    pub(crate) reason: Option<NotDirect>,
+    pub(crate) bytes: [u8; 5],
+}
+
+impl Site {
+    /// The first byte of the call instruction.
+    pub fn address(&self) -> usize {
+        self.address
+    }
+
+    /// What the site executes.
+    pub fn state(&self) -> SiteState {
+        self.state
+    }
+
+    /// Why the site is not [`SiteState::Direct`]; `None` when it is.
+    pub fn reason(&self) -> Option<NotDirect> {
+        self.reason
+    }
+
+    /// The five bytes of the instruction.
+    pub fn bytes(&self) -> [u8; 5] {
+        self.bytes
+    }
+}
+
+impl fmt::Display for Site {
+    /// `0x55d0c0a01b3f: e8 4c 0a 00 00  call 0x55d0c0a02590` followed by the
+    /// reason when the site is not direct.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#x}: ", self.address)?;
+        for b in self.bytes {
+            write!(f, "{b:02x} ")?;
+        }
+        write!(f, " {}", crate::backend::disassemble(self.address, &self.bytes))?;
+        if let Some(r) = self.reason {
+            write!(f, "  ({r})")?;
+        }
+        Ok(())
+    }
+}
