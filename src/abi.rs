@@ -116,53 +116,53 @@ unsafe impl<T> IntegerRegister for *mut T {
 
 // SAFETY: references to sized types are thin pointers; a callee returning
 // `&'a T` returns a valid one.
-unsafe impl<'a, T> IntegerRegister for &'a T {
+unsafe impl<T> IntegerRegister for &T {
     #[inline(always)]
     fn into_register(self) -> u64 {
         self as *const T as usize as u64
     }
     #[inline(always)]
     unsafe fn from_register(bits: u64) -> Self {
-        // SAFETY: the callee's return type is `&'a T`.
+        // SAFETY: the callee's return type is `&T`.
         unsafe { &*(bits as usize as *const T) }
     }
 }
 
 // SAFETY: as for `&'a T`.
-unsafe impl<'a, T> IntegerRegister for &'a mut T {
+unsafe impl<T> IntegerRegister for &mut T {
     #[inline(always)]
     fn into_register(self) -> u64 {
         self as *mut T as usize as u64
     }
     #[inline(always)]
     unsafe fn from_register(bits: u64) -> Self {
-        // SAFETY: the callee's return type is `&'a mut T`.
+        // SAFETY: the callee's return type is `&mut T`.
         unsafe { &mut *(bits as usize as *mut T) }
     }
 }
 
 // SAFETY: `Option<&T>` is a nullable pointer.
-unsafe impl<'a, T> IntegerRegister for Option<&'a T> {
+unsafe impl<T> IntegerRegister for Option<&T> {
     #[inline(always)]
     fn into_register(self) -> u64 {
         self.map_or(0, |r| r as *const T as usize as u64)
     }
     #[inline(always)]
     unsafe fn from_register(bits: u64) -> Self {
-        // SAFETY: the callee's return type is `Option<&'a T>`.
+        // SAFETY: the callee's return type is `Option<&T>`.
         unsafe { (bits as usize as *const T).as_ref() }
     }
 }
 
 // SAFETY: `Option<&mut T>` is a nullable pointer.
-unsafe impl<'a, T> IntegerRegister for Option<&'a mut T> {
+unsafe impl<T> IntegerRegister for Option<&mut T> {
     #[inline(always)]
     fn into_register(self) -> u64 {
         self.map_or(0, |r| r as *mut T as usize as u64)
     }
     #[inline(always)]
     unsafe fn from_register(bits: u64) -> Self {
-        // SAFETY: the callee's return type is `Option<&'a mut T>`.
+        // SAFETY: the callee's return type is `Option<&mut T>`.
         unsafe { (bits as usize as *mut T).as_mut() }
     }
 }

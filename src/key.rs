@@ -51,6 +51,9 @@ impl RawKey {
 #[repr(C)]
 pub struct Key<F, R> {
     raw: RawKey,
+    /// The naked function that emits the trampoline: referenced here so
+    /// that the trampoline is emitted exactly when the key is.
+    _trampoline: Option<extern "C" fn()>,
     _f: PhantomData<(F, fn() -> R)>,
 }
 
@@ -63,10 +66,11 @@ impl<F: Copy, R> Key<F, R> {
     /// function pointer type whose return type is `R` up to lifetimes;
     /// `target` is null or an `F` cast to a pointer; `no_target` is
     /// [`NoTarget::Nop`] only if `R` is `()`; `target` is null only if `R:
-    /// Zeroable`.
+    /// Zeroable`; `trampoline` is the function that emits the key's
+    /// trampoline (never called).
     #[doc(hidden)]
-    pub const unsafe fn __new(target: *mut (), no_target: NoTarget) -> Self {
-        Key { raw: RawKey { slot: AtomicPtr::new(target), no_target }, _f: PhantomData }
+    pub const unsafe fn __new(target: *mut (), no_target: NoTarget, trampoline: Option<extern "C" fn()>) -> Self {
+        Key { raw: RawKey { slot: AtomicPtr::new(target), no_target }, _trampoline: trampoline, _f: PhantomData }
     }
 
     #[doc(hidden)]

@@ -13,9 +13,7 @@
 //! this module; the key pointers it yields are `'static`.
 #![allow(unsafe_code)]
 
-use crate::arch::x86_64::{
-    encode, trampoline_image, well_placed, Insn, INSN_LEN, TRAMP_SIZE,
-};
+use crate::arch::x86_64::{encode, trampoline_image, well_placed, Insn, INSN_LEN, TRAMP_SIZE};
 use crate::key::RawKey;
 use crate::site::NotDirect;
 use std::sync::atomic::{AtomicPtr, Ordering};
@@ -153,10 +151,8 @@ fn build() -> Registry {
     let sites: Box<[SiteEntry]> = sites
         .into_iter()
         .map(|(at, key)| {
-            let tramp = tramps
-                .binary_search_by_key(&key_addr(key), |t| key_addr(t.key))
-                .map(|i| tramps[i].at)
-                .unwrap_or(0);
+            let tramp =
+                tramps.binary_search_by_key(&key_addr(key), |t| key_addr(t.key)).map(|i| tramps[i].at).unwrap_or(0);
             let found = read5(at);
             let refused = if tramp == 0 || encode(at, Insn::Call(tramp)) != Some(found) {
                 Some(NotDirect::Refused(found))

@@ -34,7 +34,8 @@ pub fn static_call(args: proc_macro::TokenStream, input: proc_macro::TokenStream
     }
 }
 
-const FORMS: &str = "expected `static NAME: extern \"C\" fn(..) -> R = target;` or `static NAME: extern \"C\" fn(..);` \
+const FORMS: &str =
+    "expected `static NAME: extern \"C\" fn(..) -> R = target;` or `static NAME: extern \"C\" fn(..);` \
                      (no target; return type `()` or zeroable)";
 
 struct Decl {
@@ -90,9 +91,7 @@ fn parse_args(args: TokenStream) -> syn::Result<Args> {
             out.out_of_line = true;
             Ok(())
         } else {
-            Err(meta.error(
-                "unknown argument; the valid forms are `#[static_call]` and `#[static_call(out_of_line)]`",
-            ))
+            Err(meta.error("unknown argument; the valid forms are `#[static_call]` and `#[static_call(out_of_line)]`"))
         }
     });
     syn::parse::Parser::parse2(parser, args)?;
@@ -173,6 +172,7 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
 
     let marker = format_ident!("__static_call_{}", ident);
     let key = format_ident!("__STATIC_CALL_KEY_{}", ident);
+    let holder = format_ident!("__static_call_trampoline_{}", ident);
     let sc = quote!(::static_call::__private);
     let unit = is_unit(&f.output);
     let ret_static = static_ret(&f.output);
@@ -181,6 +181,7 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
         ReturnType::Type(_, t) => quote!(#t),
     };
     let unsafety = &f.unsafety;
+    let output = &f.output;
     let lifetimes = f.lifetimes.as_ref().map(|b| {
         let l = &b.lifetimes;
         quote!(<#l>)
@@ -259,12 +260,14 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
             // SAFETY: `#ty` is an `extern "C"` function pointer type returning
             // `#ret_static` up to lifetimes (checked above); the target is one
             // of them, or null with a zeroable return (checked below).
-            unsafe { #sc::Key::__new(#init, #no_target) };
+            unsafe {
+                #sc::Key::__new(#init, #no_target, #sc::backend! { inline { Some(#holder) } portable { None } })
+            };
 
         #zero_check
 
         #sc::backend! {
-            inline { #sc::trampoline!(#key, #form); }
+            inline { #sc::trampoline!(#key, #holder, #form); }
             portable {}
         }
 
@@ -272,7 +275,7 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
             #[doc = #doc_call]
             #[inline(always)]
             #[allow(clippy::too_many_arguments, clippy::missing_safety_doc)]
-            #vis #unsafety fn call #lifetimes (self, #(#arg_names: #arg_tys),*) -> #ret_ty {
+            #vis #unsafety fn call #lifetimes (self, #(#arg_names: #arg_tys),*) #output {
                 #sc::backend! {
                     inline { #inline_body }
                     portable { #portable_body }
@@ -375,12 +378,8 @@ fn inline_site(f: &TypeBareFn, key: &Ident, names: &[Ident], tys: &[&Type], unit
         (ReturnType::Default, false) => unreachable!("no return type is unit"),
     };
     let (decl, out, result) = match ret {
-        None => (quote!(), quote!(), quote!(())),
-        Some((t, Class::Float)) => (
-            quote!(let __ret: #t;),
-            quote!(lateout("xmm0") __ret,),
-            quote!(__ret),
-        ),
+        None => (quote!(), quote!(), quote!()),
+        Some((t, Class::Float)) => (quote!(let __ret: #t;), quote!(lateout("xmm0") __ret,), quote!(__ret)),
         Some((t, Class::Integer)) => (
             quote!(let __ret: u64;),
             quote!(lateout("rax") __ret,),

@@ -123,7 +123,7 @@ pub fn far_head(tramp: usize) -> [u8; INSN_LEN] {
 /// Where a site's call instruction must start so that its rel32 is 4-byte
 /// aligned.
 pub fn well_placed(site: usize) -> bool {
-    (site + 1) % 4 == 0
+    (site + 1).is_multiple_of(4)
 }
 
 /// Assembly templates. They are `macro_rules!` so that `asm!`/`global_asm!` see
@@ -161,39 +161,49 @@ macro_rules! __static_call_x86_64_trampoline {
     // The trampoline of a key: 32 bytes, 32-aligned, in its own section. The
     // head is one of `jmp +3` (to the far jump, i.e. through the slot), `ret`
     // padded with int3, or `xor5rax` (falling into the `ret` at +5).
-    ($key:path, target) => {
-        $crate::__static_call_x86_64_trampoline!(@emit $key, ".byte 0xe9, 0x03, 0x00, 0x00, 0x00");
+    //
+    // It is emitted from a naked function (an item, allowed where the key is
+    // declared inside a function body, which `global_asm!` is not) that
+    // switches sections; the key holds a pointer to that function, so the
+    // trampoline is emitted exactly when the key is.
+    ($key:path, $holder:ident, target) => {
+        $crate::__static_call_x86_64_trampoline!(@emit $key, $holder, ".byte 0xe9, 0x03, 0x00, 0x00, 0x00");
     };
-    ($key:path, unit) => {
-        $crate::__static_call_x86_64_trampoline!(@emit $key, ".byte 0xc3, 0xcc, 0xcc, 0xcc, 0xcc");
+    ($key:path, $holder:ident, unit) => {
+        $crate::__static_call_x86_64_trampoline!(@emit $key, $holder, ".byte 0xc3, 0xcc, 0xcc, 0xcc, 0xcc");
     };
-    ($key:path, zero) => {
-        $crate::__static_call_x86_64_trampoline!(@emit $key, ".byte 0x2e, 0x2e, 0x2e, 0x31, 0xc0");
+    ($key:path, $holder:ident, zero) => {
+        $crate::__static_call_x86_64_trampoline!(@emit $key, $holder, ".byte 0x2e, 0x2e, 0x2e, 0x31, 0xc0");
     };
-    (@emit $key:path, $head:literal) => {
-        ::core::arch::global_asm!(
-            ".pushsection .text.static_call_tramp, \"ax\", @progbits",
-            ".balign 32, 0xcc",
-            ".globl {k}_sc_tramp",
-            ".hidden {k}_sc_tramp",
-            ".type {k}_sc_tramp, @function",
-            "{k}_sc_tramp:",
-            $head,
-            ".byte 0xc3, 0xcc, 0xcc",
-            "jmp qword ptr [rip + {k}]",
-            ".byte 0x0f, 0xb9, 0xcc",
-            ".ascii \"SCALL\"",
-            ".byte 1",
-            ".byte 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc",
-            ".size {k}_sc_tramp, 32",
-            ".popsection",
-            ".pushsection static_call_tramps_v1, \"aR\", @progbits",
-            ".balign 4",
-            ".long {k}_sc_tramp - .",
-            ".long {k} - .",
-            ".popsection",
-            k = sym $key,
-        );
+    (@emit $key:path, $holder:ident, $head:literal) => {
+        #[doc(hidden)]
+        #[unsafe(naked)]
+        extern "C" fn $holder() {
+            ::core::arch::naked_asm!(
+                ".pushsection .text.static_call_tramp, \"ax\", @progbits",
+                ".balign 32, 0xcc",
+                ".globl {k}_sc_tramp",
+                ".hidden {k}_sc_tramp",
+                ".type {k}_sc_tramp, @function",
+                "{k}_sc_tramp:",
+                $head,
+                ".byte 0xc3, 0xcc, 0xcc",
+                "jmp qword ptr [rip + {k}]",
+                ".byte 0x0f, 0xb9, 0xcc",
+                ".ascii \"SCALL\"",
+                ".byte 1",
+                ".byte 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc",
+                ".size {k}_sc_tramp, 32",
+                ".popsection",
+                ".pushsection static_call_tramps_v1, \"aR\", @progbits",
+                ".balign 4",
+                ".long {k}_sc_tramp - .",
+                ".long {k} - .",
+                ".popsection",
+                "ud2",
+                k = sym $key,
+            )
+        }
     };
 }
 
@@ -219,7 +229,7 @@ macro_rules! __static_call_x86_64_trampoline_addr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic};
+    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
     use proptest::prelude::*;
 
     fn decode_iced(at: usize, bytes: &[u8]) -> iced_x86::Instruction {
@@ -256,7 +266,7 @@ mod tests {
             prop_assert_eq!(head.near_branch_target(), (tramp + TRAMP_FAR_OFFSET) as u64);
             let far = decode_iced(tramp + TRAMP_FAR_OFFSET, &image[TRAMP_FAR_OFFSET..]);
             prop_assert_eq!(far.mnemonic(), Mnemonic::Jmp);
-            prop_assert_eq!(far.flow_control(), FlowControl::IndirectBranch);
+            prop_assert_eq!(far.op0_kind(), iced_x86::OpKind::Memory);
             prop_assert!(far.is_ip_rel_memory_operand());
             prop_assert_eq!(far.ip_rel_memory_address(), slot as u64);
         }

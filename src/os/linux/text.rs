@@ -150,14 +150,8 @@ fn pwrite_all(fd: i32, at: usize, bytes: &[u8]) -> Result<(), i32> {
     while done < bytes.len() {
         // SAFETY: the buffer is valid for `len - done` bytes; the offset is an
         // address in our own address space.
-        let n = unsafe {
-            libc::pwrite(
-                fd,
-                bytes[done..].as_ptr().cast(),
-                bytes.len() - done,
-                (at + done) as libc::off_t,
-            )
-        };
+        let n =
+            unsafe { libc::pwrite(fd, bytes[done..].as_ptr().cast(), bytes.len() - done, (at + done) as libc::off_t) };
         match n {
             n if n > 0 => done += n as usize,
             0 => return Err(libc::EIO),
