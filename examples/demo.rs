@@ -1,29 +1,255 @@
-use static_call::static_call;
+//! The main job: declare static calls, show their call sites before and after
+//! patching, retarget them while threads call, and print what a call costs.
+//!
+//! ```text
+//! cargo run --release --example demo
+//! ```
+use static_call::{static_call, SiteState};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
 extern "C" fn fnv1a(x: u64) -> u64 {
-    x.wrapping_mul(3)
+    (x ^ 0xcbf2_9ce4_8422_2325).wrapping_mul(0x0100_0000_01b3)
 }
-extern "C" fn other(x: u64) -> u64 {
-    x + 1
+extern "C" fn murmur(x: u64) -> u64 {
+    let x = (x ^ (x >> 33)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    x ^ (x >> 33)
 }
+extern "C" fn identity(x: u64) -> u64 {
+    x
+}
+
+static EVENTS: AtomicU64 = AtomicU64::new(0);
+extern "C" fn count_event(n: u32) {
+    EVENTS.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+/// The hash every request goes through.
 #[static_call]
 pub static HASH: extern "C" fn(u64) -> u64 = fnv1a;
+
+/// Called on every event; nothing listens yet.
 #[static_call]
 static ON_EVENT: extern "C" fn(u32);
-fn main() {
-    println!("{}", HASH.call(5));
-    ON_EVENT.call(3);
-    for s in HASH.sites() {
-        println!("{s}");
+
+#[inline(never)]
+fn hash(x: u64) -> u64 {
+    HASH.call(x)
+}
+
+#[inline(never)]
+fn hash_twice(x: u64) -> u64 {
+    HASH.call(HASH.call(x))
+}
+
+#[inline(never)]
+fn event(n: u32) {
+    ON_EVENT.call(n)
+}
+
+/// A dependent loop: each call's argument is the previous result, so calls
+/// cannot overlap and the time per iteration is the latency of one call.
+#[inline(never)]
+fn loop_hash(n: u64) -> u64 {
+    let mut x = 1;
+    for _ in 0..n {
+        x = HASH.call(black_box(x));
     }
-    static_call::init().unwrap();
-    for s in HASH.sites() {
-        println!("{s}");
+    x
+}
+
+#[inline(never)]
+extern "C" fn bench_target(x: u64) -> u64 {
+    x.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 7
+}
+
+#[inline(never)]
+fn loop_direct(n: u64) -> u64 {
+    let mut x = 1;
+    for _ in 0..n {
+        x = bench_target(black_box(x));
     }
-    println!("{}", HASH.call(5));
-    HASH.update(other);
-    for s in HASH.sites() {
-        println!("{s}");
+    x
+}
+
+static POINTER: AtomicPtr<()> = AtomicPtr::new(bench_target as *mut ());
+
+#[inline(never)]
+fn loop_pointer(n: u64) -> u64 {
+    let mut x = 1;
+    for _ in 0..n {
+        // SAFETY: POINTER always holds `bench_target`.
+        let f: extern "C" fn(u64) -> u64 = unsafe { std::mem::transmute(POINTER.load(Ordering::Acquire)) };
+        x = f(black_box(x));
     }
-    println!("{}", HASH.call(5));
-    println!("{:?}", static_call::stats());
+    x
+}
+
+/// Nanoseconds per iteration of `f(n)`: the median of 11 runs.
+fn ns_per_call(f: fn(u64) -> u64) -> f64 {
+    const N: u64 = 2_000_000;
+    let mut runs: Vec<f64> = (0..11)
+        .map(|_| {
+            let t = Instant::now();
+            black_box(f(black_box(N)));
+            t.elapsed().as_nanos() as f64 / N as f64
+        })
+        .collect();
+    runs.sort_by(f64::total_cmp);
+    runs[runs.len() / 2]
+}
+
+fn name_of(addr: usize) -> &'static str {
+    let names: [(usize, &str); 5] = [
+        (fnv1a as *const () as usize, "fnv1a"),
+        (murmur as *const () as usize, "murmur"),
+        (identity as *const () as usize, "identity"),
+        (count_event as *const () as usize, "count_event"),
+        (bench_target as *const () as usize, "bench_target"),
+    ];
+    if static_call::__private::trampoline_of(&HASH) == Some(addr) {
+        return "HASH's trampoline";
+    }
+    if static_call::__private::trampoline_of(&ON_EVENT) == Some(addr) {
+        return "ON_EVENT's trampoline";
+    }
+    names.iter().find(|&&(a, _)| a == addr).map_or("?", |&(_, n)| n)
+}
+
+#[cfg(not(feature = "portable"))]
+fn writer() -> String {
+    format!("text written with {:?}", static_call::text_writer())
+}
+#[cfg(feature = "portable")]
+fn writer() -> String {
+    "portable backend: nothing to patch".into()
+}
+
+fn show_sites(title: &str) {
+    println!("{title}");
+    for (key, sites) in [("HASH", HASH.sites()), ("ON_EVENT", ON_EVENT.sites())] {
+        for s in sites {
+            let b = s.bytes();
+            let target = if b[0] == 0xe8 {
+                let rel = i32::from_le_bytes([b[1], b[2], b[3], b[4]]) as isize;
+                format!("  -> {}", name_of((s.address() as isize + 5 + rel) as usize))
+            } else {
+                String::new()
+            };
+            println!("  {key:<9} {s}{target}");
+        }
+    }
+}
+
+fn main() -> Result<(), static_call::Error> {
+    println!("static_call demo: {} sites of HASH, {} of ON_EVENT", HASH.sites().len(), ON_EVENT.sites().len());
+    println!("backend: {}", if static_call::PATCHING { "patched call sites" } else { "atomic function pointer" });
+    println!();
+
+    show_sites("Before init: every site calls its key's trampoline");
+    let before_init = ns_per_call(loop_hash);
+    assert_eq!(hash(3), fnv1a(3));
+
+    let t = Instant::now();
+    static_call::init()?;
+    let init_time = t.elapsed();
+    println!();
+    show_sites(&format!("After init ({init_time:.1?}, {}): direct calls", writer()));
+    assert_eq!(hash(3), fnv1a(3));
+    event(1);
+    assert_eq!(EVENTS.load(Ordering::Relaxed), 0, "no target: the nop does nothing");
+
+    // Retarget while threads call through both keys.
+    println!();
+    let stop = Arc::new(AtomicBool::new(false));
+    let wrong = Arc::new(AtomicU64::new(0));
+    let calls = Arc::new(AtomicU64::new(0));
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, wrong, calls) = (stop.clone(), wrong.clone(), calls.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let x = n | 1;
+                    let r = hash(x);
+                    if ![fnv1a(x), murmur(x), identity(x)].contains(&r) {
+                        wrong.fetch_add(1, Ordering::Relaxed);
+                    }
+                    event(1);
+                    n += 1;
+                }
+                calls.fetch_add(n, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    let targets: [extern "C" fn(u64) -> u64; 3] = [murmur, identity, fnv1a];
+    let t = Instant::now();
+    let mut updates = 0u64;
+    while updates < 3_000 || static_call::stats().traps_emulated + static_call::stats().traps_rewound == 0 {
+        HASH.update(targets[updates as usize % 3]);
+        if updates % 2 == 0 {
+            ON_EVENT.update(count_event);
+        } else {
+            ON_EVENT.reset();
+        }
+        updates += 1;
+    }
+    let elapsed = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for c in callers {
+        c.join().expect("caller thread");
+    }
+    let s = static_call::stats();
+    println!(
+        "{} updates of 2 keys in {elapsed:.1?} ({:.1} µs each) while 2 threads made {} calls: {} wrong results, \
+         {} calls emulated on the int3, {} rewound",
+        updates,
+        elapsed.as_secs_f64() * 1e6 / (2 * updates) as f64,
+        calls.load(Ordering::Relaxed),
+        wrong.load(Ordering::Relaxed),
+        s.traps_emulated,
+        s.traps_rewound
+    );
+    assert_eq!(wrong.load(Ordering::Relaxed), 0);
+
+    HASH.update(murmur);
+    ON_EVENT.update(count_event);
+    println!();
+    show_sites("After HASH.update(murmur), ON_EVENT.update(count_event)");
+    assert_eq!(hash_twice(5), murmur(murmur(5)));
+    assert!(HASH.sites().iter().all(|s| s.state() == SiteState::Direct));
+
+    // Costs: a dependent loop of calls, the same target for each variant.
+    HASH.update(bench_target);
+    let direct = ns_per_call(loop_direct);
+    let patched = ns_per_call(loop_hash);
+    let pointer = ns_per_call(loop_pointer);
+    let t = Instant::now();
+    let n_updates = 200;
+    for i in 0..n_updates {
+        HASH.update(if i % 2 == 0 { identity } else { bench_target });
+    }
+    let update = t.elapsed().as_secs_f64() * 1e6 / n_updates as f64;
+    let t = Instant::now();
+    for _ in 0..n_updates {
+        static_call::__private::sync_core_once()?;
+    }
+    let membarrier = t.elapsed().as_secs_f64() * 1e6 / n_updates as f64;
+    println!();
+    println!("Cost of one call, dependent loop, median of 11 runs of 2M calls (this machine, this run):");
+    println!("  {:<44} {:>7.2} ns   1.00x", "plain #[inline(never)] extern \"C\" call", direct);
+    println!("  {:<44} {:>7.2} ns   {:.2}x", "patched static call site", patched, patched / direct);
+    println!(
+        "  {:<44} {:>7.2} ns   {:.2}x",
+        "before init (trampoline, through the slot)",
+        before_init,
+        before_init / direct
+    );
+    println!("  {:<44} {:>7.2} ns   {:.2}x", "AtomicPtr function pointer", pointer, pointer / direct);
+    println!("Cost of one update ({} sites + trampoline): {update:.1} µs", HASH.sites().len());
+    println!("  one membarrier SYNC_CORE: {membarrier:.1} µs (an update is {:.1}x that)", update / membarrier);
+    println!("  init: {init_time:.1?}");
+    Ok(())
 }

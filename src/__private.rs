@@ -64,21 +64,20 @@ pub fn set_trap_hook(hook: Option<extern "C" fn()>) {
     crate::patch::set_trap_hook(hook)
 }
 
-/// The address of a key's trampoline, for introspection and tests.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+/// The address of a key's trampoline, for introspection and tests (`None`
+/// on the portable backend).
 pub fn trampoline_of<F: Copy, R>(key: &'static Key<F, R>) -> Option<usize> {
-    crate::patch::trampoline(key.__raw())
+    crate::backend::trampoline(key.__raw())
 }
 
-/// Disassembles one instruction (introspection, the demo).
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+/// Disassembles one instruction (introspection, the demo); empty on the
+/// portable backend.
 pub fn disassemble(at: usize, bytes: &[u8]) -> String {
-    crate::patch::disassemble(at, bytes)
+    crate::backend::disassemble(at, bytes)
 }
 
 /// One `membarrier` SYNC_CORE call: the floor an update cannot go below,
-/// for benchmarks.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+/// for benchmarks (a no-op on the portable backend).
 pub fn sync_core_once() -> Result<(), crate::Error> {
-    crate::os::linux::membarrier::sync_core_once()
+    crate::backend::sync_core_once()
 }

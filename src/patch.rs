@@ -541,6 +541,10 @@ pub fn sites(key: &RawKey) -> Vec<Site> {
         .collect()
 }
 
+pub fn sync_core_once() -> Result<(), Error> {
+    membarrier::sync_core_once()
+}
+
 /// The address of `key`'s trampoline in this module.
 pub fn trampoline(key: &RawKey) -> Option<usize> {
     registry::get().tramp_of(key).map(|t| t.at)

@@ -36,3 +36,11 @@ pub fn sites(_key: &RawKey) -> Vec<Site> {
 pub fn disassemble(_at: usize, _bytes: &[u8]) -> String {
     String::new()
 }
+
+pub fn trampoline(_key: &RawKey) -> Option<usize> {
+    None
+}
+
+pub fn sync_core_once() -> Result<(), Error> {
+    Ok(())
+}

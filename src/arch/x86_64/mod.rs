@@ -177,6 +177,7 @@ macro_rules! __static_call_x86_64_trampoline {
     };
     (@emit $key:path, $holder:ident, $head:literal) => {
         #[doc(hidden)]
+        #[allow(non_snake_case)]
         #[unsafe(naked)]
         extern "C" fn $holder() {
             ::core::arch::naked_asm!(
