@@ -336,9 +336,10 @@ fn sync() {
     membarrier::sync_core();
 }
 
-/// Verifies and writes `plan`, calling `commit` (which stores the new
-/// targets) once nothing can fail any more but the writes themselves.
-fn apply(st: &mut State, reg: &Registry, commit: impl FnOnce()) -> Result<(), Error> {
+/// Verifies and writes `plan`. `commit` stores the new targets in the keys'
+/// slots once nothing can fail any more but the writes themselves; `revert`
+/// puts the old ones back if a write fails and the text could be restored.
+fn apply(st: &mut State, reg: &Registry, commit: impl FnOnce(), revert: impl FnOnce()) -> Result<(), Error> {
     let plan = &mut st.plan;
     plan.retain(|p| p.old != p.new);
     for p in plan.iter() {
@@ -362,46 +363,46 @@ fn apply(st: &mut State, reg: &Registry, commit: impl FnOnce()) -> Result<(), Er
     commit();
     publish(plan);
 
-    // SAFETY (all writes below): addresses from the registry, verified
-    // above; every multi-byte write happens while an int3 guards its
-    // instruction and after all cores synced on that int3.
-    let mut written = 0;
-    let step1 = plan.iter().try_for_each(|p| {
-        unsafe { session.write(p.at, &[INT3]) }?;
-        written += 1;
-        Ok(())
-    });
-    if let Err(e) = step1 {
-        // Undo the int3s written so far: bytes 1..5 are untouched.
-        let undo = plan[..written].iter().try_for_each(|p| unsafe { session.write(p.at, &p.old[..1]) });
-        return finish_failed(st, e, undo);
+    // SAFETY (every `session.write` below): addresses from the registry,
+    // verified above; a multi-byte write happens only while an int3 guards
+    // its instruction and after all cores synced on that int3.
+    let write = |at: usize, bytes: &[u8]| unsafe { session.write(at, bytes) };
+
+    // Step 1: guard every instruction with int3.
+    let mut guarded = 0;
+    if let Err(e) = plan.iter().try_for_each(|p| write(p.at, &[INT3]).map(|()| guarded += 1)) {
+        // Bytes 1..5 are untouched: removing the int3s written so far
+        // restores the old instructions.
+        let undo = plan[..guarded].iter().try_for_each(|p| write(p.at, &p.old[..1]));
+        return fail(st, e, undo, revert);
     }
     sync();
+
+    // Step 2: the bodies, where they change.
     let mut body_changed = false;
-    let step2 = plan.iter().try_for_each(|p| {
-        if p.new[1..] != p.old[1..] {
-            body_changed = true;
-            unsafe { session.write(p.at + 1, &p.new[1..]) }?;
-        }
-        Ok(())
+    let step2 = plan.iter().filter(|p| p.new[1..] != p.old[1..]).try_for_each(|p| {
+        body_changed = true;
+        write(p.at + 1, &p.new[1..])
     });
     if let Err(e) = step2 {
-        let undo = (|| {
-            plan.iter().try_for_each(|p| unsafe { session.write(p.at + 1, &p.old[1..]) })?;
+        // Every instruction is still guarded: put the old bodies back,
+        // then the old first bytes.
+        let undo = plan.iter().try_for_each(|p| write(p.at + 1, &p.old[1..])).and_then(|()| {
             sync();
-            plan.iter().try_for_each(|p| unsafe { session.write(p.at, &p.old[..1]) })
-        })();
-        return finish_failed(st, e, undo);
+            plan.iter().try_for_each(|p| write(p.at, &p.old[..1]))
+        });
+        return fail(st, e, undo, revert);
     }
     if body_changed {
         sync();
     }
-    let step3 = plan.iter().try_for_each(|p| unsafe { session.write(p.at, &p.new[..1]) });
-    if let Err(e) = step3 {
-        // Some instructions are complete, the others still guarded: finish
-        // the guarded ones instead (the targets are already stored).
-        let redo = plan.iter().try_for_each(|p| unsafe { session.write(p.at, &p.new[..1]) });
-        return finish_failed(st, e, redo);
+
+    // Step 3: the first bytes. A failure here leaves some instructions new
+    // and the rest guarded with new bodies: finishing them is the way out.
+    if plan.iter().try_for_each(|p| write(p.at, &p.new[..1])).is_err() {
+        if let Err(e) = plan.iter().try_for_each(|p| write(p.at, &p.new[..1])) {
+            return fail(st, e, Err(e), || ());
+        }
     }
     sync();
     retract();
@@ -411,18 +412,20 @@ fn apply(st: &mut State, reg: &Registry, commit: impl FnOnce()) -> Result<(), Er
     Ok(())
 }
 
-/// A write failed mid-protocol: `repair` tried to put every instruction back
-/// in a consistent state. If it succeeded the breakpoints are gone and the
-/// plan can be retracted; otherwise the plan stays published forever, so the
-/// int3s left behind keep being emulated, and no further update runs.
-fn finish_failed(st: &mut State, e: Error, repair: Result<(), Error>) -> Result<(), Error> {
+/// A write failed mid-protocol and `repair` tried to restore every
+/// instruction. If it succeeded, the breakpoints are gone: retract the plan,
+/// put the old targets back, and report `e`. Otherwise the plan stays
+/// published forever, so the int3s left behind keep being emulated (as the
+/// new instructions, whose targets are stored), and no further update runs.
+fn fail(st: &mut State, e: Error, repair: Result<(), Error>, revert: impl FnOnce()) -> Result<(), Error> {
     if repair.is_ok() {
         sync();
         retract();
+        revert();
         return Err(e);
     }
     let (address, errno) = match e {
-        Error::TextNotWritable { address, proc_mem_errno, .. } => (address, proc_mem_errno),
+        Error::TextNotWritable { address, proc_mem_errno, errno } => (address, proc_mem_errno.max(errno)),
         _ => (0, 0),
     };
     let poisoned = Error::Poisoned { address, errno };
@@ -451,7 +454,7 @@ fn init_locked(st: &mut State) -> Result<(), Error> {
         let target = t.key.load();
         plan_key(&mut st.plan, reg, t.key, From::Assembled, target);
     }
-    let r = apply(st, reg, || ());
+    let r = apply(st, reg, || (), || ());
     st.plan.clear();
     r?;
     st.initialized = true;
@@ -486,11 +489,12 @@ fn update_locked(st: &mut State, changes: &[(&RawKey, *mut ())], old: &mut [*mut
     for &(key, new) in changes {
         plan_key(&mut st.plan, reg, key, From::Target(key.load()), new);
     }
-    let r = apply(st, reg, || {
-        for &(key, new) in changes {
-            key.slot.store(new, Release);
-        }
-    });
+    let r = apply(
+        st,
+        reg,
+        || changes.iter().for_each(|&(key, new)| key.slot.store(new, Release)),
+        || changes.iter().zip(old.iter()).for_each(|(&(key, _), &o)| key.slot.store(o, Release)),
+    );
     st.plan.clear();
     r?;
     UPDATES.fetch_add(changes.len() as u64, Relaxed);
