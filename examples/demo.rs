@@ -189,7 +189,7 @@ fn main() -> Result<(), static_call::Error> {
     let mut updates = 0u64;
     while updates < 3_000 || static_call::stats().traps_emulated + static_call::stats().traps_rewound == 0 {
         HASH.update(targets[updates as usize % 3]);
-        if updates % 2 == 0 {
+        if updates.is_multiple_of(2) {
             ON_EVENT.update(count_event);
         } else {
             ON_EVENT.reset();
@@ -229,7 +229,7 @@ fn main() -> Result<(), static_call::Error> {
     let t = Instant::now();
     let n_updates = 200;
     for i in 0..n_updates {
-        HASH.update(if i % 2 == 0 { identity } else { bench_target });
+        HASH.update(if i.is_multiple_of(2) { identity } else { bench_target });
     }
     let update = t.elapsed().as_secs_f64() * 1e6 / n_updates as f64;
     let t = Instant::now();
