@@ -227,7 +227,7 @@ fn main() -> Result<(), static_call::Error> {
     let patched = ns_per_call(loop_hash);
     let pointer = ns_per_call(loop_pointer);
     let t = Instant::now();
-    let n_updates = 200;
+    let n_updates: u32 = 200;
     for i in 0..n_updates {
         HASH.update(if i.is_multiple_of(2) { identity } else { bench_target });
     }
