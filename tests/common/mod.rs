@@ -48,3 +48,70 @@ pub fn protection_of(addr: usize) -> String {
         .map(|m| m.perms)
         .unwrap_or_else(|| panic!("{addr:#x} is not mapped"))
 }
+
+/// Reads `len` bytes of this process's memory at `addr` (text included).
+pub fn read_bytes(addr: usize, len: usize) -> Vec<u8> {
+    // SAFETY: callers pass addresses of mapped, readable text (sites,
+    // trampolines); volatile so that each read happens now.
+    (0..len).map(|i| unsafe { std::ptr::read_volatile((addr + i) as *const u8) }).collect()
+}
+
+/// Writes `bytes` at `addr` through `/proc/self/mem`, as a debugger or another
+/// patcher would: no protection change.
+pub fn poke_text(addr: usize, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open("/proc/self/mem").expect("open /proc/self/mem");
+    f.write_all_at(bytes, addr as u64).expect("write /proc/self/mem");
+}
+
+/// The protection of every page that holds one of `addrs` (each the start of
+/// a `len`-byte instruction), by page address.
+pub fn page_protections(
+    addrs: impl IntoIterator<Item = usize>,
+    len: usize,
+) -> std::collections::BTreeMap<usize, String> {
+    let page = 4096;
+    let maps = mappings();
+    let mut out = std::collections::BTreeMap::new();
+    for a in addrs {
+        for p in [a & !(page - 1), (a + len - 1) & !(page - 1)] {
+            out.entry(p).or_insert_with(|| {
+                let m =
+                    maps.iter().find(|m| m.start <= p && p < m.end).unwrap_or_else(|| panic!("{p:#x} is not mapped"));
+                m.perms.clone()
+            });
+        }
+    }
+    out
+}
+
+/// After an update: no W+X mapping anywhere, and every page in `before`
+/// (from [`page_protections`]) has the protection it had.
+#[track_caller]
+pub fn assert_text_protected(before: &std::collections::BTreeMap<usize, String>) {
+    assert_no_wx();
+    let maps = mappings();
+    for (&p, perms) in before {
+        let now = &maps.iter().find(|m| m.start <= p && p < m.end).expect("page still mapped").perms;
+        assert_eq!(now, perms, "protection of page {p:#x} changed");
+    }
+}
+
+/// Aborts the process with `what` if `progress` stops advancing for
+/// `patience`: turns a deadlock into a failure with a message instead of a
+/// hung test. Not a timing assertion: the patience is minutes-scale slack
+/// for a condition that must never happen at all.
+pub fn watchdog(what: &'static str, progress: &'static std::sync::atomic::AtomicU64, patience: std::time::Duration) {
+    std::thread::spawn(move || {
+        let mut last = progress.load(std::sync::atomic::Ordering::SeqCst);
+        loop {
+            std::thread::sleep(patience);
+            let now = progress.load(std::sync::atomic::Ordering::SeqCst);
+            if now == last {
+                eprintln!("watchdog: no progress for {patience:?} in {what} (stuck at {now}): deadlock");
+                std::process::abort();
+            }
+            last = now;
+        }
+    });
+}

@@ -1,0 +1,301 @@
+//! Stress: callers on many threads judge every result while one thread
+//! retargets the keys as fast as it can.
+//!
+//! ```sh
+//! cargo run --release --example stress -- --threads 3 --seconds 10 --keys 4
+//! ```
+//!
+//! Each key has two call sites (two `#[inline(never)]` functions). The targets
+//! return their own tag and echo the argument; the no-target state returns 0.
+//! The updater walks every key through a fixed cycle of three targets and the
+//! no-target state, and publishes an epoch per key: odd while an update of the
+//! key is in progress, even once it returned. A caller reads the epoch before
+//! and after each call; the result is a violation unless it is the state of
+//! some epoch in between (the state an update in progress installs counts
+//! from the moment it started). Every few rounds the updater retargets all keys
+//! in one `batch`.
+//!
+//! Prints calls, updates per second, traps emulated and rewound, violations.
+//! Exits 1 on a violation, 2 if a thread panicked, 3 if the int3 path never
+//! ran (a run too short to prove anything), 4 on bad arguments.
+
+use static_call::static_call;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+type F = extern "C" fn(u64) -> u64;
+
+const TAG_SHIFT: u32 = 48;
+const ARG_MASK: u64 = (1 << TAG_SHIFT) - 1;
+
+extern "C" fn t1(x: u64) -> u64 {
+    (1 << TAG_SHIFT) | x
+}
+extern "C" fn t2(x: u64) -> u64 {
+    (2 << TAG_SHIFT) | x
+}
+extern "C" fn t3(x: u64) -> u64 {
+    (3 << TAG_SHIFT) | x
+}
+
+/// The state a key is in after `n` completed updates: the index of its target
+/// in `TARGETS`, or 0 for no target. Every step changes the state; all four
+/// states occur, in more than one order.
+const CYCLE: [u8; 12] = [1, 2, 3, 0, 2, 1, 0, 3, 1, 0, 2, 3];
+const TARGETS: [Option<F>; 4] = [None, Some(t1), Some(t2), Some(t3)];
+
+/// The state after `n` updates of key `k` (keys start at different points).
+fn state(k: usize, n: u64) -> u8 {
+    CYCLE[(n as usize + 3 * k) % CYCLE.len()]
+}
+
+/// What the sites, the epoch and the updater need of one key.
+struct KeyOps {
+    site_a: fn(u64) -> u64,
+    site_b: fn(u64) -> u64,
+    update: fn(Option<F>) -> Option<F>,
+    add_to_batch: fn(&mut static_call::Batch, Option<F>),
+    sites: fn() -> Vec<static_call::Site>,
+}
+
+macro_rules! keys {
+    ($($m:ident),* $(,)?) => {
+        $(
+            mod $m {
+                use super::*;
+                // No target at first; `main` puts it in its epoch-0 state.
+                #[static_call]
+                static KEY: extern "C" fn(u64) -> u64;
+
+                #[inline(never)]
+                fn site_a(x: u64) -> u64 {
+                    KEY.call(x)
+                }
+                #[inline(never)]
+                fn site_b(x: u64) -> u64 {
+                    // A different site, with a different argument shape.
+                    match KEY.call(x ^ 0x5a5a) {
+                        0 => 0,
+                        r => r ^ 0x5a5a,
+                    }
+                }
+                fn update(f: Option<F>) -> Option<F> {
+                    match f {
+                        Some(f) => KEY.update(f),
+                        None => KEY.reset(),
+                    }
+                }
+                fn add_to_batch(b: &mut static_call::Batch, f: Option<F>) {
+                    match f {
+                        Some(f) => b.update(&KEY, f),
+                        None => b.reset(&KEY),
+                    };
+                }
+                fn sites() -> Vec<static_call::Site> {
+                    KEY.sites()
+                }
+                pub const OPS: KeyOps = KeyOps { site_a, site_b, update, add_to_batch, sites };
+            }
+        )*
+        const ALL: &[KeyOps] = &[$($m::OPS),*];
+    };
+}
+
+keys!(k0, k1, k2, k3, k4, k5, k6, k7);
+
+/// Per key: 2 * completed updates, plus 1 while an update is in progress.
+static EPOCH: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+static STOP: AtomicBool = AtomicBool::new(false);
+static CALLS: AtomicU64 = AtomicU64::new(0);
+static VIOLATIONS: AtomicU64 = AtomicU64::new(0);
+
+struct Args {
+    threads: usize,
+    seconds: f64,
+    keys: usize,
+}
+
+fn usage() -> ! {
+    eprintln!("usage: stress [--threads N (default 2)] [--seconds S (default 5)] [--keys K (1..=8, default 2)]");
+    std::process::exit(4);
+}
+
+fn parse_args() -> Args {
+    let mut a = Args { threads: 2, seconds: 5.0, keys: 2 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().unwrap_or_else(|| usage());
+        match flag.as_str() {
+            "--threads" => a.threads = value.parse().unwrap_or_else(|_| usage()),
+            "--seconds" => a.seconds = value.parse().unwrap_or_else(|_| usage()),
+            "--keys" => a.keys = value.parse().unwrap_or_else(|_| usage()),
+            _ => usage(),
+        }
+    }
+    if a.threads == 0 || a.keys == 0 || a.keys > ALL.len() || a.seconds.is_nan() || a.seconds <= 0.0 {
+        usage();
+    }
+    a
+}
+
+/// Whether `r`, returned for argument `x` by a call that started after the
+/// epoch was `e0` and ended before it was `e1`, is the result of a state the
+/// key was in (or was being updated to) in between.
+fn judge(k: usize, x: u64, r: u64, e0: u64, e1: u64) -> bool {
+    let s = if r == 0 {
+        0
+    } else if r & ARG_MASK == x {
+        (r >> TAG_SHIFT) as u8
+    } else {
+        return false;
+    };
+    // Completed updates when the call started, and updates started (so
+    // possibly visible) when it ended.
+    let (first, last) = (e0 / 2, e1.div_ceil(2));
+    if last - first >= CYCLE.len() as u64 {
+        return true; // every state occurred in the window
+    }
+    (first..=last).any(|n| state(k, n) == s)
+}
+
+/// Counts a violation; prints the first few.
+fn violation(what: std::fmt::Arguments) {
+    if VIOLATIONS.fetch_add(1, SeqCst) < 10 {
+        eprintln!("VIOLATION: {what}");
+    }
+}
+
+fn caller(id: usize, keys: usize) -> u64 {
+    let mut calls = 0u64;
+    let mut x = 1 + id as u64 * 0x1_0000_0001;
+    while !STOP.load(SeqCst) {
+        for (k, ops) in ALL[..keys].iter().enumerate() {
+            for site in [ops.site_a, ops.site_b] {
+                x = (x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) & ARG_MASK) | 1;
+                let e0 = EPOCH[k].load(SeqCst);
+                let r = site(x);
+                let e1 = EPOCH[k].load(SeqCst);
+                calls += 1;
+                if !judge(k, x, r, e0, e1) {
+                    violation(format_args!(
+                        "thread {id} key {k}: f({x:#x}) = {r:#x}, epochs {e0}..{e1} allow states {:?}",
+                        (e0 / 2..=e1.div_ceil(2)).map(|n| state(k, n)).collect::<Vec<_>>()
+                    ));
+                }
+            }
+        }
+    }
+    calls
+}
+
+fn main() {
+    let args = parse_args();
+    static_call::init().expect("static_call::init");
+    // Epoch 0: put every key in its initial state (keys start without target).
+    for (k, ops) in ALL.iter().enumerate() {
+        (ops.update)(TARGETS[state(k, 0) as usize]);
+    }
+    let start_stats = static_call::stats();
+    let callers: Vec<_> = (0..args.threads)
+        .map(|id| {
+            std::thread::Builder::new()
+                .name(format!("caller-{id}"))
+                .spawn(move || caller(id, args.keys))
+                .expect("spawn caller")
+        })
+        .collect();
+
+    let deadline = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let t0 = Instant::now();
+    let mut updates = 0u64;
+    let mut done = [0u64; 8];
+    let mut round = 0u64;
+    let updater = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        while Instant::now() < deadline {
+            round += 1;
+            if round.is_multiple_of(8) {
+                // All keys in one batch.
+                for (k, e) in EPOCH[..args.keys].iter().enumerate() {
+                    e.store(2 * done[k] + 1, SeqCst);
+                }
+                static_call::batch(|b| {
+                    for (k, ops) in ALL[..args.keys].iter().enumerate() {
+                        (ops.add_to_batch)(b, TARGETS[state(k, done[k] + 1) as usize]);
+                    }
+                })
+                .expect("batch");
+                for (k, e) in EPOCH[..args.keys].iter().enumerate() {
+                    done[k] += 1;
+                    e.store(2 * done[k], SeqCst);
+                }
+                updates += args.keys as u64;
+            } else {
+                let k = (round as usize) % args.keys;
+                let ops = &ALL[k];
+                let want = state(k, done[k] + 1);
+                EPOCH[k].store(2 * done[k] + 1, SeqCst);
+                let old = (ops.update)(TARGETS[want as usize]);
+                done[k] += 1;
+                EPOCH[k].store(2 * done[k], SeqCst);
+                updates += 1;
+                let prev = TARGETS[state(k, done[k] - 1) as usize];
+                // Compared by behaviour: the same function may have several addresses.
+                if old.map(|f| f(1)) != prev.map(|f| f(1)) {
+                    violation(format_args!("update of key {k} returned {old:?}, expected {prev:?}"));
+                }
+                // Once update returned, this thread's calls reach the new state.
+                let r = (ops.site_a)(3);
+                let expect = TARGETS[want as usize].map_or(0, |f| f(3));
+                if r != expect {
+                    violation(format_args!("key {k} after update: {r:#x}, expected {expect:#x}"));
+                }
+            }
+        }
+    }));
+    let elapsed = t0.elapsed().as_secs_f64();
+    STOP.store(true, SeqCst);
+    let mut crashed = updater.is_err() as u64;
+    for c in callers {
+        match c.join() {
+            Ok(n) => {
+                CALLS.fetch_add(n, SeqCst);
+            }
+            Err(_) => crashed += 1,
+        }
+    }
+    let s = static_call::stats();
+    let emulated = s.traps_emulated - start_stats.traps_emulated;
+    let rewound = s.traps_rewound - start_stats.traps_rewound;
+    let violations = VIOLATIONS.load(SeqCst);
+    let not_direct: usize = ALL[..args.keys]
+        .iter()
+        .flat_map(|o| (o.sites)())
+        .filter(|s| !matches!(s.state(), static_call::SiteState::Direct | static_call::SiteState::Zero))
+        .count();
+    let wx = std::fs::read_to_string("/proc/self/maps")
+        .map(|m| {
+            m.lines()
+                .filter(|l| l.split_whitespace().nth(1).is_some_and(|p| p.contains('w') && p.contains('x')))
+                .count()
+        })
+        .unwrap_or(0);
+    println!(
+        "stress: {} threads, {} keys, {elapsed:.1} s: {} calls, {updates} updates ({:.0}/s), traps emulated {emulated}, \
+         rewound {rewound}, violations {violations}, crashed threads {crashed}, sites not patched {not_direct}, W+X \
+         mappings {wx}",
+        args.threads,
+        args.keys,
+        CALLS.load(SeqCst),
+        updates as f64 / elapsed,
+    );
+    if violations > 0 || not_direct > 0 || wx > 0 {
+        std::process::exit(1);
+    }
+    if crashed > 0 {
+        std::process::exit(2);
+    }
+    if emulated + rewound == 0 {
+        eprintln!("stress: the int3 path never ran: run longer or with more threads");
+        std::process::exit(3);
+    }
+}
