@@ -155,18 +155,32 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
     let Decl { attrs, vis, ident, ty, target } = &decl;
 
     let Type::BareFn(f) = ty else {
-        return Err(syn::Error::new(
-            ty.span(),
-            "a static call key's type is a function pointer: `extern \"C\" fn(..) -> R` (or `unsafe extern \"C\" fn`)",
+        let alias = if matches!(ty, Type::Path(_)) {
+            " here, spelled out: the macro reads the signature from it, so it cannot see through a type alias"
+        } else {
+            ""
+        };
+        return Err(syn::Error::new_spanned(
+            ty,
+            format!(
+                "a static call key's type is a function pointer: write `extern \"C\" fn(..) -> R` (or `unsafe \
+                 extern \"C\" fn(..) -> R`){alias}"
+            ),
         ));
     };
     check_abi(f, args.out_of_line)?;
     if let Some(v) = &f.variadic {
-        return Err(syn::Error::new(v.span(), "variadic targets cannot be static calls"));
+        return Err(syn::Error::new_spanned(
+            v,
+            "variadic targets cannot be static calls: declare a fixed signature, e.g. with a pointer and a count",
+        ));
     }
     if let ReturnType::Type(_, t) = &f.output {
         if let Type::Never(n) = &**t {
-            return Err(syn::Error::new(n.span(), "a static call target cannot return `!`"));
+            return Err(syn::Error::new_spanned(
+                n,
+                "a static call target cannot return `!`: return `()` (a call with no target must be able to return)",
+            ));
         }
     }
 
@@ -213,17 +227,19 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
         }
     };
 
-    let inline_body = if args.out_of_line {
-        quote!({
+    let (prelude, inline_body) = if args.out_of_line {
+        let body = quote!({
             // SAFETY: the trampoline jumps to a target of type `#ty` (or does
             // nothing and returns zero, which needs `Zeroable`), so calling it
             // as one is calling the target.
             let __f = unsafe { ::core::mem::transmute::<*const (), #ty>(#sc::trampoline_addr!(#key)) };
             #[allow(unused_unsafe)]
             unsafe { __f(#(#arg_names),*) }
-        })
+        });
+        (quote!(), body)
     } else {
-        inline_site(f, &key, &arg_names, &arg_tys, unit)?
+        let site = inline_site(f, &key, &arg_names, &arg_tys, unit)?;
+        (site.prelude, site.body)
     };
 
     let portable_body = quote!({
@@ -241,19 +257,24 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
     });
 
     let doc_call = format!(
-        "Calls the current target of [`{ident}`]{}: an inline call site.",
-        if args.out_of_line { " through its trampoline" } else { "" }
+        "Calls the current target of [`{ident}`]{}.",
+        if args.out_of_line { " through its trampoline" } else { ": an inline call site" }
     );
+    // `#[cfg]` written below `#[static_call]` reaches the macro: it must
+    // remove every item of the key, not only the static.
+    let cfgs: Vec<&Attribute> = attrs.iter().filter(|a| a.path().is_ident("cfg")).collect();
 
     Ok(quote! {
         #(#attrs)*
         #vis static #ident: #marker = #marker(());
 
+        #(#cfgs)*
         #[doc(hidden)]
         #[allow(non_camel_case_types)]
         #[derive(Clone, Copy)]
         #vis struct #marker(());
 
+        #(#cfgs)*
         #[doc(hidden)]
         #[allow(non_upper_case_globals)]
         static #key: #sc::Key<#ty, #ret_static> =
@@ -264,25 +285,44 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
                 #sc::Key::__new(#init, #no_target, #sc::backend! { inline { Some(#holder) } portable { None } })
             };
 
+        #(#cfgs)*
         #zero_check
 
+        #(#cfgs)*
         #sc::backend! {
             inline { #sc::trampoline!(#key, #holder, #form); }
             portable {}
         }
 
+        #(#cfgs)*
         impl #marker {
             #[doc = #doc_call]
             #[inline(always)]
             #[allow(clippy::too_many_arguments, clippy::missing_safety_doc)]
             #vis #unsafety fn call #lifetimes (self, #(#arg_names: #arg_tys),*) #output {
+                #prelude
                 #sc::backend! {
                     inline { #inline_body }
                     portable { #portable_body }
                 }
             }
+
+            /// Removes the target: calls do nothing and return zero. Returns
+            /// the previous target. See `Key::reset`.
+            ///
+            /// Declared here rather than only on `Key` so that a return type
+            /// without a zero value is reported at the call, by name.
+            #[track_caller]
+            #[allow(clippy::extra_unused_lifetimes)]
+            #vis fn reset(self) -> ::core::option::Option<#ty>
+            where
+                for<'__static_call> <Self as #sc::StaticCall>::Ret: #sc::Zeroable,
+            {
+                #key.reset()
+            }
         }
 
+        #(#cfgs)*
         impl ::core::ops::Deref for #marker {
             type Target = #sc::Key<#ty, #ret_static>;
             #[inline(always)]
@@ -291,6 +331,7 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
             }
         }
 
+        #(#cfgs)*
         impl #sc::StaticCall for #marker {
             type Fn = #ty;
             type Ret = #ret_static;
@@ -312,37 +353,53 @@ fn check_abi(f: &TypeBareFn, out_of_line: bool) -> syn::Result<()> {
     if ok {
         return Ok(());
     }
-    let span = f.abi.as_ref().map_or(f.fn_token.span, |a| a.span());
+    let tokens = match &f.abi {
+        Some(abi) => quote!(#abi),
+        None => {
+            let fn_token = &f.fn_token;
+            quote!(#fn_token)
+        }
+    };
     let msg = match name.as_deref() {
-        Some("C-unwind") => "`extern \"C-unwind\"` targets are allowed only with #[static_call(out_of_line)]: \
-                             an inline site's asm cannot be unwound through"
+        Some("C-unwind") => "`extern \"C-unwind\"` targets need #[static_call(out_of_line)]: a panic cannot \
+                             unwind through an inline call site's asm, but it can through the trampoline; or make \
+                             the target `extern \"C\"` (a panic in it then aborts)"
             .to_string(),
         Some(other) => format!(
             "static call targets must be `extern \"C\" fn`, not `extern \"{other}\"`: the call site passes \
-             arguments by the C calling convention"
+             arguments by the C calling convention; write `extern \"C\" fn(..)`"
         ),
         None => "static call targets must be `extern \"C\" fn`: the call site passes arguments by the C calling \
                  convention, which a Rust `fn` does not promise; write `extern \"C\" fn(..)`"
             .to_string(),
     };
-    Err(syn::Error::new(span, msg))
+    Err(syn::Error::new_spanned(tokens, msg))
 }
 
-/// The body of an inline call: the asm site with each argument bound to its
-/// System V register.
-fn inline_site(f: &TypeBareFn, key: &Ident, names: &[Ident], tys: &[&Type], unit: bool) -> syn::Result<TokenStream> {
+/// An inline call: the conversions of its integer-class values (bound outside
+/// the backend switch, so that an unsupported type is the same error with
+/// either backend), and the asm site with each argument bound to its System V
+/// register.
+struct InlineSite {
+    prelude: TokenStream,
+    body: TokenStream,
+}
+
+fn inline_site(f: &TypeBareFn, key: &Ident, names: &[Ident], tys: &[&Type], unit: bool) -> syn::Result<InlineSite> {
     let sc = quote!(::static_call::__private);
+    let mut prelude = Vec::new();
     let mut operands = Vec::new();
     let (mut ints, mut floats) = (0, 0);
-    for (name, ty) in names.iter().zip(tys) {
+    for (i, (name, ty)) in names.iter().zip(tys).enumerate() {
         match classify(ty) {
             Class::Integer => {
                 let Some(reg) = INT_REGS.get(ints) else {
-                    return Err(syn::Error::new(
-                        ty.span(),
+                    return Err(syn::Error::new_spanned(
+                        ty,
                         format!(
-                            "an inline static call site passes at most {} integer-class arguments in registers, \
-                             and this is number {}: pass a reference to a struct instead, or declare the key \
+                            "an inline static call site passes at most {} integer-class arguments (integers, \
+                             `bool`, `char`, pointers, references) in registers, and this is number {}: pass a \
+                             reference to a struct of the arguments instead, or declare the key \
                              #[static_call(out_of_line)]",
                             INT_REGS.len(),
                             ints + 1
@@ -350,25 +407,28 @@ fn inline_site(f: &TypeBareFn, key: &Ident, names: &[Ident], tys: &[&Type], unit
                     ));
                 };
                 ints += 1;
-                operands.push(quote_spanned!(ty.span()=>
-                    in(#reg) <#ty as #sc::IntegerRegister>::into_register(#name),
+                let conv = format_ident!("__into{}", i);
+                prelude.push(quote_spanned!(ty.span()=>
+                    #sc::assert_integer::<#ty>();
+                    let #conv = <#ty as #sc::IntegerRegister>::into_register;
                 ));
+                operands.push(quote!(in(#reg) #conv(#name),));
             }
             Class::Float => {
                 let Some(reg) = FLOAT_REGS.get(floats) else {
-                    return Err(syn::Error::new(
-                        ty.span(),
+                    return Err(syn::Error::new_spanned(
+                        ty,
                         format!(
                             "an inline static call site passes at most {} floating-point arguments in \
-                             registers, and this is number {}: pass a reference instead, or declare the key \
-                             #[static_call(out_of_line)]",
+                             registers, and this is number {}: pass a reference to a struct of the arguments \
+                             instead, or declare the key #[static_call(out_of_line)]",
                             FLOAT_REGS.len(),
                             floats + 1
                         ),
                     ));
                 };
                 floats += 1;
-                operands.push(quote_spanned!(ty.span()=> in(#reg) #name,));
+                operands.push(quote!(in(#reg) #name,));
             }
         }
     }
@@ -380,17 +440,24 @@ fn inline_site(f: &TypeBareFn, key: &Ident, names: &[Ident], tys: &[&Type], unit
     let (decl, out, result) = match ret {
         None => (quote!(), quote!(), quote!()),
         Some((t, Class::Float)) => (quote!(let __ret: #t;), quote!(lateout("xmm0") __ret,), quote!(__ret)),
-        Some((t, Class::Integer)) => (
-            quote!(let __ret: u64;),
-            quote!(lateout("rax") __ret,),
-            quote_spanned!(t.span()=>
-                // SAFETY: `rax` holds what the target, of return type `#t`,
-                // returned (or zero with no target, for a `Zeroable` type).
-                unsafe { <#t as #sc::IntegerRegister>::from_register(__ret) }
-            ),
-        ),
+        Some((t, Class::Integer)) => {
+            prelude.push(quote_spanned!(t.span()=>
+                #sc::assert_integer::<#t>();
+                let __from_ret = <#t as #sc::IntegerRegister>::from_register;
+            ));
+            (
+                quote!(let __ret: u64;),
+                quote!(lateout("rax") __ret,),
+                quote!(
+                    // SAFETY: `rax` holds what the target, of this return
+                    // type, returned (or zero with no target, for a
+                    // `Zeroable` type).
+                    unsafe { __from_ret(__ret) }
+                ),
+            )
+        }
     };
-    Ok(quote!({
+    let body = quote!({
         #decl
         // SAFETY: the site calls the key's trampoline, or (patched) its
         // target, an `extern "C"` function of exactly this signature: each
@@ -401,5 +468,6 @@ fn inline_site(f: &TypeBareFn, key: &Ident, names: &[Ident], tys: &[&Type], unit
             #sc::site!(#key; #(#operands)* #out);
         }
         #result
-    }))
+    });
+    Ok(InlineSite { prelude: quote!(#(#prelude)*), body })
 }

@@ -1,0 +1,12 @@
+//! Signatures and declarations the macro must refuse, each with an error that
+//! points at the offending token and says what to write instead.
+//!
+//! Regenerate the expected output with `TRYBUILD=overwrite cargo test --test
+//! compile_fail` (the messages depend on the rustc version; these are for the
+//! toolchain CI uses) and read every `.stderr` before committing it.
+
+#[test]
+fn ui() {
+    let t = trybuild::TestCases::new();
+    t.compile_fail("tests/ui/*.rs");
+}
