@@ -1,0 +1,90 @@
+//! The Linux kernel's static call selftest (`kernel/static_call_selftest.c`,
+//! formerly at the end of `kernel/static_call_inline.c`), ported: a key that
+//! defaults to `func_a`, then the table `{NULL, 2, 3}, {func_b, 2, 4},
+//! {func_a, 2, 3}` (update when the entry has a function, then call with
+//! `val` and expect `expect`), plus `get()` queries and the site states at
+//! every step.
+use static_call::{static_call, SiteState};
+
+extern "C" fn func_a(x: i32) -> i32 {
+    x + 1
+}
+
+extern "C" fn func_b(x: i32) -> i32 {
+    x + 2
+}
+
+#[static_call]
+static SC_SELFTEST: extern "C" fn(i32) -> i32 = func_a;
+
+struct StaticCallData {
+    func: Option<extern "C" fn(i32) -> i32>,
+    val: i32,
+    expect: i32,
+}
+
+const STATIC_CALL_DATA: [StaticCallData; 3] = [
+    StaticCallData { func: None, val: 2, expect: 3 },
+    StaticCallData { func: Some(func_b), val: 2, expect: 4 },
+    StaticCallData { func: Some(func_a), val: 2, expect: 3 },
+];
+
+#[inline(never)]
+fn sc_selftest(x: i32) -> i32 {
+    SC_SELFTEST.call(x)
+}
+
+fn addr(f: extern "C" fn(i32) -> i32) -> usize {
+    f as usize
+}
+
+/// Every site of the key calls `f` directly (after `init`).
+#[track_caller]
+fn assert_direct_to(f: extern "C" fn(i32) -> i32) {
+    if !static_call::PATCHING {
+        assert!(SC_SELFTEST.sites().is_empty());
+        return;
+    }
+    let sites = SC_SELFTEST.sites();
+    assert!(!sites.is_empty());
+    for s in sites {
+        assert_eq!(s.state(), SiteState::Direct, "{s}");
+        let b = s.bytes();
+        let rel = i32::from_le_bytes([b[1], b[2], b[3], b[4]]);
+        assert_eq!((b[0], s.address().wrapping_add(5).wrapping_add(rel as isize as usize)), (0xe8, addr(f)), "{s}");
+    }
+}
+
+fn run_table() {
+    // Every pass starts (and ends) with `func_a` installed.
+    let mut want: extern "C" fn(i32) -> i32 = func_a;
+    for (i, scd) in STATIC_CALL_DATA.iter().enumerate() {
+        if let Some(func) = scd.func {
+            let old = SC_SELFTEST.update(func);
+            assert_eq!(old.map(addr), Some(addr(want)), "entry {i}: update returns the previous target");
+            want = func;
+        }
+        assert_eq!(sc_selftest(scd.val), scd.expect, "entry {i}");
+        let current = SC_SELFTEST.get().expect("the key always has a target here");
+        assert_eq!(addr(current), addr(want), "entry {i}: get() is the target last set");
+        assert_eq!(current(scd.val), scd.expect, "entry {i}: get() returns the function the sites call");
+        assert_direct_to(current);
+    }
+}
+
+#[test]
+fn kernel_selftest_table() {
+    // Before init: the default target, through the trampoline.
+    assert_eq!(SC_SELFTEST.get().map(addr), Some(addr(func_a)));
+    assert_eq!(sc_selftest(2), 3);
+    if static_call::PATCHING {
+        assert!(SC_SELFTEST.sites().iter().all(|s| s.state() == SiteState::Trampoline));
+    }
+    static_call::init().unwrap();
+    assert_direct_to(func_a);
+    run_table();
+    // The table ends where it began: running it again gives the same answers.
+    run_table();
+    assert_eq!(SC_SELFTEST.get().map(addr), Some(addr(func_a)));
+    assert_eq!(static_call::stats().updates, 4, "two updates per pass of the table");
+}
