@@ -200,6 +200,9 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
         let l = &b.lifetimes;
         quote!(<#l>)
     });
+    // The key's type, named inside `call` without repeating a `for<'a>`
+    // binder whose lifetimes `call` itself declares.
+    let fn_ty = quote!(<#marker as #sc::StaticCall>::Fn);
     let arg_names: Vec<Ident> = (0..f.inputs.len()).map(|i| format_ident!("__arg{}", i)).collect();
     let arg_tys: Vec<&Type> = f.inputs.iter().map(|a| &a.ty).collect();
 
@@ -232,7 +235,7 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
             // SAFETY: the trampoline jumps to a target of type `#ty` (or does
             // nothing and returns zero, which needs `Zeroable`), so calling it
             // as one is calling the target.
-            let __f = unsafe { ::core::mem::transmute::<*const (), #ty>(#sc::trampoline_addr!(#key)) };
+            let __f = unsafe { ::core::mem::transmute::<*const (), #fn_ty>(#sc::trampoline_addr!(#key)) };
             #[allow(unused_unsafe)]
             unsafe { __f(#(#arg_names),*) }
         });
@@ -250,7 +253,7 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
             unsafe { #sc::zeroed_return::<#ret_ty>() }
         } else {
             // SAFETY: a non-null slot holds a `#ty`.
-            let __f = unsafe { ::core::mem::transmute::<*mut (), #ty>(__p) };
+            let __f = unsafe { ::core::mem::transmute::<*mut (), #fn_ty>(__p) };
             #[allow(unused_unsafe)]
             unsafe { __f(#(#arg_names),*) }
         }
@@ -260,21 +263,16 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
         "Calls the current target of [`{ident}`]{}.",
         if args.out_of_line { " through its trampoline" } else { ": an inline call site" }
     );
-    // `#[cfg]` written below `#[static_call]` reaches the macro: it must
-    // remove every item of the key, not only the static.
-    let cfgs: Vec<&Attribute> = attrs.iter().filter(|a| a.path().is_ident("cfg")).collect();
 
     Ok(quote! {
         #(#attrs)*
         #vis static #ident: #marker = #marker(());
 
-        #(#cfgs)*
         #[doc(hidden)]
         #[allow(non_camel_case_types)]
         #[derive(Clone, Copy)]
         #vis struct #marker(());
 
-        #(#cfgs)*
         #[doc(hidden)]
         #[allow(non_upper_case_globals)]
         static #key: #sc::Key<#ty, #ret_static> =
@@ -285,16 +283,13 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
                 #sc::Key::__new(#init, #no_target, #sc::backend! { inline { Some(#holder) } portable { None } })
             };
 
-        #(#cfgs)*
         #zero_check
 
-        #(#cfgs)*
         #sc::backend! {
             inline { #sc::trampoline!(#key, #holder, #form); }
             portable {}
         }
 
-        #(#cfgs)*
         impl #marker {
             #[doc = #doc_call]
             #[inline(always)]
@@ -322,7 +317,6 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
             }
         }
 
-        #(#cfgs)*
         impl ::core::ops::Deref for #marker {
             type Target = #sc::Key<#ty, #ret_static>;
             #[inline(always)]
@@ -331,7 +325,6 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
             }
         }
 
-        #(#cfgs)*
         impl #sc::StaticCall for #marker {
             type Fn = #ty;
             type Ret = #ret_static;
