@@ -422,3 +422,58 @@ fn batches() {
     assert_eq!(B1.call(1), 4);
     assert!(retarget(&B4, log_batch_event).is_some());
 }
+
+// ---------------------------------------------------------------- spellings and macros
+
+/// Named parameters, `extern` without an ABI string (which is "C"), a
+/// trailing comma, and an explicit `-> ()`.
+#[static_call]
+static SPELLED: extern "C" fn(value: u64, scale: u32) -> u64 = scaled;
+#[static_call]
+static PLAIN_EXTERN: extern "C" fn(u64) -> u64 = add1;
+#[static_call]
+static EXPLICIT_UNIT: extern "C" fn(u32) -> ();
+
+extern "C" fn scaled(value: u64, scale: u32) -> u64 {
+    value * scale as u64
+}
+
+/// A key declared by a `macro_rules!` macro, with types and target from its
+/// caller.
+macro_rules! declare_key {
+    ($(#[$m:meta])* $vis:vis $name:ident: fn($arg:ty) -> $ret:ty = $target:expr) => {
+        $(#[$m])*
+        #[static_call]
+        $vis static $name: extern "C" fn($arg) -> $ret = $target;
+    };
+}
+
+declare_key!(
+    /// From a macro.
+    pub MACRO_KEY: fn(u64) -> u64 = add3
+);
+
+/// A type from a type macro.
+macro_rules! int {
+    () => {
+        u64
+    };
+}
+
+#[static_call]
+static TYPE_MACRO: extern "C" fn(int!()) -> int!() = add2;
+
+#[test]
+fn spellings_and_macros() {
+    assert_eq!(SPELLED.call(7, 3), 21);
+    assert_eq!(PLAIN_EXTERN.call(1), 2);
+    EXPLICIT_UNIT.call(1);
+    EXPLICIT_UNIT.reset();
+    assert_eq!(MACRO_KEY.call(1), 4);
+    MACRO_KEY.update(add1);
+    assert_eq!(MACRO_KEY.call(1), 2);
+    assert_eq!(TYPE_MACRO.call(1), 3);
+    TYPE_MACRO.update(add3);
+    assert_eq!(TYPE_MACRO.call(1), 4);
+    assert_state(&TYPE_MACRO, SiteState::Direct);
+}

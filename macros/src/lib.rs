@@ -401,10 +401,12 @@ fn inline_site(f: &TypeBareFn, key: &Ident, names: &[Ident], tys: &[&Type], unit
                 };
                 ints += 1;
                 let conv = format_ident!("__into{}", i);
-                prelude.push(quote_spanned!(ty.span()=>
-                    #sc::assert_integer::<#ty>();
-                    let #conv = <#ty as #sc::IntegerRegister>::into_register;
-                ));
+                // The check and the conversion carry the type's span, so
+                // that an unsupported type is one error, at the type; the
+                // binding keeps the macro's own (hygiene).
+                let check = quote_spanned!(ty.span()=> #sc::assert_integer::<#ty>());
+                let into = quote_spanned!(ty.span()=> <#ty as #sc::IntegerRegister>::into_register);
+                prelude.push(quote!(#check; let #conv = #into;));
                 operands.push(quote!(in(#reg) #conv(#name),));
             }
             Class::Float => {
@@ -434,10 +436,9 @@ fn inline_site(f: &TypeBareFn, key: &Ident, names: &[Ident], tys: &[&Type], unit
         None => (quote!(), quote!(), quote!()),
         Some((t, Class::Float)) => (quote!(let __ret: #t;), quote!(lateout("xmm0") __ret,), quote!(__ret)),
         Some((t, Class::Integer)) => {
-            prelude.push(quote_spanned!(t.span()=>
-                #sc::assert_integer::<#t>();
-                let __from_ret = <#t as #sc::IntegerRegister>::from_register;
-            ));
+            let check = quote_spanned!(t.span()=> #sc::assert_integer::<#t>());
+            let from = quote_spanned!(t.span()=> <#t as #sc::IntegerRegister>::from_register);
+            prelude.push(quote!(#check; let __from_ret = #from;));
             (
                 quote!(let __ret: u64;),
                 quote!(lateout("rax") __ret,),
