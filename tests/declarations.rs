@@ -463,6 +463,14 @@ macro_rules! int {
 #[static_call]
 static TYPE_MACRO: extern "C" fn(int!()) -> int!() = add2;
 
+extern "C" fn mix(a: f64, b: core::primitive::f32, n: u64) -> std::primitive::f64 {
+    a * b as f64 + n as f64
+}
+
+/// Floats spelled by their full paths still travel in SSE registers.
+#[static_call]
+static FULL_PATHS: extern "C" fn(f64, core::primitive::f32, u64) -> std::primitive::f64 = mix;
+
 #[test]
 fn spellings_and_macros() {
     assert_eq!(SPELLED.call(7, 3), 21);
@@ -476,4 +484,61 @@ fn spellings_and_macros() {
     TYPE_MACRO.update(add3);
     assert_eq!(TYPE_MACRO.call(1), 4);
     assert_state(&TYPE_MACRO, SiteState::Direct);
+    assert_eq!(FULL_PATHS.call(1.5, 2.0, 4), 7.0);
+}
+
+// ---------------------------------------------------------------- batches, property-tested
+
+#[static_call]
+static P0: extern "C" fn(u64) -> u64 = add1;
+#[static_call]
+static P1: extern "C" fn(u64) -> u64 = add1;
+#[static_call]
+static P2: extern "C" fn(u64) -> u64 = add1;
+
+#[inline(never)]
+fn call_p(x: u64) -> [u64; 3] {
+    [P0.call(x), P1.call(x), P2.call(x)]
+}
+
+/// Any sequence of changes in one batch: each key ends with the last change
+/// made to it (or keeps its target if none), and all its sites agree.
+#[test]
+fn batch_last_change_wins() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let targets: [Option<extern "C" fn(u64) -> u64>; 4] = [Some(add1), Some(add2), Some(add3), None];
+    let result = |t: Option<extern "C" fn(u64) -> u64>, x: u64| t.map_or(0, |f| f(x));
+    let mut runner = TestRunner::new(Config { cases: 48, failure_persistence: None, ..Config::default() });
+    runner
+        .run(&proptest::collection::vec((0..3usize, 0..4usize), 0..8), |changes| {
+            let before = call_p(10);
+            static_call::batch(|b| {
+                for &(k, t) in &changes {
+                    match (k, targets[t]) {
+                        (0, Some(f)) => b.update(&P0, f),
+                        (1, Some(f)) => b.update(&P1, f),
+                        (2, Some(f)) => b.update(&P2, f),
+                        (0, None) => b.reset(&P0),
+                        (1, None) => b.reset(&P1),
+                        _ => b.reset(&P2),
+                    };
+                }
+            })
+            .unwrap();
+            let mut want = before;
+            for &(k, t) in &changes {
+                want[k] = result(targets[t], 10);
+            }
+            prop_assert_eq!(call_p(10), want, "changes {:?}", changes);
+            for (k, key) in [P0.key(), P1.key(), P2.key()].into_iter().enumerate() {
+                let state = if want[k] == 0 { SiteState::Zero } else { SiteState::Direct };
+                let sites = key.sites();
+                prop_assert!(sites.iter().all(|s| s.state() == state), "key {}: {:?}", k, sites);
+                prop_assert_eq!(key.get().map_or(0, |f| f(10)), want[k]);
+            }
+            Ok(())
+        })
+        .unwrap();
 }

@@ -107,11 +107,26 @@ enum Class {
 
 fn classify(ty: &Type) -> Class {
     match ty {
-        Type::Path(p) if p.qself.is_none() && (p.path.is_ident("f32") || p.path.is_ident("f64")) => Class::Float,
+        Type::Path(p) if p.qself.is_none() && is_float_path(&p.path) => Class::Float,
         Type::Paren(p) => classify(&p.elem),
         Type::Group(g) => classify(&g.elem),
         _ => Class::Integer,
     }
+}
+
+/// `f32`/`f64`, also as `core::primitive::f64` or `std::primitive::f64`. (A
+/// type alias of a float cannot be recognized: it is refused as an integer.)
+fn is_float_path(path: &syn::Path) -> bool {
+    let segments: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
+    if path.segments.iter().any(|s| !s.arguments.is_none()) {
+        return false;
+    }
+    let prefix_ok = match segments.len() {
+        1 => path.leading_colon.is_none(),
+        3 => matches!(segments[0].as_str(), "core" | "std") && segments[1] == "primitive",
+        _ => false,
+    };
+    prefix_ok && matches!(segments.last().map(String::as_str), Some("f32" | "f64"))
 }
 
 fn is_unit(ret: &ReturnType) -> bool {
