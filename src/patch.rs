@@ -270,6 +270,21 @@ pub fn set_trap_hook(hook: Option<extern "C" fn()>) {
     TRAP_HOOK.store(hook.map_or(0, |f| f as usize), SeqCst);
 }
 
+/// This copy's module is being unloaded, or the process exits: waits for an
+/// update in progress to finish, then keeps the lock for good, so that no
+/// update of this copy starts again (from another thread it would block;
+/// from this one it returns `Reentrant`). False, holding nothing, if this
+/// thread is inside an update of this copy.
+pub fn shut_down() -> bool {
+    match LOCK.lock() {
+        Ok(g) => {
+            std::mem::forget(g);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 // ---------------------------------------------------------------- forms
 
 fn no_target_site(key: &RawKey) -> [u8; INSN_LEN] {
