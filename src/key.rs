@@ -103,6 +103,27 @@ impl<F: Copy, R> Key<F, R> {
     /// While it runs, each call reaches the old target or `f`; when it
     /// returns, every call started afterwards, on any thread, reaches `f`.
     ///
+    /// # Threads still running the old target
+    ///
+    /// `update` does not wait for calls in progress. A call of this key
+    /// enters its target by one transfer of control: the site's `call`, or,
+    /// for a site that calls the trampoline, the trampoline's `jmp` (or its
+    /// load of the key's slot, for a far target); a thread that meets the
+    /// `int3` of an update is sent to `f`. A thread whose transfer happened
+    /// before `update` returned may have entered the old target, and may still
+    /// be executing it, and anything it calls, for any length of time after
+    /// `update` returns; it then returns normally to its caller. No call of
+    /// this key enters the old target after `update` has returned. Nothing else
+    /// changes: function pointers to the old target held elsewhere, other keys
+    /// targeting it, and the old target's own calls still reach it.
+    ///
+    /// So `update` returning does not make the old target's code free to
+    /// unmap. Before unloading a plugin, retarget every key away from its
+    /// code, then wait until no thread is inside it (a quiescence point the
+    /// host defines: an epoch each calling thread advances between calls), and
+    /// only then `dlclose` it, with no update of any copy of this crate in
+    /// progress. The `plugin_dispatch` example follows this sequence.
+    ///
     /// # Panics
     ///
     /// Only where the environment makes patching impossible (no core
