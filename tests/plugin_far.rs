@@ -1,0 +1,186 @@
+//! Far targets: a key retargeted to a function more than 2 GiB away from its
+//! call sites (in a dlopen'd cdylib, and on a page mapped far away on
+//! purpose) is called through the trampoline's `jmp [rip + slot]`; near
+//! targets keep direct calls.
+#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+
+mod plugin_support;
+
+use plugin_support::Plugin;
+use static_call::{static_call, NotDirect, SiteState, StaticCall};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::Arc;
+
+type F = extern "C" fn(u64) -> u64;
+
+extern "C" fn host_near(x: u64) -> u64 {
+    x + 1
+}
+
+#[static_call]
+static DISPATCH: extern "C" fn(u64) -> u64 = host_near;
+
+#[static_call]
+static FAR: extern "C" fn(u64) -> u64 = host_near;
+
+#[inline(never)]
+fn dispatch(x: u64) -> u64 {
+    DISPATCH.call(x)
+}
+
+#[inline(never)]
+fn far(x: u64) -> u64 {
+    FAR.call(x)
+}
+
+/// Whether a five-byte branch at `site` reaches `target`.
+fn reaches(site: usize, target: usize) -> bool {
+    i32::try_from(target as i64 - (site as i64 + 5)).is_ok()
+}
+
+fn head(at: usize) -> [u8; 5] {
+    // SAFETY: a trampoline of ours: mapped, readable text.
+    std::array::from_fn(|i| unsafe { std::ptr::read_volatile((at + i) as *const u8) })
+}
+
+/// The trampoline head that jumps to its own `jmp [rip + slot]` at +8.
+const FAR_HEAD: [u8; 5] = [0xe9, 0x03, 0x00, 0x00, 0x00];
+
+fn assert_all(key_sites: Vec<static_call::Site>, state: SiteState, reason: Option<NotDirect>) {
+    assert!(!key_sites.is_empty());
+    for s in key_sites {
+        assert_eq!((s.state(), s.reason()), (state, reason), "{s}");
+    }
+}
+
+#[test]
+fn a_function_in_a_cdylib() {
+    static_call::init().unwrap();
+    let alpha = Plugin::load("alpha");
+    let f: F = alpha.func("alpha_dispatch");
+    let tramp = static_call::__private::trampoline_of(DISPATCH.key()).unwrap();
+    assert_all(DISPATCH.sites(), SiteState::Direct, None);
+
+    DISPATCH.update(f);
+    assert_eq!(dispatch(10), 31);
+    let far = DISPATCH.sites().iter().all(|s| !reaches(s.address(), f as usize));
+    let near = DISPATCH.sites().iter().all(|s| reaches(s.address(), f as usize));
+    eprintln!(
+        "alpha_dispatch at {:#x}, sites at {:#x}: {}",
+        f as usize,
+        DISPATCH.sites()[0].address(),
+        if far { "far" } else { "near" }
+    );
+    if far {
+        assert_all(DISPATCH.sites(), SiteState::Trampoline, Some(NotDirect::OutOfReach));
+        assert_eq!(head(tramp), FAR_HEAD, "the trampoline jumps through the slot");
+    } else if near {
+        assert_all(DISPATCH.sites(), SiteState::Direct, None);
+    }
+
+    // Back to a near target: direct again.
+    assert_eq!(DISPATCH.update(host_near).map(|g| g as usize), Some(f as usize));
+    assert_eq!(dispatch(10), 11);
+    assert_all(DISPATCH.sites(), SiteState::Direct, None);
+    assert_ne!(head(tramp), FAR_HEAD);
+}
+
+/// Maps one page of code at least 4 GiB away from `near`, holding
+/// `lea rax, [rdi + 7]; ret` at offset 0 and `lea rax, [rdi + 9]; ret` at 16.
+fn far_page(near: usize) -> usize {
+    const GIB: usize = 1 << 30;
+    for k in 4..64 {
+        for hint in [near.wrapping_add(k * GIB) & !0xfff, near.wrapping_sub(k * GIB) & !0xfff] {
+            if !(1 << 32..=(1 << 47) - (1 << 32)).contains(&hint) {
+                continue;
+            }
+            // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+            let p = unsafe {
+                libc::mmap(
+                    hint as *mut libc::c_void,
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                continue;
+            }
+            if p as usize != hint {
+                // SAFETY: the mapping we just made.
+                unsafe { libc::munmap(p, 4096) };
+                continue;
+            }
+            let code: [[u8; 5]; 2] = [[0x48, 0x8d, 0x47, 0x07, 0xc3], [0x48, 0x8d, 0x47, 0x09, 0xc3]];
+            // SAFETY: our fresh RW page; then made RX (never W+X).
+            unsafe {
+                std::ptr::copy_nonoverlapping(code[0].as_ptr(), p as *mut u8, 5);
+                std::ptr::copy_nonoverlapping(code[1].as_ptr(), (p as *mut u8).add(16), 5);
+                assert_eq!(libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC), 0);
+            }
+            return hint;
+        }
+    }
+    panic!("no free page 4..64 GiB away from {near:#x}");
+}
+
+#[test]
+fn a_function_on_a_far_page_under_load() {
+    static_call::init().unwrap();
+    let site = FAR.sites()[0].address();
+    let page = far_page(site);
+    // SAFETY: the page holds these two functions of this signature.
+    let (plus7, plus9): (F, F) =
+        unsafe { (std::mem::transmute::<usize, F>(page), std::mem::transmute::<usize, F>(page + 16)) };
+    assert!(FAR.sites().iter().all(|s| !reaches(s.address(), page)));
+    let tramp = static_call::__private::trampoline_of(FAR.key()).unwrap();
+
+    FAR.update(plus7);
+    assert_eq!(far(1), 8);
+    assert_all(FAR.sites(), SiteState::Trampoline, Some(NotDirect::OutOfReach));
+    assert_eq!(head(tramp), FAR_HEAD);
+    // Far to far: only the slot changes.
+    let patched = static_call::stats().sites_patched;
+    FAR.update(plus9);
+    assert_eq!(far(1), 10);
+    assert_eq!(static_call::stats().sites_patched, patched, "far to far rewrites no site");
+    FAR.update(host_near);
+    assert_all(FAR.sites(), SiteState::Direct, None);
+
+    // Callers keep calling while the key moves between near and far.
+    let stop = Arc::new(AtomicBool::new(false));
+    let wrong = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, wrong) = (stop.clone(), wrong.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Relaxed) {
+                    let r = far(100);
+                    if ![101, 107, 109].contains(&r) {
+                        wrong.fetch_add(1, Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let targets: [F; 3] = [host_near, plus7, plus9];
+    let base = static_call::stats();
+    let mut i = 0usize;
+    loop {
+        let s = static_call::stats();
+        if s.traps_emulated + s.traps_rewound >= base.traps_emulated + base.traps_rewound + 10 || i >= 200_000 {
+            break;
+        }
+        FAR.update(targets[i % 3]);
+        assert_eq!(far(0), [1, 7, 9][i % 3]);
+        i += 1;
+    }
+    stop.store(true, Relaxed);
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    assert_eq!(wrong.load(Relaxed), 0);
+    eprintln!("{i} updates near/far, {:?}", static_call::stats());
+    FAR.update(host_near);
+    assert_all(FAR.sites(), SiteState::Direct, None);
+}

@@ -1,0 +1,154 @@
+//! Finding (and if need be building) the plugin cdylibs from a test.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `target/<profile>` of the running binary: a test is
+/// `target/<profile>/deps/<test>-<hash>`, an example
+/// `target/<profile>/examples/<name>`.
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let parent = exe.parent().expect("binary in a directory");
+    let nested = parent.file_name().is_some_and(|n| n == "deps" || n == "examples");
+    let dir = if nested { parent.parent().expect("profile dir") } else { parent };
+    dir.to_path_buf()
+}
+
+/// The cargo profile that produced `dir` (`target/debug` is `dev`).
+fn profile_of(dir: &Path) -> String {
+    match dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev".to_string(),
+        Some(other) => other.to_string(),
+    }
+}
+
+/// The path of `lib<name>.so` beside the test binary, built with the same
+/// profile and target directory as the test when it is missing or stale
+/// (`cargo build -p <name>` is a no-op when it is fresh).
+pub fn plugin(name: &str) -> PathBuf {
+    let dir = profile_dir();
+    let so = dir.join(format!("lib{name}.so"));
+    let target_dir = dir.parent().expect("target dir");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let status = Command::new(cargo)
+        .arg("build")
+        .arg("--quiet")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .arg("-p")
+        .arg(name)
+        .arg("--profile")
+        .arg(profile_of(&dir))
+        .env("CARGO_TARGET_DIR", target_dir)
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build -p {name} failed");
+    assert!(so.exists(), "{} not built", so.display());
+    so
+}
+
+/// A loaded plugin: the library and its path.
+pub struct Plugin {
+    pub lib: Option<libloading::Library>,
+    pub path: PathBuf,
+}
+
+impl Plugin {
+    /// Builds (if needed) and loads `lib<name>.so`.
+    pub fn load(name: &str) -> Plugin {
+        let path = plugin(name);
+        // SAFETY: our own plugin crates, whose initializers only set up Rust's
+        // runtime.
+        let lib = unsafe { libloading::Library::new(&path) }.expect("dlopen plugin");
+        Plugin { lib: Some(lib), path }
+    }
+
+    /// The exported function `name`, as an `F`.
+    pub fn func<F: Copy>(&self, name: &str) -> F {
+        let lib = self.lib.as_ref().expect("loaded");
+        // SAFETY: the caller names an export of the declared type.
+        unsafe { *lib.get::<F>(name.as_bytes()).unwrap_or_else(|e| panic!("{name}: {e}")) }
+    }
+
+    /// Whether the library's file is still mapped in this process.
+    pub fn mapped(&self) -> bool {
+        let canon = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        maps.lines().any(|l| l.ends_with(canon.to_str().unwrap()))
+    }
+
+    /// The address range(s) the library is mapped at.
+    pub fn contains(&self, addr: usize) -> bool {
+        let canon = std::fs::canonicalize(&self.path).unwrap_or_else(|_| self.path.clone());
+        mapping_path(addr).is_some_and(|p| Path::new(&p) == canon)
+    }
+
+    /// `dlclose`.
+    pub fn unload(&mut self) {
+        self.lib.take().expect("loaded").close().expect("dlclose");
+    }
+}
+
+/// The file mapped at `addr`, if any.
+pub fn mapping_path(addr: usize) -> Option<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+    maps.lines().find_map(|l| {
+        let mut it = l.split_whitespace();
+        let (s, e) = it.next()?.split_once('-')?;
+        let (s, e) = (usize::from_str_radix(s, 16).ok()?, usize::from_str_radix(e, 16).ok()?);
+        (s <= addr && addr < e).then(|| it.nth(4).unwrap_or("").to_string())
+    })
+}
+
+/// The address of the SIGTRAP handler the kernel runs now.
+pub fn current_sigtrap_handler() -> usize {
+    let mut cur = std::mem::MaybeUninit::<libc::sigaction>::zeroed();
+    // SAFETY: query only.
+    assert_eq!(unsafe { libc::sigaction(libc::SIGTRAP, std::ptr::null(), cur.as_mut_ptr()) }, 0);
+    // SAFETY: filled in.
+    unsafe { cur.assume_init() }.sa_sigaction
+}
+
+/// Genuine `int3`s the user handler saw.
+pub static USER_TRAPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+extern "C" fn user_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    USER_TRAPS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Installs a user SIGTRAP handler that counts traps (and resumes after the
+/// `int3`), before anything of static_call.
+pub fn install_user_handler() {
+    // SAFETY: a valid SA_SIGINFO handler that only touches an atomic.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = user_handler as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut sa.sa_mask);
+        assert_eq!(libc::sigaction(libc::SIGTRAP, &sa, std::ptr::null_mut()), 0);
+    }
+}
+
+/// Executes a genuine `int3`.
+pub fn genuine_int3() {
+    // SAFETY: traps to the SIGTRAP handler, which returns past the int3.
+    unsafe { std::arch::asm!("int3") };
+}
+
+/// Forks a child that exits at once; true if it exited with status 0 (the
+/// `pthread_atfork` handlers of every loaded copy ran fine).
+pub fn fork_ok() -> bool {
+    // SAFETY: the child only calls `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: async-signal-safe exit in the child.
+        unsafe { libc::_exit(0) };
+    }
+    assert!(pid > 0, "fork failed");
+    let mut status = 0;
+    // SAFETY: our child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+}

@@ -1,0 +1,168 @@
+//! Unloading plugins that link the crate: a user SIGTRAP handler installed
+//! before everything, then the host's copy, then two plugins' copies, each
+//! handler chained to the previous one. The host follows the shutdown
+//! sequence (retarget away from the plugin, wait until no caller is inside
+//! it, `dlclose`); the plugin's destructor takes its handler out of the chain
+//! (relinking the copy above it, or restoring the one below). Afterwards the
+//! host keeps patching with callers running, a genuine `int3` still reaches
+//! the user's handler, and `fork` still works (no atfork handler left in
+//! unmapped code).
+#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+
+mod plugin_support;
+
+use plugin_support::{
+    current_sigtrap_handler, fork_ok, genuine_int3, install_user_handler, mapping_path, Plugin, USER_TRAPS,
+};
+use static_call::{static_call, SiteState};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::Arc;
+
+type F = extern "C" fn(u64) -> u64;
+
+extern "C" fn host_a(x: u64) -> u64 {
+    x + 1
+}
+extern "C" fn host_b(x: u64) -> u64 {
+    x + 2
+}
+
+#[static_call]
+static HOST: extern "C" fn(u64) -> u64 = host_a;
+
+#[inline(never)]
+fn host(x: u64) -> u64 {
+    HOST.call(x)
+}
+
+/// Caller threads: each counts its completed calls (its epoch), and any
+/// result outside `allowed`.
+struct Callers {
+    stop: Arc<AtomicBool>,
+    wrong: Arc<AtomicU64>,
+    epochs: Arc<[AtomicU64; 3]>,
+    /// The largest result allowed: callers accept 101..=allowed (+1, +2 from
+    /// the host, 301 from alpha, 502 from beta).
+    allowed: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Callers {
+    fn start() -> Callers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let wrong = Arc::new(AtomicU64::new(0));
+        let epochs = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+        let allowed = Arc::new(AtomicUsize::new(502));
+        let threads = (0..3)
+            .map(|i| {
+                let (stop, wrong, epochs, allowed) = (stop.clone(), wrong.clone(), epochs.clone(), allowed.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Relaxed) {
+                        let r = host(100);
+                        if ![101, 102, 301, 502].contains(&r) || r as usize > allowed.load(SeqCst) {
+                            wrong.fetch_add(1, Relaxed);
+                        }
+                        epochs[i].fetch_add(1, SeqCst);
+                    }
+                })
+            })
+            .collect();
+        Callers { stop, wrong, epochs, allowed, threads }
+    }
+
+    /// Waits until every caller has completed a call that started after now:
+    /// then no caller is still inside a target it reached before.
+    fn quiesce(&self) {
+        let seen: Vec<u64> = self.epochs.iter().map(|e| e.load(SeqCst)).collect();
+        for (e, s) in self.epochs.iter().zip(seen) {
+            while e.load(SeqCst) < s + 2 {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, Relaxed);
+        self.threads.into_iter().for_each(|t| t.join().unwrap());
+        self.wrong.load(Relaxed)
+    }
+}
+
+/// Host updates with callers running, until the int3 path ran a few times.
+fn host_updates_under_load() {
+    let base = static_call::stats();
+    for i in 0..100_000u32 {
+        let s = static_call::stats();
+        if s.traps_emulated + s.traps_rewound >= base.traps_emulated + base.traps_rewound + 5 {
+            return;
+        }
+        HOST.update(if i.is_multiple_of(2) { host_b } else { host_a });
+        assert_eq!(host(0), if i.is_multiple_of(2) { 2 } else { 1 });
+    }
+}
+
+fn genuine_trap_reaches_user_handler() {
+    let before = USER_TRAPS.load(SeqCst);
+    genuine_int3();
+    assert_eq!(USER_TRAPS.load(SeqCst), before + 1, "a genuine int3 reaches the user's handler, once");
+}
+
+/// The shutdown sequence of a host before unloading a plugin.
+fn unload(p: &mut Plugin, callers: &Callers, no_longer: u64) {
+    // 1. Retarget every key away from the plugin's code.
+    HOST.update(host_a);
+    // 2. Wait until no thread is inside the plugin's code.
+    callers.allowed.store(no_longer as usize - 1, SeqCst);
+    callers.quiesce();
+    // 3. Unload.
+    p.unload();
+    assert!(!p.mapped(), "dlclose unmapped {}", p.path.display());
+}
+
+#[test]
+fn unloaded_copies_leave_the_chain() {
+    install_user_handler();
+    static_call::init().unwrap();
+    let exe = std::fs::canonicalize(std::env::current_exe().unwrap()).unwrap();
+    let in_exe = |a: usize| mapping_path(a).map(std::path::PathBuf::from) == Some(exe.clone());
+
+    let mut alpha = Plugin::load("alpha");
+    let mut beta = Plugin::load("beta");
+    let alpha_init: extern "C" fn() -> i32 = alpha.func("alpha_init");
+    let beta_init: extern "C" fn() -> i32 = beta.func("beta_init");
+    let beta_mode: extern "C" fn(u32) -> i32 = beta.func("beta_set_mode");
+    let alpha_dispatch: F = alpha.func("alpha_dispatch");
+    let beta_dispatch: F = beta.func("beta_dispatch");
+    assert_eq!(alpha_init(), 0);
+    assert_eq!(beta_init(), 0);
+    assert!(beta.contains(current_sigtrap_handler()));
+    genuine_trap_reaches_user_handler();
+
+    let callers = Callers::start();
+    // The hot key moves between the host and both plugins under load.
+    for i in 0..200 {
+        HOST.update([host_a as F, alpha_dispatch, host_b, beta_dispatch][i % 4]);
+    }
+    host_updates_under_load();
+
+    // Unload alpha, whose handler is in the middle of the chain: beta's is
+    // relinked to the host's.
+    unload(&mut alpha, &callers, 301);
+    assert!(beta.contains(current_sigtrap_handler()));
+    host_updates_under_load();
+    assert_eq!(beta_mode(1), 0, "beta's copy still updates");
+    genuine_trap_reaches_user_handler();
+    assert!(fork_ok());
+
+    // Unload beta, whose handler is current: the host's is restored.
+    HOST.update(beta_dispatch);
+    unload(&mut beta, &callers, 502);
+    assert!(in_exe(current_sigtrap_handler()), "the host's handler is current again");
+    host_updates_under_load();
+    genuine_trap_reaches_user_handler();
+    assert!(fork_ok());
+
+    assert_eq!(callers.stop(), 0, "every call reached an allowed target");
+    assert!(HOST.sites().iter().all(|s| s.state() == SiteState::Direct));
+    eprintln!("{:?}, user traps {}", static_call::stats(), USER_TRAPS.load(SeqCst));
+}
