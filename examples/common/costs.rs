@@ -1,0 +1,464 @@
+//! What a call costs, measured in one interleaved run: the short table the
+//! demo prints, and the cases the criterion benchmarks measure.
+//!
+//! Include it with `#[path = "common/costs.rs"] mod costs;` (from
+//! `examples/`) or `#[path = "../examples/common/costs.rs"] mod costs;` (from
+//! `benches/`), then:
+//!
+//! ```text
+//! let table = costs::measure(&costs::Options::default());
+//! print!("{table}");
+//! ```
+//!
+//! Every call case runs the same target (`add1`) in a dependent loop (each
+//! call takes the previous result), so what differs is only how the call gets
+//! there. Each round times every case once, in turn; the figure is the median
+//! over rounds, and the ratio is to the plain call of the same round set.
+#![allow(dead_code)]
+
+use static_call::static_call;
+use std::fmt;
+use std::hint::black_box;
+use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
+use std::time::Instant;
+
+/// The target of every call case.
+#[inline(never)]
+pub extern "C" fn add1(x: u64) -> u64 {
+    x.wrapping_add(1)
+}
+
+/// The other target, for updates.
+#[inline(never)]
+pub extern "C" fn add2(x: u64) -> u64 {
+    x.wrapping_add(2)
+}
+
+/// A key whose sites are patched to `add1` (after `init`).
+#[static_call]
+pub static PATCHED: extern "C" fn(u64) -> u64 = add1;
+
+/// A key retargeted to a copy of `add1` mapped more than 2 GiB away: its
+/// sites stay on the trampoline, which jumps through the key's slot.
+#[static_call]
+pub static FAR: extern "C" fn(u64) -> u64 = add1;
+
+/// Calls go through the trampoline only.
+#[static_call(out_of_line)]
+pub static OUT_OF_LINE: extern "C" fn(u64) -> u64 = add1;
+
+/// The key whose single site the update figure retargets.
+#[static_call]
+pub static UPDATED: extern "C" fn(u64) -> u64 = add1;
+
+/// What a user would write instead: an atomic function pointer.
+pub static POINTER: AtomicPtr<()> = AtomicPtr::new(add1 as *mut ());
+
+/// Dynamic dispatch through a trait object.
+pub trait Op {
+    /// Applies the operation.
+    fn apply(&self, x: u64) -> u64;
+}
+
+/// `add1` as an `Op`.
+pub struct Add1;
+impl Op for Add1 {
+    #[inline(never)]
+    fn apply(&self, x: u64) -> u64 {
+        x.wrapping_add(1)
+    }
+}
+
+/// `add2` as an `Op` (so the call is not devirtualized to one type).
+pub struct Add2;
+impl Op for Add2 {
+    #[inline(never)]
+    fn apply(&self, x: u64) -> u64 {
+        x.wrapping_add(2)
+    }
+}
+
+/// Dispatch by an enum `match`, each arm a direct call.
+#[derive(Clone, Copy)]
+pub enum Choice {
+    /// Calls `add1`.
+    Add1,
+    /// Calls `add2`.
+    Add2,
+    /// Calls `add1` twice.
+    Twice,
+    /// Returns `x`.
+    Same,
+}
+
+// A retpoline thunk, as `-Zretpoline`/`-mindirect-branch=thunk` emit it: the
+// `ret` is always mispredicted onto the `pause; lfence` loop, so the target
+// is never reached speculatively. Target in r11.
+#[cfg(target_arch = "x86_64")]
+std::arch::global_asm!(
+    ".pushsection .text.static_call_costs_retpoline, \"ax\", @progbits",
+    ".globl static_call_costs_retpoline_r11",
+    ".hidden static_call_costs_retpoline_r11",
+    ".type static_call_costs_retpoline_r11, @function",
+    ".balign 32",
+    "static_call_costs_retpoline_r11:",
+    "call 2f",
+    "1: pause",
+    "lfence",
+    "jmp 1b",
+    ".balign 16",
+    "2: mov [rsp], r11",
+    "ret",
+    ".size static_call_costs_retpoline_r11, . - static_call_costs_retpoline_r11",
+    ".popsection",
+);
+
+/// Calls `f(x)` through the retpoline thunk.
+///
+/// # Safety
+///
+/// `f` is an `extern "C" fn(u64) -> u64`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub unsafe fn retpoline_call(f: *mut (), x: u64) -> u64 {
+    let r: u64;
+    // SAFETY: the thunk jumps to `f` (the caller's contract) with the return
+    // address of this call on the stack: a plain C call of `f(x)`.
+    unsafe {
+        std::arch::asm!(
+            "call static_call_costs_retpoline_r11",
+            inout("r11") f => _,
+            inout("rdi") x => _,
+            lateout("rax") r,
+            clobber_abi("C"),
+        )
+    };
+    r
+}
+
+/// The floor: a plain call of an `#[inline(never)]` function.
+#[inline(never)]
+pub fn loop_direct(mut x: u64, n: u64) -> u64 {
+    for _ in 0..n {
+        x = add1(x);
+    }
+    x
+}
+
+/// A patched site.
+#[inline(never)]
+pub fn loop_patched(mut x: u64, n: u64) -> u64 {
+    for _ in 0..n {
+        x = PATCHED.call(x);
+    }
+    x
+}
+
+/// A site left on the trampoline (target out of reach).
+#[inline(never)]
+pub fn loop_far(mut x: u64, n: u64) -> u64 {
+    for _ in 0..n {
+        x = FAR.call(x);
+    }
+    x
+}
+
+/// A call to a trampoline that holds `jmp add1` (what a site that is not
+/// patched, e.g. refused, executes): `call trampoline; jmp target`.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#[inline(never)]
+pub fn loop_trampoline(mut x: u64, n: u64) -> u64 {
+    for _ in 0..n {
+        // SAFETY: the trampoline of PATCHED jumps to its target, `add1`, an
+        // `extern "C" fn(u64) -> u64`; the operands are those of a C call.
+        unsafe {
+            std::arch::asm!(
+                "call {k}_sc_tramp",
+                k = sym __STATIC_CALL_KEY_PATCHED,
+                inout("rdi") x,
+                lateout("rax") x,
+                clobber_abi("C"),
+            )
+        };
+    }
+    x
+}
+
+/// An `out_of_line` key (an indirect call to the trampoline).
+#[inline(never)]
+pub fn loop_out_of_line(mut x: u64, n: u64) -> u64 {
+    for _ in 0..n {
+        x = OUT_OF_LINE.call(x);
+    }
+    x
+}
+
+/// An `AtomicPtr` function pointer, loaded for each call.
+#[inline(never)]
+pub fn loop_pointer(mut x: u64, n: u64) -> u64 {
+    for _ in 0..n {
+        let p = POINTER.load(Ordering::Acquire);
+        // SAFETY: POINTER holds only `extern "C" fn(u64) -> u64`s.
+        let f: extern "C" fn(u64) -> u64 = unsafe { std::mem::transmute(p) };
+        x = f(x);
+    }
+    x
+}
+
+/// A `dyn Trait` call.
+#[inline(never)]
+pub fn loop_dyn(mut x: u64, n: u64) -> u64 {
+    let ops: [&dyn Op; 2] = [&Add1, &Add2];
+    let op = black_box(ops[0]);
+    for _ in 0..n {
+        x = op.apply(x);
+    }
+    x
+}
+
+/// The variant `loop_match` dispatches on, loaded for each call (as the
+/// pointer is): 0 is `Choice::Add1`.
+pub static CHOICE: AtomicU8 = AtomicU8::new(0);
+
+/// An enum `match`, each arm a direct call.
+#[inline(never)]
+pub fn loop_match(mut x: u64, n: u64) -> u64 {
+    for _ in 0..n {
+        let choice = match CHOICE.load(Ordering::Relaxed) {
+            0 => Choice::Add1,
+            1 => Choice::Add2,
+            2 => Choice::Twice,
+            _ => Choice::Same,
+        };
+        x = match choice {
+            Choice::Add1 => add1(x),
+            Choice::Add2 => add2(x),
+            Choice::Twice => add1(add1(x)),
+            Choice::Same => x,
+        };
+    }
+    x
+}
+
+/// A function pointer called through a retpoline thunk.
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+pub fn loop_retpoline(mut x: u64, n: u64) -> u64 {
+    for _ in 0..n {
+        let p = POINTER.load(Ordering::Acquire);
+        // SAFETY: POINTER holds only `extern "C" fn(u64) -> u64`s.
+        x = unsafe { retpoline_call(p, x) };
+    }
+    x
+}
+
+/// One call case: a name and a loop of `n` dependent calls.
+#[derive(Clone, Copy)]
+pub struct Case {
+    /// Short name (also the benchmark id).
+    pub name: &'static str,
+    /// What it measures.
+    pub what: &'static str,
+    /// Runs `n` calls starting from `x`.
+    pub run: fn(u64, u64) -> u64,
+}
+
+/// Prepares the cases: `init`, and the out-of-reach target of `FAR`. Returns
+/// the cases this build can measure, the floor first.
+pub fn cases() -> Vec<Case> {
+    let mut v = vec![
+        Case { name: "direct", what: "plain #[inline(never)] extern \"C\" call", run: loop_direct },
+        Case { name: "patched", what: "patched static call site", run: loop_patched },
+    ];
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+    {
+        static_call::init().expect("static_call::init");
+        let far = far_copy_of_add1();
+        if far.is_some() {
+            v.push(Case {
+                name: "trampoline_far",
+                what: "site on the trampoline (target > 2 GiB away)",
+                run: loop_far,
+            });
+        }
+        v.push(Case { name: "trampoline", what: "call to the trampoline (jmp target)", run: loop_trampoline });
+    }
+    v.push(Case { name: "out_of_line", what: "out_of_line key (indirect call, trampoline)", run: loop_out_of_line });
+    v.push(Case { name: "atomic_ptr", what: "AtomicPtr function pointer", run: loop_pointer });
+    v.push(Case { name: "dyn_trait", what: "dyn Trait method", run: loop_dyn });
+    v.push(Case { name: "enum_match", what: "enum match, direct call per arm", run: loop_match });
+    #[cfg(target_arch = "x86_64")]
+    v.push(Case { name: "retpoline", what: "function pointer through a retpoline thunk", run: loop_retpoline });
+    v
+}
+
+/// Maps a copy of `add1` more than 2 GiB away from this binary's text (never
+/// writable and executable at once) and retargets `FAR` to it, once. `None`
+/// if no such address could be mapped.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+pub fn far_copy_of_add1() -> Option<usize> {
+    use std::sync::OnceLock;
+    static FAR_FN: OnceLock<Option<usize>> = OnceLock::new();
+    *FAR_FN.get_or_init(|| {
+        // lea rax, [rdi + 1]; ret
+        const CODE: [u8; 5] = [0x48, 0x8d, 0x47, 0x01, 0xc3];
+        let text = add1 as *const () as usize;
+        let far_enough = |p: usize| p.abs_diff(text) > (4 << 30);
+        // SAFETY: a fresh anonymous mapping, written while read-write, then
+        // made read-execute; never unmapped (FAR may call it forever).
+        let page = unsafe {
+            let len = 4096;
+            let mut p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if p != libc::MAP_FAILED && !far_enough(p as usize) {
+                libc::munmap(p, len);
+                let hint = (text & !0xfff).wrapping_add(64 << 30);
+                p = libc::mmap(
+                    hint as *mut libc::c_void,
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                );
+            }
+            if p == libc::MAP_FAILED || !far_enough(p as usize) {
+                return None;
+            }
+            std::ptr::copy_nonoverlapping(CODE.as_ptr(), p.cast::<u8>(), CODE.len());
+            if libc::mprotect(p, len, libc::PROT_READ | libc::PROT_EXEC) != 0 {
+                return None;
+            }
+            p as usize
+        };
+        // SAFETY: the page holds a complete `extern "C" fn(u64) -> u64`.
+        let f: extern "C" fn(u64) -> u64 = unsafe { std::mem::transmute(page) };
+        assert_eq!(f(41), 42);
+        FAR.update(f);
+        assert!(FAR.sites().iter().all(|s| s.state() == static_call::SiteState::Trampoline));
+        Some(page)
+    })
+}
+
+/// How much to measure.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Rounds (each times every case once); the figure is the median.
+    pub rounds: usize,
+    /// Calls per case per round.
+    pub calls: u64,
+    /// Updates and membarrier calls timed, one by one (median).
+    pub updates: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { rounds: 21, calls: 200_000, updates: 101 }
+    }
+}
+
+/// One row of the table.
+#[derive(Clone, Debug)]
+pub struct Row {
+    /// Case name.
+    pub name: &'static str,
+    /// What it measures.
+    pub what: &'static str,
+    /// Median nanoseconds per call (per operation for the update rows).
+    pub ns: f64,
+    /// `ns` over the plain call's (calls) or over one membarrier (updates).
+    pub ratio: f64,
+}
+
+/// The measured table: call rows, then update rows.
+#[derive(Clone, Debug)]
+pub struct Table {
+    /// Cost of one call, ratio to the plain call.
+    pub calls: Vec<Row>,
+    /// Cost of one update and of one membarrier, ratio to the membarrier.
+    pub updates: Vec<Row>,
+    /// The options used.
+    pub options: Options,
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Measures every case, interleaved: round after round, each case once.
+pub fn measure(o: &Options) -> Table {
+    let cases = cases();
+    let mut samples = vec![Vec::with_capacity(o.rounds); cases.len()];
+    // Warm up every case (page faults, predictors).
+    for c in &cases {
+        black_box((c.run)(black_box(1), o.calls / 10 + 1));
+    }
+    for _ in 0..o.rounds {
+        for (c, s) in cases.iter().zip(samples.iter_mut()) {
+            let t = Instant::now();
+            black_box((c.run)(black_box(1), black_box(o.calls)));
+            s.push(t.elapsed().as_nanos() as f64 / o.calls as f64);
+        }
+    }
+    let ns: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
+    let calls =
+        cases.iter().zip(&ns).map(|(c, &n)| Row { name: c.name, what: c.what, ns: n, ratio: n / ns[0] }).collect();
+    Table { calls, updates: measure_updates(o), options: *o }
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+fn measure_updates(o: &Options) -> Vec<Row> {
+    let (mut upd, mut mb) = (Vec::with_capacity(o.updates), Vec::with_capacity(o.updates));
+    for i in 0..o.updates {
+        let t = Instant::now();
+        static_call::__private::sync_core_once().expect("membarrier");
+        mb.push(t.elapsed().as_nanos() as f64);
+        let t = Instant::now();
+        UPDATED.update(if i % 2 == 0 { add2 } else { add1 });
+        upd.push(t.elapsed().as_nanos() as f64);
+    }
+    black_box(UPDATED.call(1));
+    let (u, m) = (median(&mut upd), median(&mut mb));
+    vec![
+        Row { name: "membarrier", what: "one membarrier(SYNC_CORE) call", ns: m, ratio: 1.0 },
+        Row { name: "update_1", what: "update of a key with one site", ns: u, ratio: u / m },
+    ]
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"))))]
+fn measure_updates(o: &Options) -> Vec<Row> {
+    let mut upd = Vec::with_capacity(o.updates);
+    for i in 0..o.updates {
+        let t = Instant::now();
+        UPDATED.update(if i % 2 == 0 { add2 } else { add1 });
+        upd.push(t.elapsed().as_nanos() as f64);
+    }
+    black_box(UPDATED.call(1));
+    let u = median(&mut upd);
+    vec![Row { name: "update_1", what: "update (atomic store)", ns: u, ratio: 1.0 }]
+}
+
+impl fmt::Display for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "Cost of one call (dependent loop, median of {} interleaved rounds of {} calls):",
+            self.options.rounds, self.options.calls
+        )?;
+        for r in &self.calls {
+            writeln!(f, "  {:<46} {:>8.2} ns  {:>6.2}x", r.what, r.ns, r.ratio)?;
+        }
+        writeln!(f, "Cost of one update (median of {}):", self.options.updates)?;
+        for r in &self.updates {
+            writeln!(f, "  {:<46} {:>8.2} µs  {:>6.2}x", r.what, r.ns / 1000.0, r.ratio)?;
+        }
+        Ok(())
+    }
+}
