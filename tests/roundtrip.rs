@@ -287,6 +287,59 @@ mod t_mut_ref {
     }
 }
 
+mod t_option_mut_ref {
+    use super::*;
+
+    extern "C" fn f1(x: Option<&'static mut u64>) -> Option<&'static mut u64> {
+        x.map(|r| {
+            *r = r.wrapping_add(1);
+            r
+        })
+    }
+    extern "C" fn f2(x: Option<&'static mut u64>) -> Option<&'static mut u64> {
+        x.filter(|r| **r % 2 == 0)
+    }
+
+    #[static_call]
+    static KEY: extern "C" fn(Option<&'static mut u64>) -> Option<&'static mut u64> = f1;
+
+    #[inline(never)]
+    fn site(x: Option<&'static mut u64>) -> Option<&'static mut u64> {
+        KEY.call(x)
+    }
+
+    pub fn run(phase: Phase) {
+        let target: Option<extern "C" fn(Option<&'static mut u64>) -> Option<&'static mut u64>> = match phase {
+            Phase::BeforeInit | Phase::Init => Some(f1),
+            Phase::Updated => {
+                KEY.update(f2);
+                Some(f2)
+            }
+            Phase::Reset => {
+                KEY.reset();
+                None
+            }
+        };
+        assert_sites(&KEY, phase, KEY.get().map_or(0, |f| f as usize), SiteState::Zero);
+        runner()
+            .run(&proptest::option::of(any::<u64>()), |v| {
+                let a = v.map(|v| &mut *Box::leak(Box::new(v)));
+                let pa = a.as_deref().map(|r| r as *const u64);
+                let got = site(a).map(|r| (r as *const u64, *r));
+                let want = match target {
+                    Some(t) => t(v.map(|v| &mut *Box::leak(Box::new(v)))).map(|r| *r),
+                    None => None,
+                };
+                prop_assert_eq!(got.map(|g| g.1), want, "value");
+                if let Some((p, _)) = got {
+                    prop_assert_eq!(Some(p), pa, "the same reference comes back");
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+}
+
 // ---------------------------------------------------------------- unit return
 
 mod t_unit {
@@ -859,6 +912,7 @@ fn run_all(phase: Phase) {
     t_mut_ptr::run(phase);
     t_ref::run(phase);
     t_mut_ref::run(phase);
+    t_option_mut_ref::run(phase);
     t_non_null::run(phase);
     t_option_ref::run(phase);
     t_option_non_null::run(phase);
