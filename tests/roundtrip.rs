@@ -893,6 +893,134 @@ mod garbage {
     }
 }
 
+// ---------------------------------------------------------------- what a call may destroy, and the stack it gets
+
+mod abi_contract {
+    //! A target may overwrite every caller-saved register and the flags:
+    //! values the caller keeps live across the site must survive (the site
+    //! declares the C clobbers). And the target finds the stack aligned as a
+    //! call requires (`rsp` = 8 mod 16 on entry).
+    use super::*;
+    use std::hint::black_box;
+
+    /// Returns `x + 1` after overwriting every caller-saved general-purpose
+    /// and SSE register, and the flags.
+    #[unsafe(naked)]
+    extern "C" fn trash(_: u64) -> u64 {
+        core::arch::naked_asm!(
+            "lea rax, [rdi + 1]",
+            "mov rcx, -1",
+            "mov rdx, -1",
+            "mov rsi, -1",
+            "mov rdi, -1",
+            "mov r8, -1",
+            "mov r9, -1",
+            "mov r10, -1",
+            "mov r11, -1",
+            "pcmpeqd xmm0, xmm0",
+            "pcmpeqd xmm1, xmm1",
+            "pcmpeqd xmm2, xmm2",
+            "pcmpeqd xmm3, xmm3",
+            "pcmpeqd xmm4, xmm4",
+            "pcmpeqd xmm5, xmm5",
+            "pcmpeqd xmm6, xmm6",
+            "pcmpeqd xmm7, xmm7",
+            "pcmpeqd xmm8, xmm8",
+            "pcmpeqd xmm9, xmm9",
+            "pcmpeqd xmm10, xmm10",
+            "pcmpeqd xmm11, xmm11",
+            "pcmpeqd xmm12, xmm12",
+            "pcmpeqd xmm13, xmm13",
+            "pcmpeqd xmm14, xmm14",
+            "pcmpeqd xmm15, xmm15",
+            "cmp rcx, 0",
+            "ret",
+        )
+    }
+
+    /// `rsp` mod 16 on entry.
+    #[unsafe(naked)]
+    extern "C" fn entry_alignment(_: u64) -> u64 {
+        core::arch::naked_asm!("mov rax, rsp", "and rax, 15", "ret")
+    }
+
+    extern "C" fn plain(x: u64) -> u64 {
+        x + 1
+    }
+
+    #[static_call]
+    static TRASH: extern "C" fn(u64) -> u64 = trash;
+    #[static_call]
+    static ALIGN: extern "C" fn(u64) -> u64 = entry_alignment;
+
+    /// Many values live across the site, in whatever registers the compiler
+    /// picks.
+    #[inline(never)]
+    fn live_across(seed: u64) -> (u64, f64) {
+        let s = black_box(seed);
+        let (a, b, c, d, e, f, g, h) =
+            (s ^ 1, s.rotate_left(5), s.wrapping_mul(3), !s, s >> 3, s << 7, s ^ 0xff, s.wrapping_add(99));
+        let (x, y, z, w) = (s as f64 * 0.5, (s >> 11) as f64 + 0.25, -(s as f64), (s % 1000) as f64 / 7.0);
+        let r = TRASH.call(s);
+        let ints = a ^ b.wrapping_add(c) ^ d.wrapping_mul(e) ^ f.rotate_left(3) ^ g ^ h ^ r;
+        (ints, x + y * 2.0 - z + w * 3.0)
+    }
+
+    fn live_across_reference(seed: u64) -> (u64, f64) {
+        let s = seed;
+        let (a, b, c, d, e, f, g, h) =
+            (s ^ 1, s.rotate_left(5), s.wrapping_mul(3), !s, s >> 3, s << 7, s ^ 0xff, s.wrapping_add(99));
+        let (x, y, z, w) = (s as f64 * 0.5, (s >> 11) as f64 + 0.25, -(s as f64), (s % 1000) as f64 / 7.0);
+        let r = s + 1;
+        let ints = a ^ b.wrapping_add(c) ^ d.wrapping_mul(e) ^ f.rotate_left(3) ^ g ^ h ^ r;
+        (ints, x + y * 2.0 - z + w * 3.0)
+    }
+
+    /// Frames of different sizes around the same kind of site.
+    #[inline(never)]
+    fn aligned_small() -> u64 {
+        ALIGN.call(0)
+    }
+    #[inline(never)]
+    fn aligned_odd_frame(n: u64) -> u64 {
+        let buf = black_box([n as u8; 24]);
+        ALIGN.call(buf[3] as u64)
+    }
+    #[inline(never)]
+    fn aligned_big_frame(n: u64) -> u64 {
+        let buf = black_box([n; 37]);
+        ALIGN.call(buf[36]) + buf[0] - n
+    }
+
+    pub fn run(phase: Phase) {
+        match phase {
+            Phase::BeforeInit | Phase::Init => {}
+            Phase::Updated => {
+                // Through another target and back: the same sites, repatched.
+                TRASH.update(plain);
+                assert_eq!(live_across(5), live_across_reference(5));
+                TRASH.update(trash);
+                ALIGN.update(entry_alignment);
+            }
+            Phase::Reset => return, // covered by the other keys
+        }
+        assert_sites(&TRASH, phase, TRASH.get().unwrap() as usize, SiteState::Zero);
+        assert_sites(&ALIGN, phase, ALIGN.get().unwrap() as usize, SiteState::Zero);
+        runner()
+            .run(&any::<u64>().prop_filter("no overflow", |s| *s < u64::MAX), |s| {
+                let (ints, floats) = live_across(s);
+                let (want_ints, want_floats) = live_across_reference(s);
+                prop_assert_eq!(ints, want_ints, "an integer live across the call was destroyed");
+                prop_assert_eq!(floats.to_bits(), want_floats.to_bits(), "a float live across the call was destroyed");
+                Ok(())
+            })
+            .unwrap();
+        for n in 0..4 {
+            assert_eq!((aligned_small(), aligned_odd_frame(n), aligned_big_frame(n)), (8, 8, 8), "rsp on entry");
+        }
+    }
+}
+
 // ---------------------------------------------------------------- the phases
 
 fn run_all(phase: Phase) {
@@ -926,6 +1054,7 @@ fn run_all(phase: Phase) {
     eight_floats::run(phase);
     extension::run(phase);
     garbage::run(phase);
+    abi_contract::run(phase);
 }
 
 #[test]
