@@ -194,3 +194,57 @@ fn out_of_line_keys_through_every_trampoline_form() {
     assert_eq!(TEN.call(1, 2, 3, 4, 5, 6, 7, 8, 9, 10), ten_a(1, 2, 3, 4, 5, 6, 7, 8, 9, 10));
     assert!(TEN.sites().is_empty());
 }
+
+// ---------------------------------------------------------------- a panic in an `extern "C"` target
+
+extern "C" fn panics_on_13(x: u32) -> u32 {
+    if x == 13 {
+        panic!("thirteen");
+    }
+    x
+}
+
+#[static_call]
+static INLINE_PANIC: extern "C" fn(u32) -> u32 = panics_on_13;
+
+#[static_call(out_of_line)]
+static OUT_OF_LINE_PANIC: extern "C" fn(u32) -> u32 = panics_on_13;
+
+const CHILD: &str = "STATIC_CALL_TEST_PANIC_CHILD";
+
+/// Runs in a child process only (see below): a panic in an `extern "C"`
+/// target aborts, from an inline site as from the trampoline, before and
+/// after `init`.
+#[test]
+fn panic_child() {
+    let Ok(which) = std::env::var(CHILD) else { return };
+    assert_eq!(INLINE_PANIC.call(1), 1);
+    if which.ends_with("patched") {
+        static_call::init().unwrap();
+    }
+    if which.starts_with("inline") {
+        INLINE_PANIC.call(13);
+    } else {
+        OUT_OF_LINE_PANIC.call(13);
+    }
+    unreachable!("the call returned");
+}
+
+#[test]
+fn a_panic_in_an_extern_c_target_aborts() {
+    use std::os::unix::process::ExitStatusExt;
+    if std::env::var_os(CHILD).is_some() {
+        return;
+    }
+    for which in ["inline", "inline patched", "out_of_line", "out_of_line patched"] {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "panic_child", "--nocapture", "--test-threads=1"])
+            .env(CHILD, which)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(libc::SIGABRT), "{which}: {:?}\n{stderr}", out.status);
+        assert!(stderr.contains("thirteen"), "{which}: the panic message is shown:\n{stderr}");
+        assert!(stderr.contains("cannot unwind"), "{which}: aborted at the extern \"C\" boundary:\n{stderr}");
+    }
+}
