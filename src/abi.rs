@@ -30,11 +30,12 @@ use core::ptr::NonNull;
 /// returning `Self` may leave in `rax` (the upper bits beyond `Self`'s size
 /// are unspecified).
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be passed in one integer register at an inline static call site",
+    message = "`{Self}` cannot be passed or returned in one integer register at an inline static call site",
     label = "not a one-register value",
-    note = "pass a reference (`&{Self}`) or a raw pointer instead, implement `static_call::IntegerRegister` \
-            for a one-register type of your own, or declare the key `#[static_call(out_of_line)]` to \
-            allow any `extern \"C\"` signature"
+    note = "pass a reference to it or a raw pointer instead (a reference to a slice or `str` takes two \
+            registers: pass a pointer and a length), implement `static_call::IntegerRegister` for a \
+            one-register type of your own, or declare the key `#[static_call(out_of_line)]` to allow any \
+            `extern \"C\"` signature"
 )]
 pub unsafe trait IntegerRegister: Sized {
     /// The register's value for `self`.

@@ -93,6 +93,10 @@ impl<F: Copy, R> Key<F, R> {
     }
 
     /// The current target, `None` if the key has none.
+    ///
+    /// This is the very pointer last given to `update`; compare targets by
+    /// what they do rather than by address, since a function may have a copy
+    /// per codegen unit and so more than one address.
     pub fn get(&self) -> Option<F> {
         Self::from_ptr(self.raw.load())
     }
