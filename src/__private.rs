@@ -81,3 +81,20 @@ pub fn disassemble(at: usize, bytes: &[u8]) -> String {
 pub fn sync_core_once() -> Result<(), crate::Error> {
     crate::backend::sync_core_once()
 }
+
+/// Test hook (failure injection): the next `after` writes of machine code
+/// succeed, then `times` writes fail with `EIO` before writing anything
+/// (`usize::MAX`: every later write; `0` disarms). An update whose write
+/// fails rolls back (see `patch::apply`), so tests can prove that an update
+/// is all or nothing.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+pub fn fail_text_write_after(after: usize, times: usize) {
+    crate::os::linux::text::fail_writes(after, times)
+}
+
+/// How many writes of machine code were attempted so far (a write is one
+/// instruction's first byte or its body; see `patch::apply`).
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+pub fn text_writes() -> usize {
+    crate::os::linux::text::writes()
+}

@@ -26,7 +26,7 @@
 #![allow(unsafe_code)]
 
 use crate::Error;
-use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
 
 /// How this process writes machine code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -49,6 +49,46 @@ static CHOSEN: AtomicU8 = AtomicU8::new(UNPROBED);
 static PROBE_ERRNO: [AtomicI32; 2] = [AtomicI32::new(0), AtomicI32::new(0)];
 static MEM_FD: AtomicI32 = AtomicI32::new(-1);
 static MEM_FD_PID: AtomicI32 = AtomicI32::new(0);
+
+/// Test hook ([`fail_writes`]): writes to let through before injected
+/// failures start, and how many writes then fail (`usize::MAX`: all).
+static FAIL_SKIP: AtomicUsize = AtomicUsize::new(0);
+static FAIL_TIMES: AtomicUsize = AtomicUsize::new(0);
+/// [`Session::write`] calls so far (test introspection).
+static WRITES: AtomicUsize = AtomicUsize::new(0);
+
+/// Test hook: the next `after` calls of [`Session::write`] proceed, then
+/// `times` calls fail with `EIO` without writing (`usize::MAX`: every later
+/// call; `0` disarms). Probes are not counted.
+pub fn fail_writes(after: usize, times: usize) {
+    FAIL_TIMES.store(0, Ordering::SeqCst);
+    FAIL_SKIP.store(after, Ordering::SeqCst);
+    FAIL_TIMES.store(times, Ordering::SeqCst);
+}
+
+/// How many times [`Session::write`] was called (test introspection).
+pub fn writes() -> usize {
+    WRITES.load(Ordering::SeqCst)
+}
+
+/// Whether the failure-injection hook fails this write. Only the patch-lock
+/// holder writes, so the read-modify-writes below do not race each other.
+fn injected_failure() -> bool {
+    WRITES.fetch_add(1, Ordering::SeqCst);
+    let times = FAIL_TIMES.load(Ordering::SeqCst);
+    if times == 0 {
+        return false;
+    }
+    let skip = FAIL_SKIP.load(Ordering::SeqCst);
+    if skip > 0 {
+        FAIL_SKIP.store(skip - 1, Ordering::SeqCst);
+        return false;
+    }
+    if times != usize::MAX {
+        FAIL_TIMES.store(times - 1, Ordering::SeqCst);
+    }
+    true
+}
 
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
@@ -182,7 +222,7 @@ impl Session {
                 let mut addrs = addrs;
                 let fd = mem_fd().map_err(|errno| Error::TextNotWritable {
                     address: addrs.next().unwrap_or(0),
-                    errno,
+                    errno: 0,
                     proc_mem_errno: errno,
                 })?;
                 Ok(Session { writer, fd, _unlocked: None })
@@ -199,7 +239,9 @@ impl Session {
         }
     }
 
-    /// Writes `bytes` at `at`.
+    /// Writes `bytes` at `at`. The error is [`Error::TextNotWritable`] with
+    /// the errno of the writer in use (the other writer's errno is 0); a
+    /// failed single-byte write wrote nothing.
     ///
     /// # Safety
     ///
@@ -207,12 +249,18 @@ impl Session {
     /// for, and no thread executes those bytes while they are torn (the caller
     /// holds the patch lock and follows the int3 protocol).
     pub unsafe fn write(&self, at: usize, bytes: &[u8]) -> Result<(), Error> {
+        let failed = |errno| match self.writer {
+            TextWriter::ProcMem => Error::TextNotWritable { address: at, errno: 0, proc_mem_errno: errno },
+            TextWriter::Mprotect => Error::TextNotWritable { address: at, errno, proc_mem_errno: 0 },
+        };
+        if injected_failure() {
+            return Err(failed(libc::EIO));
+        }
         match self.writer {
-            TextWriter::ProcMem => pwrite_all(self.fd, at, bytes).map_err(|errno| Error::TextNotWritable {
-                address: at,
-                errno,
-                proc_mem_errno: errno,
-            }),
+            // A failed `pwrite` of more than one byte may have written a
+            // prefix; the protocol writes several bytes only where an int3
+            // guards them, and rewrites them all when it rolls back.
+            TextWriter::ProcMem => pwrite_all(self.fd, at, bytes).map_err(failed),
             TextWriter::Mprotect => {
                 for (i, &b) in bytes.iter().enumerate() {
                     // SAFETY: the page is writable for the session's lifetime
