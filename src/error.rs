@@ -16,9 +16,14 @@ pub enum Error {
         /// errno of the failed `membarrier` call.
         errno: i32,
     },
-    /// Neither `/proc/self/mem` nor `mprotect` could make text writable.
+    /// No text writer works: the `/proc/self/mem` writer and the `mprotect`
+    /// writer were refused (by a policy such as `prctl(PR_SET_MDWE)`, seccomp
+    /// or an LSM), or not tried (`STATIC_CALL_WRITER`). Also reported when a
+    /// write fails in the middle of an update that could then be rolled back
+    /// (the field of the writer in use holds the errno, the other is 0).
+    /// Nothing was changed.
     TextNotWritable {
-        /// The first address that could not be made writable.
+        /// The first address that could not be written.
         address: usize,
         /// errno of the `mprotect` writer (0 if it was not tried).
         errno: i32,
@@ -70,12 +75,20 @@ impl fmt::Display for Error {
                  (membarrier SYNC_CORE failed, errno {errno}); patching needs Linux 4.16 or later \
                  with CONFIG_MEMBARRIER, or build with the `portable` feature"
             ),
+            Error::TextNotWritable { address, errno: 0, proc_mem_errno: 0 } => write!(
+                f,
+                "static_call: cannot write code at {address:#x}: no text writer was tried, because \
+                 STATIC_CALL_WRITER is set to `none` or to an unknown value; unset it (or set it to \
+                 `procmem` or `mprotect`), or build with the `portable` feature"
+            ),
             Error::TextNotWritable { address, errno, proc_mem_errno } => write!(
                 f,
-                "static_call: cannot write code at {address:#x}: /proc/self/mem refused (errno \
-                 {proc_mem_errno}) and mprotect refused (errno {errno}); a policy forbids writing \
-                 code (seccomp, SELinux execmod, prctl PR_SET_MDWE without /proc mounted): mount \
-                 /proc, allow writes to /proc/self/mem, or build with the `portable` feature"
+                "static_call: cannot write code at {address:#x}: the /proc/self/mem writer {}; the \
+                 mprotect writer {}. To patch, {}; or build with the `portable` feature (an atomic \
+                 function pointer, nothing patched)",
+                Why(proc_mem_errno, proc_mem_reason(proc_mem_errno)),
+                Why(errno, mprotect_reason(errno)),
+                remedy(proc_mem_errno),
             ),
             Error::UnexpectedBytes { address, found, expected } => write!(
                 f,
@@ -107,3 +120,61 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+// Linux errno values that the text-writer message explains (written out:
+// this module builds on every target, `libc` is a Linux dependency).
+const EPERM: i32 = 1;
+const ENOENT: i32 = 2;
+const EIO: i32 = 5;
+const ENOMEM: i32 = 12;
+const EACCES: i32 = 13;
+
+/// A writer's outcome: its reason, and its errno unless it was not tried.
+struct Why(i32, &'static str);
+
+impl fmt::Display for Why {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => f.write_str(self.1),
+            errno => write!(f, "{} (errno {errno})", self.1),
+        }
+    }
+}
+
+fn proc_mem_reason(errno: i32) -> &'static str {
+    match errno {
+        0 => "was not used (not tried, or STATIC_CALL_WRITER chose the other one)",
+        ENOENT => "found no /proc/self/mem (/proc is not mounted)",
+        EPERM | EACCES => "was denied by a security policy (seccomp, or an LSM: SELinux, AppArmor, Landlock)",
+        EIO => "failed to write (EIO: the kernel refuses forced writes, e.g. proc_mem.force_override=never)",
+        _ => "failed",
+    }
+}
+
+fn mprotect_reason(errno: i32) -> &'static str {
+    match errno {
+        0 => "was not tried",
+        EACCES => {
+            "was refused write+execute by a W^X policy (prctl PR_SET_MDWE, systemd \
+             MemoryDenyWriteExecute=yes, SELinux execmod/execmem, PaX MPROTECT)"
+        }
+        EPERM => "was denied by seccomp or a security module",
+        ENOMEM => "found the address unmapped, or hit the limit on the number of mappings",
+        EIO => "failed to write",
+        _ => "failed",
+    }
+}
+
+/// What to do, given why the `/proc/self/mem` writer (the one that works
+/// under W^X policies) did not work.
+fn remedy(proc_mem_errno: i32) -> &'static str {
+    match proc_mem_errno {
+        0 => "unset STATIC_CALL_WRITER if set, so that the /proc/self/mem writer (which works under W^X policies) is tried",
+        ENOENT => "mount /proc in this process's mount namespace",
+        EPERM | EACCES => {
+            "allow this process to open and write its own /proc/self/mem (the W^X policy can stay), \
+             or allow it write+execute mappings"
+        }
+        _ => "allow writes to /proc/self/mem, or write+execute mappings for the mprotect writer",
+    }
+}
