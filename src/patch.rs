@@ -454,6 +454,11 @@ fn init_locked(st: &mut State) -> Result<(), Error> {
     if st.initialized {
         return Ok(());
     }
+    // An init whose failed write could not be undone left its plan
+    // published for the handler: never plan over it.
+    if let Some(e) = st.poisoned {
+        return Err(e);
+    }
     let reg = registry::get();
     if reg.tramps.is_empty() {
         st.initialized = true;
