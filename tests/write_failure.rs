@@ -1,0 +1,252 @@
+//! An update is all or nothing when a text write fails: with a failure
+//! injected at each step of the int3 protocol, for both writers, while
+//! callers run.
+//!
+//! - A failure in step 1 (int3s) or step 2 (bodies) rolls back: `try_update`
+//!   returns `TextNotWritable`, every site and trampoline holds exactly its
+//!   previous bytes, the key keeps its target, page protections are what
+//!   they were, no mapping is writable and executable, and later updates work.
+//! - A failure in step 3 (first bytes) is finished rather than rolled back
+//!   (`patch::apply`: some instructions are already new): the retry writes
+//!   the remaining first bytes and the update succeeds, completely.
+//!
+//! Each writer runs in a child process (this binary re-executed with one
+//! `#[ignore]`d test selected), because the writer is chosen once per process.
+#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+
+mod common;
+
+use static_call::__private::{fail_text_write_after, text_writes, trampoline_of};
+use static_call::{static_call, Error, TextWriter};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+extern "C" fn a(x: u64) -> u64 {
+    x + 1
+}
+extern "C" fn b(x: u64) -> u64 {
+    x + 2
+}
+
+#[static_call]
+static K: extern "C" fn(u64) -> u64 = a;
+#[static_call]
+static K2: extern "C" fn(u64) -> u64 = a;
+
+#[inline(never)]
+fn s1(x: u64) -> u64 {
+    K.call(x)
+}
+#[inline(never)]
+fn s2(x: u64) -> u64 {
+    K.call(x) + K.call(0) - 1
+}
+#[inline(never)]
+fn t1(x: u64) -> u64 {
+    K2.call(x)
+}
+
+fn run_child(test: &str, env: &[(&str, &str)]) -> String {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--ignored", "--exact", test, "--nocapture", "--test-threads=1"])
+        .env("STATIC_CALL_TEST_CHILD", test)
+        .env_remove("STATIC_CALL_WRITER");
+    for &(k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("re-execute the test binary");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "child `{test}` failed ({}):\n{text}", out.status);
+    assert!(text.contains(&format!("child {test}: done")), "child `{test}` did not run:\n{text}");
+    text
+}
+
+fn in_child(test: &str) -> bool {
+    let me = std::env::var("STATIC_CALL_TEST_CHILD").is_ok_and(|t| t == test);
+    if !me {
+        eprintln!("{test} runs only in a child process started by its parent test");
+    }
+    me
+}
+
+/// Everything an update may change: the bytes of every site and of both
+/// trampolines, both targets, and the protection of every page involved.
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    sites: Vec<(usize, [u8; 5])>,
+    tramps: Vec<(usize, [u8; 32])>,
+    targets: [usize; 2],
+    protections: Vec<(usize, String)>,
+}
+
+fn snapshot() -> Snapshot {
+    let sites: Vec<_> = K.sites().iter().chain(K2.sites().iter()).map(|s| (s.address(), s.bytes())).collect();
+    let tramps: Vec<_> = [trampoline_of(&*K).unwrap(), trampoline_of(&*K2).unwrap()]
+        .into_iter()
+        .map(|t| {
+            let mut image = [0u8; 32];
+            for (i, x) in image.iter_mut().enumerate() {
+                // SAFETY: a trampoline is 32 bytes of mapped, readable text.
+                *x = unsafe { std::ptr::read_volatile((t + i) as *const u8) };
+            }
+            (t, image)
+        })
+        .collect();
+    let targets = [K.get().unwrap() as usize, K2.get().unwrap() as usize];
+    let protections = sites
+        .iter()
+        .map(|&(at, _)| at)
+        .chain(tramps.iter().map(|&(at, _)| at))
+        .flat_map(|at| [at, at + 4])
+        .map(|at| (at & !4095, common::protection_of(at)))
+        .collect();
+    Snapshot { sites, tramps, targets, protections }
+}
+
+/// Checks a failed update's error: the injected EIO, reported for the writer
+/// in use, at an address of the update.
+fn check_error(e: Error, writer: TextWriter, snap: &Snapshot) {
+    let Error::TextNotWritable { address, errno, proc_mem_errno } = e else { panic!("unexpected error {e:?}") };
+    match writer {
+        TextWriter::ProcMem => assert_eq!((errno, proc_mem_errno), (0, libc::EIO), "{e:?}"),
+        _ => assert_eq!((errno, proc_mem_errno), (libc::EIO, 0), "{e:?}"),
+    }
+    let ours = snap.sites.iter().map(|s| s.0).chain(snap.tramps.iter().map(|t| t.0));
+    assert!(ours.flat_map(|at| at..at + 5).any(|at| at == address), "{address:#x} is not being patched");
+}
+
+#[test]
+fn all_or_nothing_with_the_proc_mem_writer() {
+    run_child("write_failure_child", &[("STATIC_CALL_WRITER", "procmem")]);
+}
+
+#[test]
+fn all_or_nothing_with_the_mprotect_writer() {
+    run_child("write_failure_child", &[("STATIC_CALL_WRITER", "mprotect")]);
+}
+
+#[test]
+#[ignore = "child process of the all_or_nothing_* tests"]
+fn write_failure_child() {
+    if !in_child("write_failure_child") {
+        return;
+    }
+    static_call::init().unwrap();
+    let writer = match std::env::var("STATIC_CALL_WRITER").as_deref() {
+        Ok("mprotect") => TextWriter::Mprotect,
+        _ => TextWriter::ProcMem,
+    };
+    assert_eq!(static_call::text_writer(), Some(writer));
+
+    // Callers run throughout: every result comes from `a` or `b`.
+    let stop = Arc::new(AtomicBool::new(false));
+    let wrong = Arc::new(AtomicU64::new(0));
+    let callers: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, wrong) = (stop.clone(), wrong.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let (r1, r2, r3) = (s1(10), s2(10), t1(10));
+                    if !(11..=12).contains(&r1) || !(11..=13).contains(&r2) || !(11..=12).contains(&r3) {
+                        wrong.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Every site and the trampoline change (all bodies differ), so an
+    // update of K writes `len` int3s, `len` bodies, `len` first bytes.
+    let len = K.sites().len() + 1;
+    assert_eq!(K.sites().len(), 3);
+    let w = text_writes();
+    K.update(b);
+    assert_eq!(text_writes() - w, 3 * len, "an update of K writes 3 x {len} times");
+    let at_b = snapshot();
+    K.update(a);
+    let at_a = snapshot();
+    assert_ne!(at_a.sites, at_b.sites);
+    assert_eq!(at_a.protections, at_b.protections);
+    common::assert_no_wx();
+
+    // Steps 1 and 2: rolled back.
+    for (step, n) in [(1, 0), (1, len - 1), (2, len), (2, len + 1), (2, 2 * len - 1)] {
+        fail_text_write_after(n, 1);
+        let e = K.try_update(b).expect_err("the injected failure fails the update");
+        check_error(e, writer, &at_a);
+        assert_eq!(snapshot(), at_a, "a failure at step {step} (write {n}) left changes behind");
+        assert_eq!(s1(10), 11, "calls still reach the old target");
+        common::assert_no_wx();
+        // Later updates work.
+        assert_eq!(K.update(b).map(|f| f as usize), Some(a as *const () as usize));
+        assert_eq!(snapshot(), at_b);
+        assert_eq!((s1(10), s2(10)), (12, 13));
+        common::assert_no_wx();
+        K.update(a);
+        assert_eq!(snapshot(), at_a);
+        common::assert_no_wx();
+    }
+
+    // Step 3: finished, and reported as done.
+    for n in [2 * len, 3 * len - 1] {
+        fail_text_write_after(n, 1);
+        let old = K.try_update(b).expect("a failure at step 3 is finished");
+        assert_eq!(old.map(|f| f as usize), Some(a as *const () as usize));
+        assert_eq!(snapshot(), at_b, "a failure at step 3 (write {n}) was not finished");
+        assert_eq!(s1(10), 12);
+        common::assert_no_wx();
+        K.update(a);
+        assert_eq!(snapshot(), at_a);
+        common::assert_no_wx();
+    }
+
+    // A batch of two keys fails as a whole.
+    let both = len + K2.sites().len() + 1;
+    for n in [0, both - 1, both, 2 * both - 1] {
+        fail_text_write_after(n, 1);
+        let e = static_call::batch(|bt| {
+            bt.update(&K, b);
+            bt.update(&K2, b);
+        })
+        .expect_err("the injected failure fails the batch");
+        check_error(e, writer, &at_a);
+        assert_eq!(snapshot(), at_a, "a failed batch (write {n}) left changes behind");
+        common::assert_no_wx();
+    }
+    static_call::batch(|bt| {
+        bt.update(&K, b);
+        bt.update(&K2, b);
+    })
+    .unwrap();
+    assert_eq!((s1(10), t1(10)), (12, 12));
+    common::assert_no_wx();
+
+    K.update(a);
+    K2.update(a);
+    let at_a = snapshot();
+
+    // Failed updates while callers land on the int3s they write: loop until
+    // a call was emulated during a failed update (bounded). The update is
+    // rolled back every time.
+    let before = static_call::stats();
+    let mut i = 0usize;
+    while static_call::stats().traps_emulated == before.traps_emulated && i < 200_000 {
+        fail_text_write_after(1 + i % (2 * len - 1), 1);
+        K.try_update(b).expect_err("the injected failure fails the update");
+        assert_eq!(K.sites().iter().map(|s| (s.address(), s.bytes())).collect::<Vec<_>>(), at_a.sites[..3]);
+        assert_eq!(K.get().map(|f| f as usize), Some(a as *const () as usize));
+        i += 1;
+    }
+    let s = static_call::stats();
+    assert!(s.traps_emulated > before.traps_emulated, "no call landed on an int3 in {i} failed updates: {s:?}");
+    assert_eq!(snapshot(), at_a);
+    common::assert_no_wx();
+
+    stop.store(true, Ordering::Relaxed);
+    for t in callers {
+        t.join().unwrap();
+    }
+    assert_eq!(wrong.load(Ordering::Relaxed), 0, "a call reached neither target");
+    println!("\nchild write_failure_child: {writer:?}: {:?}", static_call::stats());
+    println!("\nchild write_failure_child: done");
+}

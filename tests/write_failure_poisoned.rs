@@ -1,0 +1,182 @@
+//! Write failures that cannot be undone, and failures during `init`, each in
+//! a child process (this binary re-executed with one `#[ignore]`d test
+//! selected): the failure-injection hook and the poisoned state are
+//! process-wide and permanent.
+//!
+//! - A one-shot failure in `init` leaves every site and trampoline as
+//!   assembled; `init` then succeeds.
+//! - Every write failing from step 2 of an update on: the rollback fails too,
+//!   the update returns `Poisoned`, the int3s left behind keep being emulated
+//!   (calls reach the new target), and every later update or `init` returns
+//!   `Poisoned` without touching text, even with writes working again.
+//! - The same during `init`: a later `init` returns `Poisoned` too.
+#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+
+mod common;
+
+use static_call::__private::{fail_text_write_after, trampoline_of};
+use static_call::{static_call, Error, SiteState};
+
+extern "C" fn a(x: u64) -> u64 {
+    x + 1
+}
+extern "C" fn b(x: u64) -> u64 {
+    x + 2
+}
+
+#[static_call]
+static K: extern "C" fn(u64) -> u64 = a;
+
+#[inline(never)]
+fn s1(x: u64) -> u64 {
+    K.call(x)
+}
+#[inline(never)]
+fn s2(x: u64) -> u64 {
+    K.call(x)
+}
+
+fn run_child(test: &str, env: &[(&str, &str)]) -> String {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--ignored", "--exact", test, "--nocapture", "--test-threads=1"])
+        .env("STATIC_CALL_TEST_CHILD", test)
+        .env_remove("STATIC_CALL_WRITER");
+    for &(k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("re-execute the test binary");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "child `{test}` failed ({}):\n{text}", out.status);
+    assert!(text.contains(&format!("child {test}: done")), "child `{test}` did not run:\n{text}");
+    text
+}
+
+fn in_child(test: &str) -> bool {
+    let me = std::env::var("STATIC_CALL_TEST_CHILD").is_ok_and(|t| t == test);
+    if !me {
+        eprintln!("{test} runs only in a child process started by its parent test");
+    }
+    me
+}
+
+fn text() -> (Vec<[u8; 5]>, [u8; 32]) {
+    let t = trampoline_of(&*K).unwrap();
+    let mut image = [0u8; 32];
+    for (i, x) in image.iter_mut().enumerate() {
+        // SAFETY: a trampoline is 32 bytes of mapped, readable text.
+        *x = unsafe { std::ptr::read_volatile((t + i) as *const u8) };
+    }
+    (K.sites().iter().map(|s| s.bytes()).collect(), image)
+}
+
+fn target() -> usize {
+    K.get().unwrap() as usize
+}
+
+#[test]
+fn a_failed_init_changes_nothing_and_can_be_retried() {
+    for writer in ["procmem", "mprotect"] {
+        run_child("init_failure_child", &[("STATIC_CALL_WRITER", writer)]);
+    }
+}
+
+#[test]
+#[ignore = "child process of a_failed_init_changes_nothing_and_can_be_retried"]
+fn init_failure_child() {
+    if !in_child("init_failure_child") {
+        return;
+    }
+    let assembled = text();
+    let len = K.sites().len() + 1;
+    for n in [0, len - 1, len, 2 * len - 1] {
+        fail_text_write_after(n, 1);
+        let e = static_call::init().expect_err("the injected failure fails init");
+        assert!(matches!(e, Error::TextNotWritable { .. }), "{e:?}");
+        assert_eq!(text(), assembled, "a failed init (write {n}) left changes behind");
+        assert!(K.sites().iter().all(|s| s.state() == SiteState::Trampoline));
+        assert_eq!((s1(1), s2(1)), (2, 2));
+        common::assert_no_wx();
+    }
+    static_call::init().unwrap();
+    assert!(K.sites().iter().all(|s| s.state() == SiteState::Direct));
+    K.update(b);
+    assert_eq!((s1(1), s2(1)), (3, 3));
+    common::assert_no_wx();
+    println!("\nchild init_failure_child: done");
+}
+
+#[test]
+fn an_update_that_cannot_be_undone_poisons() {
+    for writer in ["procmem", "mprotect"] {
+        run_child("poisoned_update_child", &[("STATIC_CALL_WRITER", writer)]);
+    }
+}
+
+#[test]
+#[ignore = "child process of an_update_that_cannot_be_undone_poisons"]
+fn poisoned_update_child() {
+    if !in_child("poisoned_update_child") {
+        return;
+    }
+    static_call::init().unwrap();
+    let protections: Vec<_> = K.sites().iter().map(|s| common::protection_of(s.address())).collect();
+    let len = K.sites().len() + 1;
+    // Step 1 completes; from the first body write of step 2 on, every
+    // write fails, so the rollback fails too.
+    fail_text_write_after(len, usize::MAX);
+    let e = K.try_update(b).expect_err("the injected failures fail the update");
+    let Error::Poisoned { address, errno } = e else { panic!("expected Poisoned, got {e:?}") };
+    assert_eq!(errno, libc::EIO);
+    let ours = K.sites().into_iter().map(|s| s.address()).chain(trampoline_of(&*K));
+    assert!(ours.flat_map(|at| at..at + 5).any(|at| at == address), "{address:#x} is not being patched");
+    // The int3s stay, and are emulated as the new instruction.
+    let (sites, _) = text();
+    assert!(sites.iter().all(|s| s[0] == 0xcc), "{sites:x?}");
+    assert_eq!(target(), b as *const () as usize);
+    let emulated = static_call::stats().traps_emulated;
+    assert_eq!((s1(1), s2(1)), (3, 3));
+    assert!(static_call::stats().traps_emulated >= emulated + 2);
+    assert_eq!(K.sites().iter().map(|s| common::protection_of(s.address())).collect::<Vec<_>>(), protections);
+    common::assert_no_wx();
+
+    // Nothing runs any more, even with writes working again.
+    fail_text_write_after(0, 0);
+    let before = text();
+    assert_eq!(K.try_update(a).expect_err("poisoned"), e);
+    assert_eq!(static_call::init(), Ok(()), "init had completed before");
+    assert_eq!(K.try_reset().expect_err("poisoned"), e);
+    assert_eq!(text(), before);
+    assert_eq!(target(), b as *const () as usize);
+    let msg = std::panic::catch_unwind(|| K.update(a)).expect_err("update panics").downcast::<String>().unwrap();
+    assert!(msg.contains(&format!("{address:#x}")) && msg.contains("errno 5"), "{msg}");
+    assert_eq!((s1(1), s2(1)), (3, 3));
+    common::assert_no_wx();
+    println!("\nchild poisoned_update_child: done");
+}
+
+#[test]
+fn an_init_that_cannot_be_undone_poisons() {
+    run_child("poisoned_init_child", &[]);
+}
+
+#[test]
+#[ignore = "child process of an_init_that_cannot_be_undone_poisons"]
+fn poisoned_init_child() {
+    if !in_child("poisoned_init_child") {
+        return;
+    }
+    let len = K.sites().len() + 1;
+    fail_text_write_after(len, usize::MAX);
+    let e = static_call::init().expect_err("the injected failures fail init");
+    assert!(matches!(e, Error::Poisoned { errno: libc::EIO, .. }), "{e:?}");
+    let before = text();
+    assert_eq!((s1(1), s2(1)), (2, 2), "the int3s left behind are emulated");
+    fail_text_write_after(0, 0);
+    // A second init must not plan again over the plan the handler reads.
+    assert_eq!(static_call::init(), Err(e));
+    assert_eq!(K.try_update(b), Err(e));
+    assert_eq!(text(), before);
+    assert_eq!((s1(1), s2(1)), (2, 2));
+    common::assert_no_wx();
+    println!("\nchild poisoned_init_child: done");
+}

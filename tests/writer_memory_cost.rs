@@ -1,0 +1,157 @@
+//! The memory cost of patching: a written page of text stops being shared
+//! with the file (the page cache) and becomes a private copy of this
+//! process, with either writer. Measured in `/proc/self/smaps` over the
+//! executable mappings, before `init`, after it, and after updates, with
+//! 1,000 call sites: `Anonymous` (the private copies made by copy-on-write;
+//! the measure) and `Private_Dirty` (which also counts page-cache pages of a
+//! freshly linked binary not yet written back, mapped by this process only).
+//! Printed for the README:
+//!
+//! ```text
+//! cargo test --release --test writer_memory_cost -- --nocapture
+//! ```
+//!
+//! The assertion is the model: the cost is one page per distinct page that
+//! holds a patched site or trampoline, whatever the writer, and updates after
+//! the first add nothing.
+#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+
+use static_call::static_call;
+use std::collections::BTreeSet;
+
+extern "C" fn a(x: u64) -> u64 {
+    x.wrapping_mul(3) ^ 1
+}
+extern "C" fn b(x: u64) -> u64 {
+    x.wrapping_mul(5) ^ 2
+}
+
+#[static_call]
+static K: extern "C" fn(u64) -> u64 = a;
+
+macro_rules! x10 {
+    ($e:expr) => {{
+        $e;
+        $e;
+        $e;
+        $e;
+        $e;
+        $e;
+        $e;
+        $e;
+        $e;
+        $e;
+    }};
+}
+
+/// 1,000 call sites of `K`.
+#[inline(never)]
+fn many_sites(x: u64) -> u64 {
+    let mut acc = x;
+    x10!(x10!(x10!(acc = K.call(acc))));
+    acc
+}
+
+const SITES: usize = 1000;
+
+fn run_child(test: &str, env: &[(&str, &str)]) -> String {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--ignored", "--exact", test, "--nocapture", "--test-threads=1"])
+        .env("STATIC_CALL_TEST_CHILD", test)
+        .env_remove("STATIC_CALL_WRITER");
+    for &(k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("re-execute the test binary");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "child `{test}` failed ({}):\n{text}", out.status);
+    assert!(text.contains(&format!("child {test}: done")), "child `{test}` did not run:\n{text}");
+    text
+}
+
+fn in_child(test: &str) -> bool {
+    let me = std::env::var("STATIC_CALL_TEST_CHILD").is_ok_and(|t| t == test);
+    if !me {
+        eprintln!("{test} runs only in a child process started by its parent test");
+    }
+    me
+}
+
+/// KiB of `Anonymous` and of `Private_Dirty` summed over the executable
+/// mappings, and the number of executable mappings (the mprotect writer
+/// splits them while it writes).
+fn text_kib() -> (u64, u64, usize) {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let (mut anon, mut dirty, mut maps, mut exec) = (0, 0, 0, false);
+    for line in smaps.lines() {
+        let mut it = line.split_whitespace();
+        match (it.next(), it.next()) {
+            (Some(range), Some(perms)) if range.contains('-') && perms.len() == 4 => {
+                exec = perms.contains('x');
+                maps += exec as usize;
+            }
+            (Some("Anonymous:"), Some(n)) if exec => anon += n.parse::<u64>().unwrap(),
+            (Some("Private_Dirty:"), Some(n)) if exec => dirty += n.parse::<u64>().unwrap(),
+            _ => {}
+        }
+    }
+    (anon, dirty, maps)
+}
+
+#[test]
+fn memory_cost_of_patched_pages() {
+    for writer in ["procmem", "mprotect"] {
+        let out = run_child("memory_cost_child", &[("STATIC_CALL_WRITER", writer)]);
+        for l in out.lines().filter(|l| l.starts_with("child ") && !l.ends_with("done")) {
+            eprintln!("{l}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "child process of memory_cost_of_patched_pages"]
+fn memory_cost_child() {
+    if !in_child("memory_cost_child") {
+        return;
+    }
+    let page = 4096;
+    let sites = K.sites();
+    assert_eq!(sites.len(), SITES);
+    let tramp = static_call::__private::trampoline_of(&*K).unwrap();
+    // Every page that holds a byte of a site or of the trampoline.
+    let pages: BTreeSet<usize> =
+        sites.iter().map(|s| s.address()).chain([tramp]).flat_map(|a| [a / page, (a + 4) / page]).collect();
+    let expected_kib = pages.len() as u64 * page as u64 / 1024;
+
+    let before = text_kib();
+    static_call::init().unwrap();
+    let writer = static_call::text_writer().unwrap();
+    let after_init = text_kib();
+    let first = many_sites(1);
+    K.update(b);
+    let after_update = text_kib();
+    for i in 0..9 {
+        K.update(if i % 2 == 0 { a } else { b });
+    }
+    let after_10 = text_kib();
+    assert_eq!(many_sites(1), first, "after an even number of updates the target is `a` again");
+    println!(
+        "\nchild memory_cost_child: {writer:?}: {SITES} sites + 1 trampoline on {} pages ({expected_kib} KiB); \
+         executable mappings' Anonymous / Private_Dirty KiB: before init {} / {}, after init {} / {}, after 1 \
+         update {} / {}, after 10 updates {} / {} ({} mappings before, {} after)",
+        pages.len(),
+        before.0,
+        before.1,
+        after_init.0,
+        after_init.1,
+        after_update.0,
+        after_update.1,
+        after_10.0,
+        after_10.1,
+        before.2,
+        after_10.2,
+    );
+    assert_eq!(after_init.0 - before.0, expected_kib, "init makes one private copy per patched page");
+    assert_eq!(after_10.0, after_init.0, "later updates write the same pages: no further cost");
+    println!("\nchild memory_cost_child: done");
+}
