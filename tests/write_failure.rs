@@ -235,6 +235,7 @@ fn write_failure_child() {
         K.try_update(b).expect_err("the injected failure fails the update");
         assert_eq!(K.sites().iter().map(|s| (s.address(), s.bytes())).collect::<Vec<_>>(), at_a.sites[..3]);
         assert_eq!(K.get().map(|f| f as usize), Some(a as *const () as usize));
+        common::assert_no_wx();
         i += 1;
     }
     let s = static_call::stats();

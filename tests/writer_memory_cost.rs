@@ -16,6 +16,8 @@
 //! the first add nothing.
 #![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
 
+mod common;
+
 use static_call::static_call;
 use std::collections::BTreeSet;
 
@@ -128,10 +130,13 @@ fn memory_cost_child() {
     let writer = static_call::text_writer().unwrap();
     let after_init = text_kib();
     let first = many_sites(1);
+    common::assert_no_wx();
     K.update(b);
+    common::assert_no_wx();
     let after_update = text_kib();
     for i in 0..9 {
         K.update(if i % 2 == 0 { a } else { b });
+        common::assert_no_wx();
     }
     let after_10 = text_kib();
     assert_eq!(many_sites(1), first, "after an even number of updates the target is `a` again");
