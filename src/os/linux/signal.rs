@@ -353,7 +353,15 @@ pub fn install() -> Result<(), Error> {
         let mut new = MaybeUninit::<libc::sigaction>::zeroed().assume_init();
         new.sa_sigaction = me;
         new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER | libc::SA_RESTART;
-        libc::sigemptyset(&mut new.sa_mask);
+        // Block every asynchronous signal while our handler runs: a signal
+        // handler that interrupted it while it is counted as a reader of the
+        // patch plan, and then waited for the patch lock, would wait forever
+        // on an update that waits for that reader. Traps and faults stay
+        // deliverable (nested traps in a chained handler must work).
+        libc::sigfillset(&mut new.sa_mask);
+        for sync in [libc::SIGTRAP, libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
+            libc::sigdelset(&mut new.sa_mask, sync);
+        }
         libc::sigaction(libc::SIGTRAP, &new, std::ptr::null_mut())
     };
     if r != 0 {
@@ -529,14 +537,22 @@ unsafe fn chain(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_
     if prev.action.sa_flags & libc::SA_RESETHAND != 0 {
         PREVIOUS_RESET.store(true, SeqCst);
     }
-    // SAFETY: the mask is the previous handler's own; restored afterwards.
+    // SAFETY: `ctx` is the kernel's ucontext. The previous handler runs with
+    // the mask the kernel would have given it had it been installed alone:
+    // the interrupted thread's mask, plus its own `sa_mask`, plus the signal
+    // unless `SA_NODEFER`; ours is restored afterwards.
     unsafe {
-        let mut mask = prev.action.sa_mask;
+        let mut mask = (*(ctx as *const libc::ucontext_t)).uc_sigmask;
+        for s in 1..=libc::SIGRTMAX() {
+            if libc::sigismember(&prev.action.sa_mask, s) == 1 {
+                libc::sigaddset(&mut mask, s);
+            }
+        }
         if prev.action.sa_flags & libc::SA_NODEFER == 0 {
             libc::sigaddset(&mut mask, sig);
         }
         let mut old = MaybeUninit::<libc::sigset_t>::zeroed().assume_init();
-        libc::pthread_sigmask(libc::SIG_BLOCK, &mask, &mut old);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &mask, &mut old);
         if prev.action.sa_flags & libc::SA_SIGINFO != 0 {
             let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = std::mem::transmute(action);
             f(sig, info, ctx);
