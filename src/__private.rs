@@ -9,6 +9,7 @@
 #![allow(unsafe_code)]
 
 pub use crate::abi::{FloatRegister, IntegerRegister, Zeroable};
+pub use crate::Error;
 pub use crate::key::{Key, NoTarget, RawKey, StaticCall};
 pub use core;
 

@@ -330,6 +330,16 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
             {
                 #key.reset()
             }
+
+            /// [`reset`](Self::reset) that returns the reason as an `Error`
+            /// instead of panicking. See `Key::try_reset`.
+            #[allow(clippy::extra_unused_lifetimes)]
+            #vis fn try_reset(self) -> ::core::result::Result<::core::option::Option<#ty>, #sc::Error>
+            where
+                for<'__static_call> <Self as #sc::StaticCall>::Ret: #sc::Zeroable,
+            {
+                #key.try_reset()
+            }
         }
 
         impl ::core::ops::Deref for #marker {
