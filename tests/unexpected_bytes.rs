@@ -1,0 +1,144 @@
+//! Bytes changed behind our back (a debugger's breakpoint, another patcher):
+//! the update is refused with an error naming that address, and nothing of it
+//! is written: no site, no trampoline, no target of any key in the batch.
+#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+
+mod common;
+
+use static_call::{static_call, Error};
+
+extern "C" fn t1(x: u64) -> u64 {
+    (1 << 48) | x
+}
+extern "C" fn t2(x: u64) -> u64 {
+    (2 << 48) | x
+}
+extern "C" fn intruder(x: u64) -> u64 {
+    (9 << 48) | x
+}
+
+#[static_call]
+static K: extern "C" fn(u64) -> u64 = t1;
+#[static_call]
+static OTHER: extern "C" fn(u64) -> u64 = t1;
+
+#[inline(never)]
+fn k_a(x: u64) -> u64 {
+    K.call(x)
+}
+// Each site function differs (release builds merge identical functions).
+#[inline(never)]
+fn k_b(x: u64) -> u64 {
+    K.call(x ^ 1) ^ 1
+}
+#[inline(never)]
+fn k_c(x: u64) -> u64 {
+    K.call(x ^ 2) ^ 2
+}
+#[inline(never)]
+fn other(x: u64) -> u64 {
+    OTHER.call(x)
+}
+
+/// Every byte this test's keys may change: each site's five, each
+/// trampoline's thirty-two.
+fn snapshot() -> Vec<(usize, Vec<u8>)> {
+    let mut v: Vec<_> = K
+        .sites()
+        .iter()
+        .chain(OTHER.sites().iter())
+        .map(|s| (s.address(), common::read_bytes(s.address(), 5)))
+        .collect();
+    for t in [static_call::__private::trampoline_of(&K), static_call::__private::trampoline_of(&OTHER)] {
+        let t = t.expect("trampoline");
+        v.push((t, common::read_bytes(t, 32)));
+    }
+    v
+}
+
+fn all_addrs() -> Vec<usize> {
+    snapshot().iter().map(|(a, _)| *a).collect()
+}
+
+#[track_caller]
+fn assert_refused(r: Result<(), Error>, at: usize, before: &[(usize, Vec<u8>)]) {
+    match r {
+        Err(Error::UnexpectedBytes { address, found, expected }) => {
+            assert_eq!(address, at, "the error names the changed instruction");
+            assert_eq!(found.to_vec(), common::read_bytes(at, 5), "it reports what is there");
+            assert_ne!(found, expected);
+        }
+        other => panic!("expected UnexpectedBytes at {at:#x}, got {other:?}"),
+    }
+    assert_eq!(snapshot(), before, "nothing was written");
+}
+
+#[test]
+fn changed_bytes_refuse_the_whole_update_and_nothing_is_written() {
+    static_call::init().unwrap();
+    let sites = K.sites();
+    assert_eq!(sites.len(), 3);
+    assert_eq!(OTHER.sites().len(), 1);
+    let protections = common::page_protections(all_addrs(), 32);
+    let site = sites[1].address();
+    let original = common::read_bytes(site, 5);
+
+    // 1. A debugger's breakpoint on the first byte of one site.
+    common::poke_text(site, &[0xcc]);
+    let before = snapshot();
+    assert_refused(K.try_update(t2).map(drop), site, &before);
+    common::assert_text_protected(&protections);
+    assert_eq!(K.get().map(|f| f(0)), Some(t1(0)), "the target did not change");
+    // The same through a batch that also changes another key: that key is
+    // not changed either.
+    assert_refused(
+        static_call::batch(|b| {
+            b.update(&OTHER, t2);
+            b.update(&K, t2);
+        }),
+        site,
+        &before,
+    );
+    assert_eq!(OTHER.get().map(|f| f(0)), Some(t1(0)));
+    assert_eq!(other(5), t1(5));
+    // And the panicking form says what happened.
+    let msg = std::panic::catch_unwind(|| K.update(t2)).unwrap_err();
+    let msg = msg.downcast_ref::<String>().unwrap();
+    assert!(msg.contains(&format!("{site:#x}")), "{msg}");
+    assert_eq!(snapshot(), before);
+
+    // 2. Another patcher retargeted the site to a function of its own (a
+    // valid call: calling it is fine, and reaches the intruder).
+    let mut call = [0xe8u8; 5];
+    let rel = (intruder as *const () as i64 - (site as i64 + 5)) as i32;
+    call[1..].copy_from_slice(&rel.to_le_bytes());
+    common::poke_text(site, &call);
+    assert_eq!(k_b(5), intruder(5 ^ 1) ^ 1);
+    let before = snapshot();
+    assert_refused(K.try_update(t2).map(drop), site, &before);
+    assert_refused(K.try_reset().map(drop), site, &before);
+    common::assert_text_protected(&protections);
+    assert_eq!((k_a(5), k_b(5), k_c(5)), (t1(5), intruder(5 ^ 1) ^ 1, t1(5)));
+
+    // Put the bytes back: updates work again.
+    common::poke_text(site, &original);
+    K.update(t2);
+    common::assert_text_protected(&protections);
+    assert_eq!((k_a(5), k_b(5), k_c(5)), (t2(5), t2(5), t2(5)));
+
+    // 3. The trampoline's head changed behind our back.
+    let tramp = static_call::__private::trampoline_of(&K).unwrap();
+    let head = common::read_bytes(tramp, 5);
+    let mut jmp = [0xe9u8; 5];
+    let rel = (intruder as *const () as i64 - (tramp as i64 + 5)) as i32;
+    jmp[1..].copy_from_slice(&rel.to_le_bytes());
+    common::poke_text(tramp, &jmp);
+    let before = snapshot();
+    assert_refused(K.try_update(t1).map(drop), tramp, &before);
+    common::assert_text_protected(&protections);
+    common::poke_text(tramp, &head);
+    K.update(t1);
+    common::assert_text_protected(&protections);
+    assert_eq!((k_a(5), k_b(5), k_c(5), other(5)), (t1(5), t1(5), t1(5), t1(5)));
+    assert!(K.sites().iter().all(|s| s.state() == static_call::SiteState::Direct));
+}
