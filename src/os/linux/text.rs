@@ -277,14 +277,25 @@ impl Session {
 /// Pages with write added; dropping restores each region's original
 /// protection (execute is never removed, at any point).
 struct Unlocked {
-    guards: Vec<region::ProtectGuard>,
+    /// `(start, len, original protection)` of each range changed, in order.
+    changed: Vec<(usize, usize, region::Protection)>,
 }
 
 impl Unlocked {
     /// `addrs` sorted. Adds write to every page that holds one of them.
+    ///
+    /// The protections are queried once for the whole span (a query reads
+    /// `/proc/self/maps`, tens of microseconds), then each run of contiguous
+    /// pages is changed region by region.
     fn new(addrs: &[usize]) -> Result<Unlocked, Error> {
         let page = region::page::size();
-        let mut guards = Vec::new();
+        let mut unlocked = Unlocked { changed: Vec::new() };
+        let (Some(&first), Some(&last)) = (addrs.first(), addrs.last()) else { return Ok(unlocked) };
+        let (span_start, span_end) = (first & !(page - 1), (last & !(page - 1)) + page);
+        let regions = region::query_range(span_start as *const u8, span_end - span_start)
+            .map_err(|e| not_writable(span_start, e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| not_writable(span_start, e))?;
         let mut i = 0;
         while i < addrs.len() {
             // One run of contiguous pages.
@@ -298,32 +309,30 @@ impl Unlocked {
                 end = end.max(p + page);
                 i += 1;
             }
-            let regions = region::query_range(start as *const u8, end - start)
-                .map_err(|e| not_writable(start, e))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| not_writable(start, e))?;
-            for r in regions {
+            for r in regions.iter().filter(|r| r.as_range().start < end && r.as_range().end > start) {
                 let lo = r.as_range().start.max(start);
                 let hi = r.as_range().end.min(end);
                 // SAFETY: the range is mapped (just queried); we only add
-                // write to its current protection, and the guard puts the
-                // current protection back.
-                let g = unsafe {
-                    region::protect_with_handle(lo as *const u8, hi - lo, r.protection() | region::Protection::WRITE)
-                }
-                .map_err(|e| not_writable(lo, e))?;
-                guards.push(g);
+                // write to its current protection, and `drop` puts the
+                // current protection back (also when a later run fails and
+                // `unlocked` is dropped on the way out).
+                unsafe { region::protect(lo as *const u8, hi - lo, r.protection() | region::Protection::WRITE) }
+                    .map_err(|e| not_writable(lo, e))?;
+                unlocked.changed.push((lo, hi - lo, r.protection()));
             }
         }
-        Ok(Unlocked { guards })
+        Ok(unlocked)
     }
 }
 
 impl Drop for Unlocked {
     fn drop(&mut self) {
         // Restore in reverse order of change.
-        while let Some(g) = self.guards.pop() {
-            drop(g);
+        while let Some((lo, len, protection)) = self.changed.pop() {
+            // SAFETY: puts back the protection this range had before `new`
+            // added write to it.
+            let r = unsafe { region::protect(lo as *const u8, len, protection) };
+            debug_assert!(r.is_ok(), "restoring the protection of {lo:#x}: {r:?}");
         }
     }
 }
