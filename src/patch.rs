@@ -363,7 +363,7 @@ fn apply(st: &mut State, reg: &Registry, commit: impl FnOnce(), revert: impl FnO
             return Err(Error::UnexpectedBytes { address: p.at, found, expected: p.old });
         }
     }
-    for t in reg.tramps.iter().filter(|t| plan.iter().any(|p| p.at == t.at)) {
+    for t in reg.tramps.iter().filter(|t| t.damaged && plan.iter().any(|p| p.at == t.at)) {
         if let Some((address, found, expected)) = registry::tramp_damage(t) {
             return Err(Error::UnexpectedBytes { address, found, expected });
         }
