@@ -67,7 +67,8 @@ mod bench {
     pub fn init(c: &mut Criterion) {
         // Run every site once (through the trampolines: nothing patched).
         sites::run_all(true);
-        let mut g = c.benchmark_group("init");
+        let forced = std::env::var("STATIC_CALL_WRITER").unwrap_or_else(|_| "default".into());
+        let mut g = c.benchmark_group(format!("init_{forced}"));
         g.sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_secs(4));
         g.bench_function("all_sites", |b| b.iter_custom(|iters| (0..iters).map(|_| init_in_child()).sum()));
         g.finish();
