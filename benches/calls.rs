@@ -114,7 +114,7 @@ criterion::criterion_group!(benches, bench::calls);
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn main() {
     if std::env::args().any(|a| a == "--table") {
-        print!("{}", costs::measure(&costs::Options::default()));
+        print!("{}", costs::measure(&costs::Options { rounds: 201, calls: 100_000, updates: 501 }));
         return;
     }
     benches();

@@ -374,6 +374,11 @@ pub struct Row {
     pub ns: f64,
     /// `ns` over the plain call's (calls) or over one membarrier (updates).
     pub ratio: f64,
+    /// The fastest round (calls) or operation (updates), nanoseconds: the
+    /// least disturbed by other processes.
+    pub min_ns: f64,
+    /// `min_ns` over the plain call's (or the membarrier's) `min_ns`.
+    pub min_ratio: f64,
 }
 
 /// The measured table: call rows, then update rows.
@@ -387,9 +392,27 @@ pub struct Table {
     pub options: Options,
 }
 
-fn median(v: &mut [f64]) -> f64 {
+/// (median, minimum).
+fn median(v: &mut [f64]) -> (f64, f64) {
     v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    (v[v.len() / 2], v[0])
+}
+
+/// One row per name, ratios to the first.
+fn rows(names: &[(&'static str, &'static str)], samples: &mut [Vec<f64>]) -> Vec<Row> {
+    let m: Vec<(f64, f64)> = samples.iter_mut().map(|s| median(s)).collect();
+    names
+        .iter()
+        .zip(&m)
+        .map(|(&(name, what), &(ns, min_ns))| Row {
+            name,
+            what,
+            ns,
+            ratio: ns / m[0].0,
+            min_ns,
+            min_ratio: min_ns / m[0].1,
+        })
+        .collect()
 }
 
 /// Measures every case, interleaved: round after round, each case once.
@@ -407,10 +430,8 @@ pub fn measure(o: &Options) -> Table {
             s.push(t.elapsed().as_nanos() as f64 / o.calls as f64);
         }
     }
-    let ns: Vec<f64> = samples.iter_mut().map(|s| median(s)).collect();
-    let calls =
-        cases.iter().zip(&ns).map(|(c, &n)| Row { name: c.name, what: c.what, ns: n, ratio: n / ns[0] }).collect();
-    Table { calls, updates: measure_updates(o), options: *o }
+    let names: Vec<_> = cases.iter().map(|c| (c.name, c.what)).collect();
+    Table { calls: rows(&names, &mut samples), updates: measure_updates(o), options: *o }
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
@@ -425,11 +446,8 @@ fn measure_updates(o: &Options) -> Vec<Row> {
         upd.push(t.elapsed().as_nanos() as f64);
     }
     black_box(UPDATED.call(1));
-    let (u, m) = (median(&mut upd), median(&mut mb));
-    vec![
-        Row { name: "membarrier", what: "one membarrier(SYNC_CORE) call", ns: m, ratio: 1.0 },
-        Row { name: "update_1", what: "update of a key with one site", ns: u, ratio: u / m },
-    ]
+    let names = [("membarrier", "one membarrier(SYNC_CORE) call"), ("update_1", "update of a key with one site")];
+    rows(&names, &mut [mb, upd])
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"))))]
@@ -441,23 +459,31 @@ fn measure_updates(o: &Options) -> Vec<Row> {
         upd.push(t.elapsed().as_nanos() as f64);
     }
     black_box(UPDATED.call(1));
-    let u = median(&mut upd);
-    vec![Row { name: "update_1", what: "update (atomic store)", ns: u, ratio: 1.0 }]
+    rows(&[("update_1", "update (atomic store)")], &mut [upd])
 }
 
 impl fmt::Display for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "Cost of one call (dependent loop, median of {} interleaved rounds of {} calls):",
+            "Cost of one call (dependent loop, {} interleaved rounds of {} calls)   median  ratio | fastest  ratio",
             self.options.rounds, self.options.calls
         )?;
         for r in &self.calls {
-            writeln!(f, "  {:<46} {:>8.2} ns  {:>6.2}x", r.what, r.ns, r.ratio)?;
+            writeln!(
+                f,
+                "  {:<46} {:>7.2} ns {:>5.2}x | {:>5.2} ns {:>5.2}x",
+                r.what, r.ns, r.ratio, r.min_ns, r.min_ratio
+            )?;
         }
-        writeln!(f, "Cost of one update (median of {}):", self.options.updates)?;
+        writeln!(f, "Cost of one update ({} of each, interleaved)", self.options.updates)?;
         for r in &self.updates {
-            writeln!(f, "  {:<46} {:>8.2} µs  {:>6.2}x", r.what, r.ns / 1000.0, r.ratio)?;
+            let (us, min_us) = (r.ns / 1000.0, r.min_ns / 1000.0);
+            writeln!(
+                f,
+                "  {:<46} {:>7.2} µs {:>5.2}x | {:>5.2} µs {:>5.2}x",
+                r.what, us, r.ratio, min_us, r.min_ratio
+            )?;
         }
         Ok(())
     }
