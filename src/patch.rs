@@ -160,10 +160,17 @@ extern "C" fn fork_parent() {
 }
 
 extern "C" fn fork_child() {
-    // The child has one thread; whoever held the lock in the parent does not
-    // exist here. The `/proc/self/mem` descriptor and membarrier registration
-    // are redone by process id.
-    LOCK.owner.store(0, Release);
+    // The child has one thread. If `prepare` took the lock, no update was in
+    // progress: the lock is free. If it could not, the forking thread is
+    // inside an update (a fork from a signal handler that interrupted it):
+    // the child's only thread still is, so it keeps the lock (a further
+    // update from it is `Reentrant`), and the interrupted update finishes in
+    // the child's own text. Handlers of other parent threads counted in
+    // READERS do not exist here. The `/proc/self/mem` descriptor and the
+    // membarrier registration are redone by process id.
+    let owner = if FORK_LOCKED.load(Relaxed) { 0 } else { thread_id() };
+    LOCK.owner.store(owner, Release);
+    READERS.store(0, SeqCst);
 }
 
 fn register_atfork() {

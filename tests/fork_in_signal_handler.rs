@@ -104,9 +104,6 @@ fn child_checks() -> ! {
 }
 
 #[test]
-#[ignore = "core bugs: the fork child resets the patch lock's owner, so an update from the handler is not refused \
-            as Reentrant; the interrupted update continues in the child writing through the parent's \
-            /proc/self/mem descriptor (see the report of issue 3)"]
 fn fork_from_a_handler_that_interrupted_an_update() {
     static_call::init().unwrap();
     let protections = common::page_protections(K.sites().iter().map(|s| s.address()), 5);

@@ -51,7 +51,10 @@ pub fn register() -> Result<(), Error> {
 pub fn sync_core() {
     // After a successful registration this command cannot fail (the kernel
     // returns an error only for unregistered processes or bad flags), and the
-    // patch protocol never runs before registration succeeded.
+    // patch protocol never runs before registration succeeded. A `fork()`
+    // child that finishes an update its parent's thread was in the middle of
+    // registers here (a no-op otherwise: the process id matches).
+    let _ = register();
     let r = membarrier(CMD_PRIVATE_EXPEDITED_SYNC_CORE);
     debug_assert!(r.is_ok(), "membarrier sync_core failed after registration: {r:?}");
 }

@@ -208,7 +208,6 @@ fn pwrite_all(fd: i32, at: usize, bytes: &[u8]) -> Result<(), i32> {
 #[must_use = "dropping the session restores page protections"]
 pub struct Session {
     writer: TextWriter,
-    fd: i32,
     _unlocked: Option<Unlocked>,
 }
 
@@ -220,12 +219,12 @@ impl Session {
         match writer {
             TextWriter::ProcMem => {
                 let mut addrs = addrs;
-                let fd = mem_fd().map_err(|errno| Error::TextNotWritable {
+                mem_fd().map_err(|errno| Error::TextNotWritable {
                     address: addrs.next().unwrap_or(0),
                     errno: 0,
                     proc_mem_errno: errno,
                 })?;
-                Ok(Session { writer, fd, _unlocked: None })
+                Ok(Session { writer, _unlocked: None })
             }
             TextWriter::Mprotect => {
                 let mut ends = Vec::new();
@@ -234,7 +233,7 @@ impl Session {
                     ends.push(a + max_len - 1);
                 }
                 ends.sort_unstable();
-                Ok(Session { writer, fd: -1, _unlocked: Some(Unlocked::new(&ends)?) })
+                Ok(Session { writer, _unlocked: Some(Unlocked::new(&ends)?) })
             }
         }
     }
@@ -260,7 +259,10 @@ impl Session {
             // A failed `pwrite` of more than one byte may have written a
             // prefix; the protocol writes several bytes only where an int3
             // guards them, and rewrites them all when it rolls back.
-            TextWriter::ProcMem => pwrite_all(self.fd, at, bytes).map_err(failed),
+            // `mem_fd` rather than a descriptor kept in the session: after a
+            // `fork()` in the middle of an update, the child finishes it
+            // through its own `/proc/self/mem`, never its parent's.
+            TextWriter::ProcMem => mem_fd().and_then(|fd| pwrite_all(fd, at, bytes)).map_err(failed),
             TextWriter::Mprotect => {
                 for (i, &b) in bytes.iter().enumerate() {
                     // SAFETY: the page is writable for the session's lifetime
