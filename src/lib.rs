@@ -37,7 +37,8 @@
 //! - SIGTRAP must not be blocked in any thread that calls a site while an
 //!   update runs (the kernel kills a thread that traps with SIGTRAP blocked).
 //!   Install your own SIGTRAP handler, if any, before [`init`]: ours passes the
-//!   traps that are not ours on to it. Under gdb: `handle SIGTRAP nostop
+//!   traps that are not ours on to it. Under gdb, once the program runs
+//!   (gdb's startup breakpoints also raise SIGTRAP): `handle SIGTRAP nostop
 //!   noprint pass`; under valgrind: `--smc-check=all`.
 //! - Updates are serialized process-wide. An update may be made from inside a
 //!   target, and from a signal handler once [`init`] has run (it then
