@@ -184,14 +184,14 @@ def render(args):
 
     els, h1 = bars(40, "Cost of one call (ns, median; dependent loop)", call_items, fmt_ns, log=False)
     els2, h2 = bars(40 + h1 + 20, "Cost of updating (median)", upd_items, fmt_ns, log=True)
-    height = 40 + h1 + 20 + h2 + 40
+    height = 40 + h1 + 20 + h2 + 56
     note = run.get("_note", "")
     head = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="900" height="{height}" font-family="sans-serif">',
         '<rect width="100%" height="100%" fill="white"/>',
         f'<text x="10" y="22" font-size="17" font-weight="bold">static_call benchmarks ({esc(run_name)})</text>',
         f'<text x="10" y="{height - 14}" font-size="11" fill="#444">{esc(note)}</text>',
-        f'<text x="890" y="{height - 14}" font-size="11" fill="#444" text-anchor="end">'
+        f'<text x="10" y="{height - 32}" font-size="11" fill="#444">'
         "grey: floor · blue: static_call · orange: alternatives · red: retpoline / unpredictable</text>",
     ]
     os.makedirs(os.path.dirname(args.svg) or ".", exist_ok=True)
