@@ -9,8 +9,8 @@
 #![allow(unsafe_code)]
 
 pub use crate::abi::{FloatRegister, IntegerRegister, Zeroable};
-pub use crate::Error;
 pub use crate::key::{Key, NoTarget, RawKey, StaticCall};
+pub use crate::Error;
 pub use core;
 
 /// Expands to its `inline` arm where sites are patched, else to its

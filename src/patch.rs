@@ -380,7 +380,7 @@ fn apply(st: &mut State, reg: &Registry, commit: impl FnOnce(), revert: impl FnO
         commit();
         return Ok(());
     }
-    let writer = text::probe(plan[0].at)?;
+    let writer = text::for_update(plan[0].at, plan.len())?;
     let session = Session::open(writer, plan.iter().map(|p| p.at), INSN_LEN)?;
     commit();
     publish(plan);
