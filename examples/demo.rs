@@ -4,9 +4,11 @@
 //! ```text
 //! cargo run --release --example demo
 //! ```
+#[path = "common/costs.rs"]
+mod costs;
+
 use static_call::{static_call, SiteState};
-use std::hint::black_box;
-use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -49,65 +51,12 @@ fn event(n: u32) {
     ON_EVENT.call(n)
 }
 
-/// A dependent loop: each call's argument is the previous result, so calls
-/// cannot overlap and the time per iteration is the latency of one call.
-#[inline(never)]
-fn loop_hash(n: u64) -> u64 {
-    let mut x = 1;
-    for _ in 0..n {
-        x = HASH.call(black_box(x));
-    }
-    x
-}
-
-#[inline(never)]
-extern "C" fn bench_target(x: u64) -> u64 {
-    x.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 7
-}
-
-#[inline(never)]
-fn loop_direct(n: u64) -> u64 {
-    let mut x = 1;
-    for _ in 0..n {
-        x = bench_target(black_box(x));
-    }
-    x
-}
-
-static POINTER: AtomicPtr<()> = AtomicPtr::new(bench_target as *mut ());
-
-#[inline(never)]
-fn loop_pointer(n: u64) -> u64 {
-    let mut x = 1;
-    for _ in 0..n {
-        // SAFETY: POINTER always holds `bench_target`.
-        let f: extern "C" fn(u64) -> u64 = unsafe { std::mem::transmute(POINTER.load(Ordering::Acquire)) };
-        x = f(black_box(x));
-    }
-    x
-}
-
-/// Nanoseconds per iteration of `f(n)`: the median of 11 runs.
-fn ns_per_call(f: fn(u64) -> u64) -> f64 {
-    const N: u64 = 2_000_000;
-    let mut runs: Vec<f64> = (0..11)
-        .map(|_| {
-            let t = Instant::now();
-            black_box(f(black_box(N)));
-            t.elapsed().as_nanos() as f64 / N as f64
-        })
-        .collect();
-    runs.sort_by(f64::total_cmp);
-    runs[runs.len() / 2]
-}
-
 fn name_of(addr: usize) -> &'static str {
-    let names: [(usize, &str); 5] = [
+    let names: [(usize, &str); 4] = [
         (fnv1a as *const () as usize, "fnv1a"),
         (murmur as *const () as usize, "murmur"),
         (identity as *const () as usize, "identity"),
         (count_event as *const () as usize, "count_event"),
-        (bench_target as *const () as usize, "bench_target"),
     ];
     if static_call::__private::trampoline_of(&HASH) == Some(addr) {
         return "HASH's trampoline";
@@ -149,7 +98,6 @@ fn main() -> Result<(), static_call::Error> {
     println!();
 
     show_sites("Before init: every site calls its key's trampoline");
-    let before_init = ns_per_call(loop_hash);
     assert_eq!(hash(3), fnv1a(3));
 
     let t = Instant::now();
@@ -221,35 +169,10 @@ fn main() -> Result<(), static_call::Error> {
     assert_eq!(hash_twice(5), murmur(murmur(5)));
     assert!(HASH.sites().iter().all(|s| s.state() == SiteState::Direct));
 
-    // Costs: a dependent loop of calls, the same target for each variant.
-    HASH.update(bench_target);
-    let direct = ns_per_call(loop_direct);
-    let patched = ns_per_call(loop_hash);
-    let pointer = ns_per_call(loop_pointer);
-    let t = Instant::now();
-    let n_updates: u32 = 200;
-    for i in 0..n_updates {
-        HASH.update(if i.is_multiple_of(2) { identity } else { bench_target });
-    }
-    let update = t.elapsed().as_secs_f64() * 1e6 / n_updates as f64;
-    let t = Instant::now();
-    for _ in 0..n_updates {
-        static_call::__private::sync_core_once()?;
-    }
-    let membarrier = t.elapsed().as_secs_f64() * 1e6 / n_updates as f64;
+    // Costs: the interleaved table of examples/common/costs.rs (the same
+    // cases as `cargo bench --bench calls -- --table`, fewer rounds).
     println!();
-    println!("Cost of one call, dependent loop, median of 11 runs of 2M calls (this machine, this run):");
-    println!("  {:<44} {:>7.2} ns   1.00x", "plain #[inline(never)] extern \"C\" call", direct);
-    println!("  {:<44} {:>7.2} ns   {:.2}x", "patched static call site", patched, patched / direct);
-    println!(
-        "  {:<44} {:>7.2} ns   {:.2}x",
-        "before init (trampoline, through the slot)",
-        before_init,
-        before_init / direct
-    );
-    println!("  {:<44} {:>7.2} ns   {:.2}x", "AtomicPtr function pointer", pointer, pointer / direct);
-    println!("Cost of one update ({} sites + trampoline): {update:.1} µs", HASH.sites().len());
-    println!("  one membarrier SYNC_CORE: {membarrier:.1} µs (an update is {:.1}x that)", update / membarrier);
-    println!("  init: {init_time:.1?}");
+    println!("{}", costs::measure(&costs::Options::default()));
+    println!("init of this binary: {init_time:.1?}");
     Ok(())
 }
