@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::{in_child, run_child};
+
 use static_call::{static_call, Error, TextWriter};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,32 +38,6 @@ fn call_k1(x: u64) -> u64 {
 #[inline(never)]
 fn call_k2(x: u64) -> u64 {
     K2.call(x)
-}
-
-/// Runs `test` (an ignored test of this binary) in a child process with
-/// `env` added, and returns its output; panics unless it passed.
-fn run_child(test: &str, env: &[(&str, &str)]) -> String {
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--ignored", "--exact", test, "--nocapture", "--test-threads=1"])
-        .env("STATIC_CALL_TEST_CHILD", test)
-        .env_remove("STATIC_CALL_WRITER");
-    for &(k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("re-execute the test binary");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "child `{test}` failed ({}):\n{text}", out.status);
-    assert!(text.contains(&format!("child {test}: done")), "child `{test}` did not run:\n{text}");
-    text
-}
-
-/// Whether this process is the child that runs `test`.
-fn in_child(test: &str) -> bool {
-    let me = std::env::var("STATIC_CALL_TEST_CHILD").is_ok_and(|t| t == test);
-    if !me {
-        eprintln!("{test} runs only in a child process started by its parent test");
-    }
-    me
 }
 
 /// Sets MDWE for this process and proves it is in effect: an anonymous page

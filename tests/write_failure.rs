@@ -16,6 +16,8 @@
 
 mod common;
 
+use common::{in_child, run_child};
+
 use static_call::__private::{fail_text_write_after, text_writes, trampoline_of};
 use static_call::{static_call, Error, TextWriter};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -44,29 +46,6 @@ fn s2(x: u64) -> u64 {
 #[inline(never)]
 fn t1(x: u64) -> u64 {
     K2.call(x)
-}
-
-fn run_child(test: &str, env: &[(&str, &str)]) -> String {
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args(["--ignored", "--exact", test, "--nocapture", "--test-threads=1"])
-        .env("STATIC_CALL_TEST_CHILD", test)
-        .env_remove("STATIC_CALL_WRITER");
-    for &(k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("re-execute the test binary");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "child `{test}` failed ({}):\n{text}", out.status);
-    assert!(text.contains(&format!("child {test}: done")), "child `{test}` did not run:\n{text}");
-    text
-}
-
-fn in_child(test: &str) -> bool {
-    let me = std::env::var("STATIC_CALL_TEST_CHILD").is_ok_and(|t| t == test);
-    if !me {
-        eprintln!("{test} runs only in a child process started by its parent test");
-    }
-    me
 }
 
 /// Everything an update may change: the bytes of every site and of both

@@ -115,3 +115,29 @@ pub fn watchdog(what: &'static str, progress: &'static std::sync::atomic::Atomic
         }
     });
 }
+
+/// Runs `test` (an ignored test of this binary) in a child process with
+/// `env` added, and returns its output; panics unless it passed.
+pub fn run_child(test: &str, env: &[(&str, &str)]) -> String {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--ignored", "--exact", test, "--nocapture", "--test-threads=1"])
+        .env("STATIC_CALL_TEST_CHILD", test)
+        .env_remove("STATIC_CALL_WRITER");
+    for &(k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("re-execute the test binary");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "child `{test}` failed ({}):\n{text}", out.status);
+    assert!(text.contains(&format!("child {test}: done")), "child `{test}` did not run:\n{text}");
+    text
+}
+
+/// Whether this process is the child that runs `test`.
+pub fn in_child(test: &str) -> bool {
+    let me = std::env::var("STATIC_CALL_TEST_CHILD").is_ok_and(|t| t == test);
+    if !me {
+        eprintln!("{test} runs only in a child process started by its parent test");
+    }
+    me
+}
