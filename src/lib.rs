@@ -39,7 +39,7 @@
 //!   Install your own SIGTRAP handler, if any, before [`init`]: ours passes the
 //!   traps that are not ours on to it. Under gdb, once the program runs
 //!   (gdb's startup breakpoints also raise SIGTRAP): `handle SIGTRAP nostop
-//!   noprint pass`; under valgrind: `--smc-check=all`.
+//!   noprint pass`, then `signal 0`; under valgrind: `--smc-check=all`.
 //! - Updates are serialized process-wide. An update may be made from inside a
 //!   target, and from a signal handler once [`init`] has run (it then
 //!   allocates nothing); an update from a signal handler that interrupted an

@@ -1,4 +1,4 @@
-//! Under gdb (`handle SIGTRAP nostop noprint pass`), a program that patches
+//! Under gdb (`handle SIGTRAP nostop noprint pass` once the program runs), a program that patches
 //! while callers run exits normally: the traps of the int3 protocol reach our
 //! handler through the debugger. The test runs its own binary under gdb,
 //! filtered to `gdb_child`, which does the work only when asked to.
@@ -64,9 +64,6 @@ fn gdb_child() {
 }
 
 #[test]
-#[ignore = "gdb 13 here loses the inferior's threads mid-run (\"Cannot find user-level thread for LWP\", \
-            \"Couldn't read debug register: No such process\"), and once the program died of SIGTRAP: see the \
-            report of issue 3"]
 fn patching_under_gdb_exits_normally() {
     if std::env::var_os(CHILD_ENV).is_some() {
         return;
@@ -107,7 +104,8 @@ fn patching_under_gdb_exits_normally() {
         eprintln!("NOTE: ptrace is not permitted here: skipping the under-gdb test\n{log}");
         return;
     }
-    let done = stdout.lines().find(|l| l.starts_with("GDB_CHILD_DONE"));
+    // gdb prints thread events on the same stream: the summary may not start its line.
+    let done = stdout.lines().find(|l| l.contains("GDB_CHILD_DONE"));
     eprintln!("{}", done.unwrap_or("(no summary)"));
     assert!(done.is_some(), "the program did not finish its updates under gdb\n{log}");
     assert!(stdout.contains("exited normally"), "the program did not exit normally under gdb\n{log}");

@@ -462,8 +462,17 @@ extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
 fn handle(uc: &mut libc::ucontext_t) -> bool {
     let regs = &mut uc.uc_mcontext.gregs;
     let rip = regs[libc::REG_RIP as usize] as usize;
-    let at = rip.wrapping_sub(1);
-    match crate::patch::on_trap(at) {
+    // The kernel reports an int3 with rip just past it. A debugger that
+    // passes the trap on to the program may first have moved rip back onto
+    // the int3 (gdb does so for every SI_KERNEL trap): no instruction of ours
+    // ends just before one of our addresses (sites start behind their own
+    // prefixes, trampolines behind int3 padding), so rip at our address can
+    // only mean that.
+    let (at, trap) = match crate::patch::on_trap(rip.wrapping_sub(1)) {
+        Trap::NotOurs => (rip, crate::patch::on_trap(rip)),
+        trap => (rip.wrapping_sub(1), trap),
+    };
+    match trap {
         Trap::NotOurs => false,
         Trap::Rewind => {
             regs[libc::REG_RIP as usize] = at as i64;
