@@ -443,13 +443,21 @@ static UNLOAD: extern "C" fn() = unload;
 
 // ---------------------------------------------------------------- the handler
 
+/// `si_code` of a breakpoint trap (`<asm-generic/siginfo.h>`).
+const TRAP_BRKPT: libc::c_int = 1;
+
 extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     IN_FLIGHT.fetch_add(1, SeqCst);
     // SAFETY: the kernel (or a newer copy's handler chaining to us) passes
     // valid `info` and `ctx` (SA_SIGINFO).
     unsafe {
         let saved_errno = *libc::__errno_location();
-        if (*info).si_code != libc::SI_KERNEL || !handle(&mut *(ctx as *mut libc::ucontext_t)) {
+        // An int3 arrives as SI_KERNEL from Linux, as TRAP_BRKPT from
+        // valgrind's emulation of it; anything else (kill, raise, single
+        // steps, hardware breakpoints) is never ours.
+        let code = (*info).si_code;
+        let int3 = code == libc::SI_KERNEL || code == TRAP_BRKPT;
+        if !int3 || !handle(&mut *(ctx as *mut libc::ucontext_t)) {
             chain(sig, info, ctx);
         }
         *libc::__errno_location() = saved_errno;
