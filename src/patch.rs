@@ -166,11 +166,13 @@ extern "C" fn fork_child() {
     // the child's only thread still is, so it keeps the lock (a further
     // update from it is `Reentrant`), and the interrupted update finishes in
     // the child's own text. Handlers of other parent threads counted in
-    // READERS do not exist here. The `/proc/self/mem` descriptor and the
-    // membarrier registration are redone by process id.
+    // READERS do not exist here. The `/proc/self/mem` descriptor is made to
+    // name the child's memory (the interrupted update may hold its number),
+    // and the membarrier registration is redone by process id.
     let owner = if FORK_LOCKED.load(Relaxed) { 0 } else { thread_id() };
     LOCK.owner.store(owner, Release);
     READERS.store(0, SeqCst);
+    text::after_fork_child();
 }
 
 fn register_atfork() {

@@ -222,6 +222,32 @@ fn mem_fd() -> Result<i32, i32> {
     Ok(new)
 }
 
+/// In a `fork()` child (the `pthread_atfork` child handler): makes the
+/// descriptor number this process used for `/proc/self/mem` name the child's
+/// own memory, so that a write the forking thread was about to make with it
+/// (a fork from a signal handler that interrupted an update) lands in the
+/// child, never in the parent. Async-signal-safe.
+pub fn after_fork_child() {
+    let fd = MEM_FD.load(Ordering::Acquire);
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: open/dup2/close/getpid are async-signal-safe; `fd` is ours.
+    unsafe {
+        let new = libc::open(c"/proc/self/mem".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if new < 0 {
+            // Never write through the parent's memory: without a descriptor
+            // of our own, writes fail (EBADF) and the update rolls back.
+            libc::close(fd);
+            MEM_FD.store(-1, Ordering::Release);
+            return;
+        }
+        libc::dup3(new, fd, libc::O_CLOEXEC);
+        libc::close(new);
+        MEM_FD_PID.store(libc::getpid(), Ordering::Release);
+    }
+}
+
 fn pwrite_all(fd: i32, at: usize, bytes: &[u8]) -> Result<(), i32> {
     let mut done = 0;
     while done < bytes.len() {
