@@ -44,9 +44,11 @@
 //! interrupted thread's stack just below its stack pointer (the red zone, which
 //! the call site's inline asm leaves free because it is not `nostack`), and the
 //! async-signal-safe calls `sigaction`, `pthread_sigmask` and `raise` when it
-//! chains. It allocates nothing, takes no lock and cannot panic (no indexing,
-//! no arithmetic that can overflow in debug builds, no `unwrap`). `errno` is
-//! preserved. `chains_to` and `relink`'s reading half obey the same rules.
+//! chains. It allocates nothing, takes no lock and cannot panic (indexing
+//! only of the register array by constant in-range indices, wrapping
+//! arithmetic, no `unwrap`). It runs with every asynchronous signal blocked.
+//! `errno` is preserved. `chains_to` and `relink`'s reading half obey the
+//! same rules.
 //!
 //! The previous disposition lives in one of two slots; `CURRENT` says which.
 //! A reader (the handler when it chains, `chains_to`, `relink`) counts
