@@ -436,6 +436,9 @@ extern "C" fn unload() {
     }
     if crate::patch::shut_down() {
         take_out();
+        // No update of this copy can run any more: its `/proc/self/mem`
+        // descriptor would only leak (one per load of a plugin).
+        crate::os::linux::text::close();
     }
 }
 

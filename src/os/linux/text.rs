@@ -248,6 +248,16 @@ pub fn after_fork_child() {
     }
 }
 
+/// Closes the `/proc/self/mem` descriptor for good: this copy's module is
+/// being unloaded, and its patch lock is held forever (no writer left).
+pub fn close() {
+    let fd = MEM_FD.swap(-1, Ordering::AcqRel);
+    if fd >= 0 {
+        // SAFETY: `fd` is ours, and no write can use it any more.
+        unsafe { libc::close(fd) };
+    }
+}
+
 fn pwrite_all(fd: i32, at: usize, bytes: &[u8]) -> Result<(), i32> {
     let mut done = 0;
     while done < bytes.len() {
