@@ -8,19 +8,11 @@
 
 mod common;
 
+use common::{t1, t2, t3};
+
 use static_call::{static_call, Error};
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::SeqCst};
-
-extern "C" fn t1(x: u64) -> u64 {
-    (1 << 48) | x
-}
-extern "C" fn t2(x: u64) -> u64 {
-    (2 << 48) | x
-}
-extern "C" fn t3(x: u64) -> u64 {
-    (3 << 48) | x
-}
 
 #[static_call]
 static K: extern "C" fn(u64) -> u64 = t1;

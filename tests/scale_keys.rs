@@ -4,19 +4,11 @@
 
 mod common;
 
+use common::{t1, t2, t3};
+
 use static_call::{static_call, Batch, Site, SiteState};
 
 type F = extern "C" fn(u64) -> u64;
-
-extern "C" fn t1(x: u64) -> u64 {
-    (1 << 48) | x
-}
-extern "C" fn t2(x: u64) -> u64 {
-    (2 << 48) | x
-}
-extern "C" fn t3(x: u64) -> u64 {
-    (3 << 48) | x
-}
 
 const TARGETS: [Option<F>; 4] = [None, Some(t1), Some(t2), Some(t3)];
 

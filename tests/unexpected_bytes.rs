@@ -5,14 +5,10 @@
 
 mod common;
 
+use common::{t1, t2};
+
 use static_call::{static_call, Error};
 
-extern "C" fn t1(x: u64) -> u64 {
-    (1 << 48) | x
-}
-extern "C" fn t2(x: u64) -> u64 {
-    (2 << 48) | x
-}
 extern "C" fn intruder(x: u64) -> u64 {
     (9 << 48) | x
 }

@@ -141,3 +141,17 @@ pub fn in_child(test: &str) -> bool {
     }
     me
 }
+
+/// Targets that tag their result with their number (`n << 48 | x`), so a
+/// caller can tell which one a call reached.
+pub extern "C" fn t1(x: u64) -> u64 {
+    (1 << 48) | x
+}
+/// See [`t1`].
+pub extern "C" fn t2(x: u64) -> u64 {
+    (2 << 48) | x
+}
+/// See [`t1`].
+pub extern "C" fn t3(x: u64) -> u64 {
+    (3 << 48) | x
+}
