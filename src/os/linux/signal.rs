@@ -354,7 +354,7 @@ pub fn install() -> Result<(), Error> {
     let r = unsafe {
         let mut new = MaybeUninit::<libc::sigaction>::zeroed().assume_init();
         new.sa_sigaction = me;
-        new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER | libc::SA_RESTART;
+        new.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER | libc::SA_RESTART;
         // Block every asynchronous signal while our handler runs: a signal
         // handler that interrupted it while it is counted as a reader of the
         // patch plan, and then waited for the patch lock, would wait forever
