@@ -94,8 +94,24 @@ pub fn fail_text_write_after(after: usize, times: usize) {
 }
 
 /// How many writes of machine code were attempted so far (a write is one
-/// instruction's first byte or its body; see `patch::apply`).
+/// page-run of one protocol step: the `int3`s, the bodies or the first bytes
+/// of the instructions that start on one page; see `Session::write_step`).
 #[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
 pub fn text_writes() -> usize {
     crate::os::linux::text::writes()
+}
+
+/// Test hook (failure injection) for the `mprotect` writer: the next `after`
+/// protection changes of its sessions (adding write to each range, then
+/// restoring each) succeed, then `times` fail with `ENOMEM` without changing
+/// anything (`usize::MAX`: every later one; `0` disarms).
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+pub fn fail_text_protect_after(after: usize, times: usize) {
+    crate::os::linux::text::fail_protects(after, times)
+}
+
+/// How many protection changes the `mprotect` writer's sessions attempted.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+pub fn text_protects() -> usize {
+    crate::os::linux::text::protects()
 }

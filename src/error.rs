@@ -64,6 +64,16 @@ pub enum Error {
         /// errno of that write.
         errno: i32,
     },
+    /// The `mprotect` writer could not give a page of text back its
+    /// protection after writing it, even after retries: that page may be
+    /// left writable and executable. The update itself completed, or was
+    /// rolled back, as the other errors say; no further update is attempted.
+    ProtectionNotRestored {
+        /// The first address of the range left writable.
+        address: usize,
+        /// errno of the last `mprotect` that failed.
+        errno: i32,
+    },
 }
 
 impl fmt::Display for Error {
@@ -114,6 +124,14 @@ impl fmt::Display for Error {
                 f,
                 "static_call: an earlier update failed to write {address:#x} (errno {errno}) and \
                  could not be undone; calls stay correct but no further update is attempted"
+            ),
+            Error::ProtectionNotRestored { address, errno } => write!(
+                f,
+                "static_call: could not restore the protection of the code page at {address:#x} after \
+                 writing it (mprotect errno {errno}): the page may be left writable and executable; \
+                 calls stay correct but no further update is attempted. Restart the process; to avoid \
+                 it, let the /proc/self/mem writer work (it changes no protection: mount /proc, unset \
+                 STATIC_CALL_WRITER), or, for ENOMEM, raise vm.max_map_count"
             ),
         }
     }

@@ -41,13 +41,11 @@
 //!   (gdb's startup breakpoints also raise SIGTRAP): `handle SIGTRAP nostop
 //!   noprint pass`, then `signal 0`; under valgrind: `--smc-check=all`.
 //! - Updates are serialized process-wide. An update may be made from inside a
-//!   target, and from a signal handler once [`init`] has run if it rewrites
-//!   fewer than 32 instructions (a key with up to 30 sites) or
-//!   `STATIC_CALL_WRITER=procmem` is set (it then allocates nothing; larger
-//!   updates use the `mprotect` writer, which allocates); an update from a
-//!   signal handler that interrupted an
-//!   update on the same thread returns [`Error::Reentrant`]. [`batch`]
-//!   allocates. `fork()` waits for an update in progress.
+//!   target, and from a signal handler once [`init`] has run: updates after
+//!   [`init`] allocate nothing, with either text writer and of any size. An
+//!   update from a signal handler that interrupted an update on the same
+//!   thread returns [`Error::Reentrant`]. [`batch`] allocates. `fork()` waits
+//!   for an update in progress.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -32,7 +32,7 @@
 use crate::arch::x86_64::{decode, encode, far_head, Insn, INSN_LEN, INT3, NOP5, RET5, TRAMP_SIZE, XOR5RAX};
 use crate::key::{NoTarget, RawKey};
 use crate::os::linux::signal::{self, Trap};
-use crate::os::linux::text::{self, Session};
+use crate::os::linux::text::{self, Session, StepFailed};
 use crate::os::linux::{membarrier, thread_id};
 use crate::registry::{self, Registry, SiteEntry, TrampEntry};
 use crate::site::{NotDirect, Site, SiteState};
@@ -382,40 +382,63 @@ fn apply(st: &mut State, reg: &Registry, commit: impl FnOnce(), revert: impl FnO
         commit();
         return Ok(());
     }
-    let writer = text::for_update(plan[0].at, plan.len())?;
+    let writer = text::for_update(plan[0].at)?;
     let session = Session::open(writer, plan.iter().map(|p| p.at), INSN_LEN)?;
     commit();
     publish(plan);
+    let written = write_protocol(&session, plan);
+    // The mprotect writer's pages get their protection back on every path;
+    // if one cannot, that outranks whatever else happened.
+    let restored = session.close();
+    let r = match written {
+        Ok(()) => {
+            retract();
+            let sites = plan.iter().filter(|p| p.is_site).count() as u64;
+            SITES_PATCHED.fetch_add(sites, Relaxed);
+            Ok(())
+        }
+        Err((e, repair)) => fail(st, e, repair, revert),
+    };
+    if let Err(e) = restored {
+        st.poisoned = Some(e);
+        return Err(e);
+    }
+    r
+}
 
-    // SAFETY (every `session.write` below): addresses from the registry,
-    // verified above; a multi-byte write happens only while an int3 guards
-    // its instruction and after all cores synced on that int3.
-    let write = |at: usize, bytes: &[u8]| unsafe { session.write(at, bytes) };
+/// One step of the protocol: `writes` sorted by address.
+fn step<'a>(session: &Session, writes: impl IntoIterator<Item = (usize, &'a [u8])>) -> Result<(), StepFailed> {
+    // SAFETY: addresses from the registry, verified by `apply` and covered
+    // by the session; a multi-byte write happens only while an int3 guards
+    // its instruction and after all cores synced on that int3 (the callers
+    // below); `apply`'s caller holds the patch lock.
+    unsafe { session.write_step(writes) }
+}
 
+/// Steps 1 to 3 of the protocol, each one `step` (one write per page), and
+/// the syncs. On failure: the error, and whether the repair (the rollback)
+/// restored every instruction.
+fn write_protocol(session: &Session, plan: &[Patch]) -> Result<(), (Error, Result<(), Error>)> {
     // Step 1: guard every instruction with int3.
-    let mut guarded = 0;
-    if let Err(e) = plan.iter().try_for_each(|p| write(p.at, &[INT3]).map(|()| guarded += 1)) {
-        // Bytes 1..5 are untouched: removing the int3s written so far
-        // restores the old instructions.
-        let undo = plan[..guarded].iter().try_for_each(|p| write(p.at, &p.old[..1]));
-        return fail(st, e, undo, revert);
+    if let Err(f) = step(session, plan.iter().map(|p| (p.at, &[INT3][..]))) {
+        // Bytes 1..5 are untouched: removing the int3s that may have been
+        // written restores the old instructions.
+        let undo = step(session, plan[..f.reached].iter().map(|p| (p.at, &p.old[..1])));
+        return Err((f.error, undo.map_err(|u| u.error)));
     }
     sync();
 
     // Step 2: the bodies, where they change.
-    let mut body_changed = false;
-    let step2 = plan.iter().filter(|p| p.new[1..] != p.old[1..]).try_for_each(|p| {
-        body_changed = true;
-        write(p.at + 1, &p.new[1..])
-    });
-    if let Err(e) = step2 {
+    let changed = |p: &&Patch| p.new[1..] != p.old[1..];
+    let body_changed = plan.iter().any(|p| changed(&p));
+    if let Err(f) = step(session, plan.iter().filter(changed).map(|p| (p.at + 1, &p.new[1..]))) {
         // Every instruction is still guarded: put the old bodies back,
         // then the old first bytes.
-        let undo = plan.iter().try_for_each(|p| write(p.at + 1, &p.old[1..])).and_then(|()| {
+        let undo = step(session, plan.iter().filter(changed).map(|p| (p.at + 1, &p.old[1..]))).and_then(|()| {
             sync();
-            plan.iter().try_for_each(|p| write(p.at, &p.old[..1]))
+            step(session, plan.iter().map(|p| (p.at, &p.old[..1])))
         });
-        return fail(st, e, undo, revert);
+        return Err((f.error, undo.map_err(|u| u.error)));
     }
     if body_changed {
         sync();
@@ -423,16 +446,13 @@ fn apply(st: &mut State, reg: &Registry, commit: impl FnOnce(), revert: impl FnO
 
     // Step 3: the first bytes. A failure here leaves some instructions new
     // and the rest guarded with new bodies: finishing them is the way out.
-    if plan.iter().try_for_each(|p| write(p.at, &p.new[..1])).is_err() {
-        if let Err(e) = plan.iter().try_for_each(|p| write(p.at, &p.new[..1])) {
-            return fail(st, e, Err(e), || ());
+    let first_bytes = || plan.iter().map(|p| (p.at, &p.new[..1]));
+    if step(session, first_bytes()).is_err() {
+        if let Err(f) = step(session, first_bytes()) {
+            return Err((f.error, Err(f.error)));
         }
     }
     sync();
-    retract();
-    drop(session);
-    let sites = plan.iter().filter(|p| p.is_site).count() as u64;
-    SITES_PATCHED.fetch_add(sites, Relaxed);
     Ok(())
 }
 

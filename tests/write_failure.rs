@@ -135,12 +135,15 @@ fn write_failure_child() {
         .collect();
 
     // Every site and the trampoline change (all bodies differ), so an
-    // update of K writes `len` int3s, `len` bodies, `len` first bytes.
-    let len = K.sites().len() + 1;
+    // update of K writes once per page-run in each step: `r1` runs of
+    // int3s, `r2` of bodies, `r1` of first bytes.
     assert_eq!(K.sites().len(), 3);
+    let mut insns: Vec<usize> = K.sites().iter().map(|s| s.address()).chain(trampoline_of(&*K)).collect();
+    insns.sort_unstable();
+    let (r1, r2) = (common::page_runs(insns.iter().copied()), common::page_runs(insns.iter().map(|a| a + 1)));
     let w = text_writes();
     K.update(b);
-    assert_eq!(text_writes() - w, 3 * len, "an update of K writes 3 x {len} times");
+    assert_eq!(text_writes() - w, 2 * r1 + r2, "an update of K writes once per page and step ({r1}, {r2}, {r1})");
     let at_b = snapshot();
     K.update(a);
     let at_a = snapshot();
@@ -149,7 +152,7 @@ fn write_failure_child() {
     common::assert_no_wx();
 
     // Steps 1 and 2: rolled back.
-    for (step, n) in [(1, 0), (1, len - 1), (2, len), (2, len + 1), (2, 2 * len - 1)] {
+    for (step, n) in [(1, 0), (1, r1 - 1), (2, r1), (2, r1 + r2 - 1)] {
         fail_text_write_after(n, 1);
         let e = K.try_update(b).expect_err("the injected failure fails the update");
         check_error(e, writer, &at_a);
@@ -167,7 +170,7 @@ fn write_failure_child() {
     }
 
     // Step 3: finished, and reported as done.
-    for n in [2 * len, 3 * len - 1] {
+    for n in [r1 + r2, 2 * r1 + r2 - 1] {
         fail_text_write_after(n, 1);
         let old = K.try_update(b).expect("a failure at step 3 is finished");
         assert_eq!(old.map(|f| f as usize), Some(a as *const () as usize));
@@ -180,8 +183,11 @@ fn write_failure_child() {
     }
 
     // A batch of two keys fails as a whole.
-    let both = len + K2.sites().len() + 1;
-    for n in [0, both - 1, both, 2 * both - 1] {
+    let mut both: Vec<usize> = insns.iter().copied().chain(K2.sites().iter().map(|s| s.address())).collect();
+    both.extend(trampoline_of(&*K2));
+    both.sort_unstable();
+    let (b1, b2) = (common::page_runs(both.iter().copied()), common::page_runs(both.iter().map(|a| a + 1)));
+    for n in [0, b1 - 1, b1, b1 + b2 - 1] {
         fail_text_write_after(n, 1);
         let e = static_call::batch(|bt| {
             bt.update(&K, b);
@@ -210,7 +216,7 @@ fn write_failure_child() {
     let before = static_call::stats();
     let mut i = 0usize;
     while static_call::stats().traps_emulated == before.traps_emulated && i < 200_000 {
-        fail_text_write_after(1 + i % (2 * len - 1), 1);
+        fail_text_write_after(1 + i % (r1 + r2 - 1), 1);
         K.try_update(b).expect_err("the injected failure fails the update");
         assert_eq!(K.sites().iter().map(|s| (s.address(), s.bytes())).collect::<Vec<_>>(), at_a.sites[..3]);
         assert_eq!(K.get().map(|f| f as usize), Some(a as *const () as usize));

@@ -48,6 +48,14 @@ fn text() -> (Vec<[u8; 5]>, [u8; 32]) {
     (K.sites().iter().map(|s| s.bytes()).collect(), image)
 }
 
+/// Page-runs of K's instructions (sites and trampoline): of their first
+/// bytes (step 1 and 3 writes) and of their bodies (step 2).
+fn runs() -> (usize, usize) {
+    let mut insns: Vec<usize> = K.sites().iter().map(|s| s.address()).chain(trampoline_of(&*K)).collect();
+    insns.sort_unstable();
+    (common::page_runs(insns.iter().copied()), common::page_runs(insns.iter().map(|a| a + 1)))
+}
+
 fn target() -> usize {
     K.get().unwrap() as usize
 }
@@ -66,8 +74,8 @@ fn init_failure_child() {
         return;
     }
     let assembled = text();
-    let len = K.sites().len() + 1;
-    for n in [0, len - 1, len, 2 * len - 1] {
+    let (r1, r2) = runs();
+    for n in [0, r1 - 1, r1, r1 + r2 - 1] {
         fail_text_write_after(n, 1);
         let e = static_call::init().expect_err("the injected failure fails init");
         assert!(matches!(e, Error::TextNotWritable { .. }), "{e:?}");
@@ -99,10 +107,9 @@ fn poisoned_update_child() {
     }
     static_call::init().unwrap();
     let protections: Vec<_> = K.sites().iter().map(|s| common::protection_of(s.address())).collect();
-    let len = K.sites().len() + 1;
     // Step 1 completes; from the first body write of step 2 on, every
     // write fails, so the rollback fails too.
-    fail_text_write_after(len, usize::MAX);
+    fail_text_write_after(runs().0, usize::MAX);
     let e = K.try_update(b).expect_err("the injected failures fail the update");
     let Error::Poisoned { address, errno } = e else { panic!("expected Poisoned, got {e:?}") };
     assert_eq!(errno, libc::EIO);
@@ -144,8 +151,7 @@ fn poisoned_init_child() {
     if !in_child("poisoned_init_child") {
         return;
     }
-    let len = K.sites().len() + 1;
-    fail_text_write_after(len, usize::MAX);
+    fail_text_write_after(runs().0, usize::MAX);
     let e = static_call::init().expect_err("the injected failures fail init");
     assert!(matches!(e, Error::Poisoned { errno: libc::EIO, .. }), "{e:?}");
     let before = text();

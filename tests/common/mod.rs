@@ -155,3 +155,19 @@ pub extern "C" fn t2(x: u64) -> u64 {
 pub extern "C" fn t3(x: u64) -> u64 {
     (3 << 48) | x
 }
+
+/// How many writes one protocol step makes for instructions starting at
+/// `addrs` (sorted): the text writer writes once per page-run, a new one
+/// starting at each address whose page differs from the page where the
+/// current run started.
+pub fn page_runs(addrs: impl IntoIterator<Item = usize>) -> usize {
+    let mut runs = 0;
+    let mut page = usize::MAX;
+    for a in addrs {
+        if a / 4096 != page {
+            runs += 1;
+            page = a / 4096;
+        }
+    }
+    runs
+}

@@ -7,18 +7,39 @@
 //!    time), so no protection ever changes and no page is ever writable and
 //!    executable at once. This works where W+X is refused
 //!    (`prctl(PR_SET_MDWE)`, SELinux `execmod`, systemd's
-//!    `MemoryDenyWriteExecute`).
-//! 2. [`TextWriter::Mprotect`]: `mprotect` adds write to each page while keeping
-//!    execute, and a guard restores each page's original protection on every
-//!    path, including a failed write.
+//!    `MemoryDenyWriteExecute`). Every update uses it whenever it works,
+//!    whatever its size: speed is no reason for a W+X window.
+//! 2. [`TextWriter::Mprotect`], only where `/proc/self/mem` is unavailable or
+//!    `STATIC_CALL_WRITER=mprotect` forces it: `mprotect` adds write to each
+//!    page while keeping execute, and the session restores each page's
+//!    original protection on every path, including a failed write. The
+//!    protections of text come from the ELF program headers of this copy's
+//!    own module (`dl_iterate_phdr`, read once when the writer is probed, into
+//!    fixed storage), so this writer needs no `/proc` and allocates nothing.
+//!    A restore that fails (even after retries) is reported as
+//!    [`Error::ProtectionNotRestored`] and refuses every later session.
 //!
-//! Large updates ([`BULK_THRESHOLD`] instructions or more, such as `init` of
-//! a big program) use the mprotect writer even when `/proc/self/mem` works,
-//! where the process allows it: it is some forty times faster for thousands of
-//! sites, at the price of pages that are writable and executable for the
-//! duration of that update. `STATIC_CALL_WRITER=procmem` or `=mprotect` in the
-//! environment forces one for every update (for tests, for debugging a policy,
-//! and for processes that want no W+X window at all), `=none` refuses both.
+//! `STATIC_CALL_WRITER=procmem` or `=mprotect` in the environment forces one
+//! for every update (for tests, and for debugging a policy), `=none` refuses
+//! both.
+//!
+//! # One write per page and step
+//!
+//! The protocol writes in steps ([`Session::write_step`]: the `int3`s, the
+//! bodies, the first bytes). The `/proc/self/mem` writer makes one `pwrite`
+//! per page and step, not one per instruction: the span from the first to
+//! the last byte that changes on that page, the bytes in between written back
+//! with the values read (under the patch lock) just before the step. No
+//! thread can see those bytes change: they are written with what they hold,
+//! and every byte that does change, changes once (a single first byte, or a
+//! body under its `int3`). The trade-off: a foreign writer of those very
+//! in-between bytes in the microseconds between our read and our `pwrite`
+//! (a debugger inserting a breakpoint, a uprobe attached at that moment, a
+//! second patcher) would have its write undone. Our own writes are
+//! serialized by the patch lock, and each module's text (each copy of this
+//! crate) lies on pages of its own. The mprotect writer stores only the
+//! bytes that change (single-byte stores for first bytes), so it has no such
+//! window.
 //!
 //! # Safety
 //!
@@ -26,12 +47,17 @@
 //! written in a torn state: the patch protocol in `crate::patch` guarantees that
 //! (an `int3` guards every multi-byte write). This module only checks that the
 //! addresses are mapped text; it is `pub(crate)` and called by the protocol
-//! alone. The `/proc/self/mem` descriptor is reopened after `fork()` (it names
-//! the address space that opened it), detected by a change of process id.
+//! alone, under the patch lock, which also guards the page buffer of the
+//! `/proc/self/mem` writer (`PAGE_BUF`). The `/proc/self/mem` descriptor is
+//! verified before each session (process id, and `st_dev`/`st_ino` recorded
+//! at open): a descriptor number that no longer names our file is never
+//! written through nor closed. `dl_iterate_phdr`'s callback reads only the
+//! program headers the loader passes it.
 #![allow(unsafe_code)]
 
 use crate::Error;
-use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 /// How this process writes machine code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -40,9 +66,12 @@ pub enum TextWriter {
     /// `pwrite` to `/proc/self/mem`: no protection change, never W+X.
     ProcMem,
     /// `mprotect` adds write (keeping execute) for the duration of an update,
-    /// then restores each page's original protection.
+    /// then restores each page's original protection. Used only where
+    /// `/proc/self/mem` is unavailable or `STATIC_CALL_WRITER=mprotect`.
     Mprotect,
 }
+
+const PAGE: usize = 4096;
 
 const UNPROBED: u8 = 0;
 const PROC_MEM: u8 = 1;
@@ -54,54 +83,98 @@ static CHOSEN: AtomicU8 = AtomicU8::new(UNPROBED);
 static PROBE_ERRNO: [AtomicI32; 2] = [AtomicI32::new(0), AtomicI32::new(0)];
 static MEM_FD: AtomicI32 = AtomicI32::new(-1);
 static MEM_FD_PID: AtomicI32 = AtomicI32::new(0);
+/// `st_dev` and `st_ino` of `MEM_FD` when we opened it.
+static MEM_FD_DEV: AtomicU64 = AtomicU64::new(0);
+static MEM_FD_INO: AtomicU64 = AtomicU64::new(0);
 
-/// Test hook ([`fail_writes`]): writes to let through before injected
-/// failures start, and how many writes then fail (`usize::MAX`: all).
-static FAIL_SKIP: AtomicUsize = AtomicUsize::new(0);
-static FAIL_TIMES: AtomicUsize = AtomicUsize::new(0);
-/// [`Session::write`] calls so far (test introspection).
-static WRITES: AtomicUsize = AtomicUsize::new(0);
+/// A page whose protection could not be restored (0: none), and the errno.
+static LEFT_WRITABLE_AT: AtomicUsize = AtomicUsize::new(0);
+static LEFT_WRITABLE_ERRNO: AtomicI32 = AtomicI32::new(0);
 
-/// Test hook: the next `after` calls of [`Session::write`] proceed, then
-/// `times` calls fail with `EIO` without writing (`usize::MAX`: every later
-/// call; `0` disarms). Probes are not counted.
+// ---------------------------------------------------------------- test hooks
+
+/// Injected failures of one kind: calls to let through first, then how many
+/// fail (`usize::MAX`: all), and how many calls were made.
+struct Hook {
+    skip: AtomicUsize,
+    times: AtomicUsize,
+    calls: AtomicUsize,
+}
+
+impl Hook {
+    const fn new() -> Hook {
+        Hook { skip: AtomicUsize::new(0), times: AtomicUsize::new(0), calls: AtomicUsize::new(0) }
+    }
+
+    fn arm(&self, after: usize, times: usize) {
+        self.times.store(0, Ordering::SeqCst);
+        self.skip.store(after, Ordering::SeqCst);
+        self.times.store(times, Ordering::SeqCst);
+    }
+
+    /// Counts a call; whether it is to fail. Only the patch-lock holder
+    /// writes and protects, so these read-modify-writes do not race.
+    fn fails(&self) -> bool {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let times = self.times.load(Ordering::SeqCst);
+        if times == 0 {
+            return false;
+        }
+        let skip = self.skip.load(Ordering::SeqCst);
+        if skip > 0 {
+            self.skip.store(skip - 1, Ordering::SeqCst);
+            return false;
+        }
+        if times != usize::MAX {
+            self.times.store(times - 1, Ordering::SeqCst);
+        }
+        true
+    }
+}
+
+/// Writes: one per page-run of a [`Session::write_step`].
+static WRITES: Hook = Hook::new();
+/// Protection changes of the mprotect writer's sessions (adding write, and
+/// restoring), not the probe's.
+static PROTECTS: Hook = Hook::new();
+
+/// Test hook: the next `after` writes (one per page and protocol step, see
+/// [`Session::write_step`]) proceed, then `times` writes fail with `EIO`
+/// without writing (`usize::MAX`: every later one; `0` disarms). Probes are
+/// not counted.
 pub fn fail_writes(after: usize, times: usize) {
-    FAIL_TIMES.store(0, Ordering::SeqCst);
-    FAIL_SKIP.store(after, Ordering::SeqCst);
-    FAIL_TIMES.store(times, Ordering::SeqCst);
+    WRITES.arm(after, times);
 }
 
-/// How many times [`Session::write`] was called (test introspection).
+/// How many writes were attempted (test introspection).
 pub fn writes() -> usize {
-    WRITES.load(Ordering::SeqCst)
+    WRITES.calls.load(Ordering::SeqCst)
 }
 
-/// Whether the failure-injection hook fails this write. Only the patch-lock
-/// holder writes, so the read-modify-writes below do not race each other.
-fn injected_failure() -> bool {
-    WRITES.fetch_add(1, Ordering::SeqCst);
-    let times = FAIL_TIMES.load(Ordering::SeqCst);
-    if times == 0 {
-        return false;
-    }
-    let skip = FAIL_SKIP.load(Ordering::SeqCst);
-    if skip > 0 {
-        FAIL_SKIP.store(skip - 1, Ordering::SeqCst);
-        return false;
-    }
-    if times != usize::MAX {
-        FAIL_TIMES.store(times - 1, Ordering::SeqCst);
-    }
-    true
+/// Test hook: the next `after` protection changes of the mprotect writer's
+/// sessions (each range made writable, then each restored) proceed, then
+/// `times` fail with `ENOMEM` without changing anything (`usize::MAX`: every
+/// later one; `0` disarms). The probe's are not counted.
+pub fn fail_protects(after: usize, times: usize) {
+    PROTECTS.arm(after, times);
+}
+
+/// How many protection changes the mprotect writer's sessions attempted
+/// (test introspection).
+pub fn protects() -> usize {
+    PROTECTS.calls.load(Ordering::SeqCst)
 }
 
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
+// ---------------------------------------------------------------- choosing
+
 /// The writer in use, probing on first use. `probe_at` is an address of text
 /// this crate owns (a trampoline) and whose bytes the probe rewrites with
-/// themselves.
+/// themselves. Call under the patch lock, not from a signal handler the first
+/// time (the probe reads the environment and the program headers).
 pub fn probe(probe_at: usize) -> Result<TextWriter, Error> {
     let chosen = match CHOSEN.load(Ordering::Acquire) {
         UNPROBED => {
@@ -119,6 +192,9 @@ pub fn probe(probe_at: usize) -> Result<TextWriter, Error> {
         }
         c => c,
     };
+    if let Some(e) = left_writable() {
+        return Err(e);
+    }
     match chosen {
         PROC_MEM => Ok(TextWriter::ProcMem),
         MPROTECT => Ok(TextWriter::Mprotect),
@@ -130,36 +206,10 @@ pub fn probe(probe_at: usize) -> Result<TextWriter, Error> {
     }
 }
 
-/// Updates of at least this many instructions use the mprotect writer when
-/// `/proc/self/mem` is the default, the process allows W+X, and no writer is
-/// forced: three `pwrite`s per instruction cost about 2 µs, while an mprotect
-/// session costs a few tens of µs in all (4,096 sites: 8 ms against 0.2 ms;
-/// see BENCHMARKS.md).
-pub const BULK_THRESHOLD: usize = 32;
-
-const BULK_UNPROBED: u8 = 0;
-const BULK_YES: u8 = 1;
-const BULK_NO: u8 = 2;
-static BULK: AtomicU8 = AtomicU8::new(BULK_UNPROBED);
-
-/// The writer for an update of `len` instructions: the probed one, except
-/// that large updates switch from `/proc/self/mem` to mprotect where that is
-/// allowed and not overridden by `STATIC_CALL_WRITER`.
-pub fn for_update(probe_at: usize, len: usize) -> Result<TextWriter, Error> {
-    let w = probe(probe_at)?;
-    if w != TextWriter::ProcMem || len < BULK_THRESHOLD {
-        return Ok(w);
-    }
-    let bulk = match BULK.load(Ordering::Acquire) {
-        BULK_UNPROBED => {
-            let allowed = std::env::var_os("STATIC_CALL_WRITER").is_none() && Unlocked::new(&[probe_at]).is_ok();
-            let b = if allowed { BULK_YES } else { BULK_NO };
-            BULK.store(b, Ordering::Release);
-            b
-        }
-        b => b,
-    };
-    Ok(if bulk == BULK_YES { TextWriter::Mprotect } else { w })
+/// The writer for an update: the probed one, for every update whatever its
+/// size. Allocation-free once probed.
+pub fn for_update(probe_at: usize) -> Result<TextWriter, Error> {
+    probe(probe_at)
 }
 
 /// The writer chosen by the probe, if it ran and one works.
@@ -168,6 +218,15 @@ pub fn current() -> Option<TextWriter> {
         PROC_MEM => Some(TextWriter::ProcMem),
         MPROTECT => Some(TextWriter::Mprotect),
         _ => None,
+    }
+}
+
+/// The error that refuses every session once a page's protection could not
+/// be restored.
+fn left_writable() -> Option<Error> {
+    match LEFT_WRITABLE_AT.load(Ordering::Acquire) {
+        0 => None,
+        address => Some(Error::ProtectionNotRestored { address, errno: LEFT_WRITABLE_ERRNO.load(Ordering::Relaxed) }),
     }
 }
 
@@ -184,25 +243,53 @@ fn probe_proc_mem(at: usize) -> bool {
 }
 
 fn probe_mprotect(at: usize) -> bool {
-    match Unlocked::new(&[at]) {
-        Ok(guard) => {
-            drop(guard);
-            true
-        }
-        Err(Error::TextNotWritable { errno, .. }) => {
-            PROBE_ERRNO[1].store(errno, Ordering::Relaxed);
-            false
-        }
-        Err(_) => false,
+    if !collect_segments(at) {
+        PROBE_ERRNO[1].store(libc::EFAULT, Ordering::Relaxed);
+        return false;
     }
+    let errno = match Unlocked::open(std::iter::once(at), 1, false) {
+        Ok(mut guard) => match guard.restore() {
+            Ok(()) => return true,
+            Err(Error::ProtectionNotRestored { errno, .. }) => errno,
+            Err(_) => libc::EFAULT,
+        },
+        Err(Error::TextNotWritable { errno, .. }) => errno,
+        Err(_) => libc::EFAULT,
+    };
+    PROBE_ERRNO[1].store(errno, Ordering::Relaxed);
+    false
 }
 
-/// The descriptor of this process's `/proc/self/mem`, reopened after a fork.
+// ---------------------------------------------------------------- /proc/self/mem
+
+/// `st_dev` and `st_ino` of `fd`, if it is open.
+fn identity(fd: i32) -> Option<(u64, u64)> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
+    // SAFETY: fstat writes a `stat` into the buffer; any descriptor number
+    // is acceptable (EBADF otherwise).
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: filled in by the successful fstat.
+    let st = unsafe { st.assume_init() };
+    Some((st.st_dev, st.st_ino))
+}
+
+/// Whether `fd` is still the file we opened as `/proc/self/mem`.
+fn still_ours(fd: i32) -> bool {
+    identity(fd) == Some((MEM_FD_DEV.load(Ordering::Acquire), MEM_FD_INO.load(Ordering::Acquire)))
+}
+
+/// The descriptor of this process's `/proc/self/mem`, verified: reopened
+/// after a fork, and when the number we cached no longer names the file we
+/// opened (a daemon that closed every descriptor, its number reused). A
+/// number that is no longer ours is left alone. Allocation-free.
 fn mem_fd() -> Result<i32, i32> {
     // SAFETY: getpid has no preconditions.
     let pid = unsafe { libc::getpid() };
     let fd = MEM_FD.load(Ordering::Acquire);
-    if fd >= 0 && MEM_FD_PID.load(Ordering::Acquire) == pid {
+    let ours = fd >= 0 && still_ours(fd);
+    if ours && MEM_FD_PID.load(Ordering::Acquire) == pid {
         return Ok(fd);
     }
     // SAFETY: a NUL-terminated path; the flags ask for a close-on-exec fd.
@@ -210,13 +297,22 @@ fn mem_fd() -> Result<i32, i32> {
     if new < 0 {
         return Err(errno());
     }
-    if fd >= 0 {
-        // The inherited descriptor names the parent's address space: never
-        // write through it again. Callers hold the patch lock, so no other
-        // thread of this process is using it.
-        // SAFETY: `fd` is ours and no longer used.
+    let Some((dev, ino)) = identity(new) else {
+        let e = errno();
+        // SAFETY: `new` was just opened by us and is used by no one else.
+        unsafe { libc::close(new) };
+        return Err(e);
+    };
+    if ours {
+        // Still our file, but opened by another process (we are a `fork()`
+        // child the atfork handler did not see): it names the parent's
+        // address space, so never write through it again. Callers hold the
+        // patch lock, so no other thread of this process is using it.
+        // SAFETY: `fd` is ours (verified above) and no longer used.
         unsafe { libc::close(fd) };
     }
+    MEM_FD_DEV.store(dev, Ordering::Release);
+    MEM_FD_INO.store(ino, Ordering::Release);
     MEM_FD_PID.store(pid, Ordering::Release);
     MEM_FD.store(new, Ordering::Release);
     Ok(new)
@@ -229,10 +325,14 @@ fn mem_fd() -> Result<i32, i32> {
 /// child, never in the parent. Async-signal-safe.
 pub fn after_fork_child() {
     let fd = MEM_FD.load(Ordering::Acquire);
-    if fd < 0 {
+    if fd < 0 || !still_ours(fd) {
+        // Not ours any more (closed, or its number reused): the next session
+        // opens a new one.
+        MEM_FD.store(-1, Ordering::Release);
         return;
     }
-    // SAFETY: open/dup2/close/getpid are async-signal-safe; `fd` is ours.
+    // SAFETY: open/dup3/close/getpid/fstat are async-signal-safe; `fd` is
+    // ours (verified above).
     unsafe {
         let new = libc::open(c"/proc/self/mem".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
         if new < 0 {
@@ -244,16 +344,21 @@ pub fn after_fork_child() {
         }
         libc::dup3(new, fd, libc::O_CLOEXEC);
         libc::close(new);
+        if let Some((dev, ino)) = identity(fd) {
+            MEM_FD_DEV.store(dev, Ordering::Release);
+            MEM_FD_INO.store(ino, Ordering::Release);
+        }
         MEM_FD_PID.store(libc::getpid(), Ordering::Release);
     }
 }
 
 /// Closes the `/proc/self/mem` descriptor for good: this copy's module is
-/// being unloaded, and its patch lock is held forever (no writer left).
+/// being unloaded, and its patch lock is held forever (no writer left). A
+/// number that no longer names our file is left open: it is someone else's.
 pub fn close() {
     let fd = MEM_FD.swap(-1, Ordering::AcqRel);
-    if fd >= 0 {
-        // SAFETY: `fd` is ours, and no write can use it any more.
+    if fd >= 0 && still_ours(fd) {
+        // SAFETY: `fd` is ours (verified), and no write can use it any more.
         unsafe { libc::close(fd) };
     }
 }
@@ -275,20 +380,50 @@ fn pwrite_all(fd: i32, at: usize, bytes: &[u8]) -> Result<(), i32> {
     Ok(())
 }
 
+/// Room for one page-run of a step: a page, plus the instruction that may
+/// straddle its end.
+const BUF_LEN: usize = PAGE + 64;
+
+/// The span a `/proc/self/mem` page-run writes, assembled here: static, not
+/// on the stack (an update may run from a signal handler on a small stack).
+struct PageBuf(UnsafeCell<[u8; BUF_LEN]>);
+
+// SAFETY: used only by `Session::write_step`, whose callers hold the patch
+// lock (one thread at a time per copy of this crate).
+unsafe impl Sync for PageBuf {}
+
+static PAGE_BUF: PageBuf = PageBuf(UnsafeCell::new([0; BUF_LEN]));
+
+// ---------------------------------------------------------------- sessions
+
+/// A step that failed: the error, and how many of the step's writes (in the
+/// order given) may have been written: every write of the page-runs before
+/// the failed one, and those of the failed run.
+#[derive(Clone, Copy, Debug)]
+pub struct StepFailed {
+    pub error: Error,
+    pub reached: usize,
+}
+
 /// Text made writable for one update: for the mprotect writer, every page that
-/// holds an address given to [`Session::open`] has write added until the
-/// session drops, when each page gets back exactly the protection it had.
-#[must_use = "dropping the session restores page protections"]
+/// holds an address given to [`Session::open`] has write added until
+/// [`Session::close`] (or drop), when each page gets back exactly the
+/// protection it had; for `/proc/self/mem`, a verified descriptor.
+#[must_use = "closing the session restores page protections"]
 pub struct Session {
     writer: TextWriter,
-    _unlocked: Option<Unlocked>,
+    unlocked: Unlocked,
 }
 
 impl Session {
-    /// Prepares to write at `addrs` (each the start of at most
+    /// Prepares to write at `addrs` (sorted; each the start of at most
     /// `max_len` bytes to be written). Nothing is written yet; on error no
-    /// protection is left changed.
+    /// protection is left changed (or, if one could not be restored, the
+    /// error is [`Error::ProtectionNotRestored`]). Allocation-free.
     pub fn open(writer: TextWriter, addrs: impl Iterator<Item = usize>, max_len: usize) -> Result<Session, Error> {
+        if let Some(e) = left_writable() {
+            return Err(e);
+        }
         match writer {
             TextWriter::ProcMem => {
                 let mut addrs = addrs;
@@ -297,125 +432,322 @@ impl Session {
                     errno: 0,
                     proc_mem_errno: errno,
                 })?;
-                Ok(Session { writer, _unlocked: None })
+                Ok(Session { writer, unlocked: Unlocked::empty() })
             }
-            TextWriter::Mprotect => {
-                let mut ends = Vec::new();
-                for a in addrs {
-                    ends.push(a);
-                    ends.push(a + max_len - 1);
-                }
-                ends.sort_unstable();
-                Ok(Session { writer, _unlocked: Some(Unlocked::new(&ends)?) })
-            }
+            TextWriter::Mprotect => Ok(Session { writer, unlocked: Unlocked::open(addrs, max_len, true)? }),
         }
     }
 
-    /// Writes `bytes` at `at`. The error is [`Error::TextNotWritable`] with
-    /// the errno of the writer in use (the other writer's errno is 0); a
-    /// failed single-byte write wrote nothing.
+    /// One step of the protocol: writes each `(address, bytes)` of `writes`
+    /// (sorted by address, not overlapping). The writes are grouped in
+    /// page-runs: a run starts at a write whose page differs from the page
+    /// where the current run started. The `/proc/self/mem` writer makes one
+    /// `pwrite` per run, of the span from its first to its last byte, with
+    /// the bytes in between read from text just before (see the module
+    /// docs); the mprotect writer stores each byte of each write (first
+    /// bytes with single-byte stores). Each run counts as one write for the
+    /// failure-injection hook, which fails a run before it writes anything.
+    ///
+    /// The error is [`Error::TextNotWritable`] with the errno of the writer in
+    /// use (the other writer's errno is 0) and the run's first address.
     ///
     /// # Safety
     ///
-    /// `at..at + bytes.len()` lies within the addresses the session was opened
-    /// for, and no thread executes those bytes while they are torn (the caller
-    /// holds the patch lock and follows the int3 protocol).
-    pub unsafe fn write(&self, at: usize, bytes: &[u8]) -> Result<(), Error> {
-        let failed = |errno| match self.writer {
-            TextWriter::ProcMem => Error::TextNotWritable { address: at, errno: 0, proc_mem_errno: errno },
-            TextWriter::Mprotect => Error::TextNotWritable { address: at, errno, proc_mem_errno: 0 },
+    /// Every byte written lies within the addresses the session was opened
+    /// for; the caller holds the patch lock, and no thread executes any byte
+    /// of a multi-byte write while it is torn (the int3 protocol).
+    pub unsafe fn write_step<'a>(&self, writes: impl IntoIterator<Item = (usize, &'a [u8])>) -> Result<(), StepFailed> {
+        let failed = |at: usize, errno: i32, reached: usize| {
+            let error = match self.writer {
+                TextWriter::ProcMem => Error::TextNotWritable { address: at, errno: 0, proc_mem_errno: errno },
+                TextWriter::Mprotect => Error::TextNotWritable { address: at, errno, proc_mem_errno: 0 },
+            };
+            StepFailed { error, reached }
         };
-        if injected_failure() {
-            return Err(failed(libc::EIO));
-        }
-        match self.writer {
-            // A failed `pwrite` of more than one byte may have written a
-            // prefix; the protocol writes several bytes only where an int3
-            // guards them, and rewrites them all when it rolls back.
-            // `mem_fd` rather than a descriptor kept in the session: after a
-            // `fork()` in the middle of an update, the child finishes it
-            // through its own `/proc/self/mem`, never its parent's.
-            TextWriter::ProcMem => mem_fd().and_then(|fd| pwrite_all(fd, at, bytes)).map_err(failed),
-            TextWriter::Mprotect => {
-                for (i, &b) in bytes.iter().enumerate() {
-                    // SAFETY: the page is writable for the session's lifetime
-                    // (the caller's contract); single-byte volatile stores so
-                    // that the first byte of an instruction changes atomically.
-                    unsafe { std::ptr::write_volatile((at + i) as *mut u8, b) };
+        let mut writes = writes.into_iter().peekable();
+        let mut reached = 0;
+        while let Some((start, first)) = writes.next() {
+            let page = start / PAGE;
+            reached += 1;
+            match self.writer {
+                TextWriter::ProcMem => {
+                    let joins = |&(a, b): &(usize, &[u8]), end: usize| {
+                        a / PAGE == page && a >= end && a + b.len() - start <= BUF_LEN
+                    };
+                    let mut end = start + first.len();
+                    let span: &[u8] = if writes.peek().is_some_and(|w| joins(w, end)) && first.len() <= BUF_LEN {
+                        // SAFETY: the patch lock (the caller's contract)
+                        // makes this thread the buffer's only user.
+                        let buf = unsafe { &mut *PAGE_BUF.0.get() };
+                        buf[..first.len()].copy_from_slice(first);
+                        while let Some(&(a, b)) = writes.peek().filter(|w| joins(w, end)) {
+                            // SAFETY: `end..a` lies between two writes of
+                            // this run, on pages of mapped text (the
+                            // caller's contract), readable; only the patch
+                            // lock holder writes them, and it is us.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(
+                                    end as *const u8,
+                                    buf[end - start..].as_mut_ptr(),
+                                    a - end,
+                                )
+                            };
+                            buf[a - start..a - start + b.len()].copy_from_slice(b);
+                            end = a + b.len();
+                            reached += 1;
+                            writes.next();
+                        }
+                        &buf[..end - start]
+                    } else {
+                        first
+                    };
+                    if WRITES.fails() {
+                        return Err(failed(start, libc::EIO, reached));
+                    }
+                    // `MEM_FD` rather than a descriptor kept in the session:
+                    // after a `fork()` in the middle of an update, the child
+                    // finishes it through its own `/proc/self/mem` (the
+                    // atfork handler re-points the number, or clears it).
+                    let fd = MEM_FD.load(Ordering::Acquire);
+                    let r = if fd < 0 { Err(libc::EBADF) } else { pwrite_all(fd, start, span) };
+                    // A failed `pwrite` may have written a prefix of the span:
+                    // `reached` counts the whole run.
+                    r.map_err(|errno| failed(start, errno, reached))?;
                 }
-                Ok(())
+                TextWriter::Mprotect => {
+                    if WRITES.fails() {
+                        return Err(failed(start, libc::EIO, reached));
+                    }
+                    store(start, first);
+                    while let Some(&(a, b)) = writes.peek().filter(|&&(a, _)| a / PAGE == page) {
+                        store(a, b);
+                        reached += 1;
+                        writes.next();
+                    }
+                }
             }
         }
+        Ok(())
+    }
+
+    /// Ends the session: the mprotect writer restores every page's original
+    /// protection, retrying; if one still fails, the error is
+    /// [`Error::ProtectionNotRestored`] and every later session is refused
+    /// with it.
+    pub fn close(mut self) -> Result<(), Error> {
+        self.unlocked.restore()
     }
 }
 
-/// Pages with write added; dropping restores each region's original
-/// protection (execute is never removed, at any point).
+/// Stores `bytes` at `at` through the mprotect writer's writable mapping.
+fn store(at: usize, bytes: &[u8]) {
+    for (i, &b) in bytes.iter().enumerate() {
+        // SAFETY: the page is writable for the session's lifetime (the
+        // caller's contract); single-byte volatile stores, so that the first
+        // byte of an instruction changes atomically.
+        unsafe { std::ptr::write_volatile((at + i) as *mut u8, b) };
+    }
+}
+
+// ---------------------------------------------------------------- program headers
+
+/// Loadable segments of this copy's module: `[start, end, PROT_*]`, page
+/// aligned, in program-header order. Written once by the probe (under the
+/// patch lock, before `CHOSEN` is published), read by sessions.
+const MAX_SEGMENTS: usize = 16;
+static SEGMENTS: [[AtomicUsize; 3]; MAX_SEGMENTS] =
+    [const { [AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)] }; MAX_SEGMENTS];
+static SEGMENT_COUNT: AtomicUsize = AtomicUsize::new(0);
+
+/// Reads the `PT_LOAD` program headers of the module that holds `at` (this
+/// copy's module: `at` is one of its trampolines). Takes the loader's lock:
+/// never from an update.
+fn collect_segments(at: usize) -> bool {
+    unsafe extern "C" fn each(info: *mut libc::dl_phdr_info, _: libc::size_t, data: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: the loader passes a valid `dl_phdr_info` whose `dlpi_phdr`
+        // points to `dlpi_phnum` program headers; `data` is the `usize` below.
+        let (info, at) = unsafe { (&*info, *data.cast::<usize>()) };
+        if info.dlpi_phdr.is_null() {
+            return 0;
+        }
+        // SAFETY: as above.
+        let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+        let base = info.dlpi_addr as usize;
+        let loads = || phdrs.iter().filter(|p| p.p_type == libc::PT_LOAD);
+        let range = |p: &libc::Elf64_Phdr| {
+            let lo = base.wrapping_add(p.p_vaddr as usize);
+            (lo, lo.wrapping_add(p.p_memsz as usize))
+        };
+        if !loads().any(|p| (range(p).0..range(p).1).contains(&at)) {
+            return 0;
+        }
+        let mut n = 0;
+        for p in loads().take(MAX_SEGMENTS) {
+            let (lo, hi) = range(p);
+            let prot = [(libc::PF_R, libc::PROT_READ), (libc::PF_W, libc::PROT_WRITE), (libc::PF_X, libc::PROT_EXEC)]
+                .iter()
+                .filter(|&&(f, _)| p.p_flags & f != 0)
+                .fold(0, |acc, &(_, prot)| acc | prot);
+            SEGMENTS[n][0].store(lo & !(PAGE - 1), Ordering::Relaxed);
+            SEGMENTS[n][1].store((hi + PAGE - 1) & !(PAGE - 1), Ordering::Relaxed);
+            SEGMENTS[n][2].store(prot as usize, Ordering::Relaxed);
+            n += 1;
+        }
+        SEGMENT_COUNT.store(n, Ordering::Release);
+        1
+    }
+    let mut at = at;
+    // SAFETY: the callback matches the expected signature and reads only
+    // what the loader passes it; `at` outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut at).cast()) };
+    SEGMENT_COUNT.load(Ordering::Acquire) > 0
+}
+
+/// The protection the program headers give the page at `page` (the last
+/// segment that covers it wins: the loader maps segments in order), if it is
+/// executable text of this module.
+fn text_protection(page: usize) -> Option<i32> {
+    let n = SEGMENT_COUNT.load(Ordering::Acquire);
+    let prot = SEGMENTS[..n]
+        .iter()
+        .filter(|s| (s[0].load(Ordering::Relaxed)..s[1].load(Ordering::Relaxed)).contains(&page))
+        .last()
+        .map(|s| s[2].load(Ordering::Relaxed) as i32)?;
+    (prot & libc::PROT_EXEC != 0).then_some(prot)
+}
+
+// ---------------------------------------------------------------- mprotect
+
+/// The most ranges one session changes; past it, a range is extended over the
+/// gap to the next page (same segment, same protection) instead.
+const MAX_RANGES: usize = 64;
+
+/// How many times a failed restore is tried again before giving up.
+const RESTORE_RETRIES: usize = 3;
+
+/// Pages with write added; [`Unlocked::restore`] (or drop) gives each range
+/// back its original protection (execute is never removed, at any point).
+/// Fixed storage: no allocation.
 struct Unlocked {
-    /// `(start, len, original protection)` of each range changed, in order.
-    changed: Vec<(usize, usize, region::Protection)>,
+    /// `(start, end, original protection)` of each range changed, in order.
+    ranges: [(usize, usize, i32); MAX_RANGES],
+    len: usize,
+    /// Counted by the failure-injection hook (sessions, not the probe).
+    hooked: bool,
 }
 
 impl Unlocked {
-    /// `addrs` sorted. Adds write to every page that holds one of them.
-    ///
-    /// The protections are queried once for the whole span (a query reads
-    /// `/proc/self/maps`, tens of microseconds), then each run of contiguous
-    /// pages is changed region by region.
-    fn new(addrs: &[usize]) -> Result<Unlocked, Error> {
-        let page = region::page::size();
-        let mut unlocked = Unlocked { changed: Vec::new() };
-        let (Some(&first), Some(&last)) = (addrs.first(), addrs.last()) else { return Ok(unlocked) };
-        let (span_start, span_end) = (first & !(page - 1), (last & !(page - 1)) + page);
-        let regions = region::query_range(span_start as *const u8, span_end - span_start)
-            .map_err(|e| not_writable(span_start, e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| not_writable(span_start, e))?;
-        let mut i = 0;
-        while i < addrs.len() {
-            // One run of contiguous pages.
-            let start = addrs[i] & !(page - 1);
-            let mut end = start + page;
-            while i < addrs.len() {
-                let p = addrs[i] & !(page - 1);
-                if p > end {
-                    break;
-                }
-                end = end.max(p + page);
-                i += 1;
-            }
-            for r in regions.iter().filter(|r| r.as_range().start < end && r.as_range().end > start) {
-                let lo = r.as_range().start.max(start);
-                let hi = r.as_range().end.min(end);
-                // SAFETY: the range is mapped (just queried); we only add
-                // write to its current protection, and `drop` puts the
-                // current protection back (also when a later run fails and
-                // `unlocked` is dropped on the way out).
-                unsafe { region::protect(lo as *const u8, hi - lo, r.protection() | region::Protection::WRITE) }
-                    .map_err(|e| not_writable(lo, e))?;
-                unlocked.changed.push((lo, hi - lo, r.protection()));
+    fn empty() -> Unlocked {
+        Unlocked { ranges: [(0, 0, 0); MAX_RANGES], len: 0, hooked: false }
+    }
+
+    /// Adds write to every page that holds a byte of `addrs[i]..addrs[i] +
+    /// max_len` (`addrs` sorted), one `mprotect` per run of contiguous pages
+    /// of the same protection. On error, what was changed is restored.
+    fn open(addrs: impl Iterator<Item = usize>, max_len: usize, hooked: bool) -> Result<Unlocked, Error> {
+        let mut u = Unlocked { hooked, ..Unlocked::empty() };
+        match u.unlock_all(addrs, max_len) {
+            Ok(()) => Ok(u),
+            // Put back what was changed; if that fails too, say so first.
+            Err(e) => Err(u.restore().err().unwrap_or(e)),
+        }
+    }
+
+    fn unlock_all(&mut self, addrs: impl Iterator<Item = usize>, max_len: usize) -> Result<(), Error> {
+        let mut run: Option<(usize, usize, i32)> = None;
+        for a in addrs {
+            let (first, last) = (a & !(PAGE - 1), (a + max_len.max(1) - 1) & !(PAGE - 1));
+            let mut p = first;
+            while p <= last {
+                let prot = text_protection(p).ok_or_else(|| not_writable(p, libc::EFAULT))?;
+                run = match run {
+                    Some((lo, hi, pr)) if pr == prot && (lo..=hi).contains(&p) => Some((lo, hi.max(p + PAGE), pr)),
+                    Some(r) => {
+                        self.unlock(r)?;
+                        Some((p, p + PAGE, prot))
+                    }
+                    None => Some((p, p + PAGE, prot)),
+                };
+                p += PAGE;
             }
         }
-        Ok(unlocked)
+        match run {
+            Some(r) => self.unlock(r),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds write to `lo..hi` and records it. When the storage is full, the
+    /// last range is extended over the gap instead, if the gap is text of
+    /// the same protection.
+    fn unlock(&mut self, (lo, hi, prot): (usize, usize, i32)) -> Result<(), Error> {
+        let (lo, slot) = if self.len < MAX_RANGES {
+            (lo, self.len)
+        } else {
+            let (last_lo, last_hi, last_prot) = self.ranges[MAX_RANGES - 1];
+            let same = last_prot == prot && (last_hi..lo).step_by(PAGE).all(|p| text_protection(p) == Some(prot));
+            if !same {
+                return Err(not_writable(lo, libc::ENOMEM));
+            }
+            debug_assert!(last_lo < last_hi);
+            (last_hi, MAX_RANGES - 1)
+        };
+        self.protect(lo, hi, prot | libc::PROT_WRITE).map_err(|e| not_writable(lo, e))?;
+        if slot == self.len {
+            self.ranges[slot] = (lo, hi, prot);
+            self.len += 1;
+        } else {
+            self.ranges[slot].1 = hi;
+        }
+        Ok(())
+    }
+
+    fn protect(&self, lo: usize, hi: usize, prot: i32) -> Result<(), i32> {
+        if self.hooked && PROTECTS.fails() {
+            return Err(libc::ENOMEM);
+        }
+        // SAFETY: `lo..hi` is text of this module (program headers); only
+        // write is added or removed, execute stays.
+        match unsafe { libc::mprotect(lo as *mut libc::c_void, hi - lo, prot) } {
+            0 => Ok(()),
+            _ => Err(errno()),
+        }
+    }
+
+    /// Gives every range back its protection, in reverse order, each tried
+    /// up to `1 + RESTORE_RETRIES` times. A range that still fails is
+    /// recorded (every later session is refused) and reported; the others
+    /// are restored all the same.
+    fn restore(&mut self) -> Result<(), Error> {
+        let mut result = Ok(());
+        while self.len > 0 {
+            self.len -= 1;
+            let (lo, hi, prot) = self.ranges[self.len];
+            let mut r = self.protect(lo, hi, prot);
+            for _ in 0..RESTORE_RETRIES {
+                if r.is_ok() {
+                    break;
+                }
+                r = self.protect(lo, hi, prot);
+            }
+            if let Err(errno) = r {
+                LEFT_WRITABLE_ERRNO.store(errno, Ordering::Relaxed);
+                LEFT_WRITABLE_AT.store(lo, Ordering::Release);
+                result = Err(Error::ProtectionNotRestored { address: lo, errno });
+            }
+        }
+        result
     }
 }
 
 impl Drop for Unlocked {
     fn drop(&mut self) {
-        // Restore in reverse order of change.
-        while let Some((lo, len, protection)) = self.changed.pop() {
-            // SAFETY: puts back the protection this range had before `new`
-            // added write to it.
-            let r = unsafe { region::protect(lo as *const u8, len, protection) };
-            debug_assert!(r.is_ok(), "restoring the protection of {lo:#x}: {r:?}");
-        }
+        // A session dropped without `close` (an early return): restore all
+        // the same; a failure is recorded and refuses every later session.
+        let _ = self.restore();
     }
 }
 
-fn not_writable(address: usize, e: region::Error) -> Error {
-    let errno = match e {
-        region::Error::SystemCall(io) => io.raw_os_error().unwrap_or(0),
-        _ => libc::EFAULT,
-    };
+fn not_writable(address: usize, errno: i32) -> Error {
     Error::TextNotWritable { address, errno, proc_mem_errno: PROBE_ERRNO[0].load(Ordering::Relaxed) }
 }
