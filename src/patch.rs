@@ -383,7 +383,11 @@ fn apply(st: &mut State, reg: &Registry, commit: impl FnOnce(), revert: impl FnO
         return Ok(());
     }
     let writer = text::for_update(plan[0].at)?;
-    let session = Session::open(writer, plan.iter().map(|p| p.at), INSN_LEN)?;
+    let session = Session::open(writer, plan.iter().map(|p| p.at), INSN_LEN).inspect_err(|e| {
+        if let Error::ProtectionNotRestored { .. } = e {
+            st.poisoned = Some(*e);
+        }
+    })?;
     commit();
     publish(plan);
     let written = write_protocol(&session, plan);
