@@ -58,7 +58,7 @@ fn setup() -> usize {
     let p = text_protects();
     K.update(t2);
     let changes = text_protects() - p;
-    assert!(changes >= 2 && changes % 2 == 0, "{changes} protection changes");
+    assert!(changes >= 2 && changes.is_multiple_of(2), "{changes} protection changes");
     assert_eq!(calls(2).0, calls(2).1);
     common::assert_no_wx();
     changes / 2
