@@ -1,11 +1,12 @@
 //! Cost of patching: `init` with thousands of sites (each in a fresh
 //! `fork()` child), one `membarrier` SYNC_CORE call (the floor), an update of
-//! a key with 1, 128 and 4,096 sites, a batch of 64 keys, and the slow path:
-//! a call that lands on the `int3` while an update runs.
+//! a key with 1, 128 and 4,096 sites, a batch of 64 keys, the floor and the
+//! 1- and 4,096-site updates again with another thread running (`update_busy`),
+//! and the slow path: a call that lands on the `int3` while an update runs.
 //!
 //! ```text
-//! cargo bench --bench updates
-//! STATIC_CALL_WRITER=mprotect cargo bench --bench updates
+//! cargo bench --bench updates -- --warm-up-time 1 --measurement-time 3
+//! STATIC_CALL_WRITER=mprotect cargo bench --bench updates -- --warm-up-time 1 --measurement-time 3
 //! ```
 //!
 //! The group names carry the text writer in use (`procmem` or `mprotect`).
@@ -69,7 +70,7 @@ mod bench {
         sites::run_all(true);
         let forced = std::env::var("STATIC_CALL_WRITER").unwrap_or_else(|_| "default".into());
         let mut g = c.benchmark_group(format!("init_{forced}"));
-        g.sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_secs(4));
+        g.sample_size(10);
         g.bench_function("all_sites", |b| b.iter_custom(|iters| (0..iters).map(|_| init_in_child()).sum()));
         g.finish();
     }
@@ -94,7 +95,7 @@ mod bench {
         sites::run_all(true);
 
         let mut g = c.benchmark_group(format!("update_{}", writer()));
-        g.sample_size(30).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(3));
+        g.sample_size(30);
         g.bench_function("membarrier", |b| b.iter(|| static_call::__private::sync_core_once().unwrap()));
         let keys: [(&str, &static_call::Key<extern "C" fn(u64) -> u64, u64>); 3] =
             [("sites_1", &sites::ONE), ("sites_128", &sites::K128), ("sites_4096", &sites::K4096)];
@@ -119,6 +120,35 @@ mod bench {
         g.finish();
         sites::run_all(true);
         assert_eq!(many::call_each_key(1), many::call_each_direct(1));
+
+        // The same with another thread running (spinning on a core), as in
+        // a real program: each SYNC_CORE membarrier then interrupts it.
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            });
+            let mut g = c.benchmark_group(format!("update_busy_{}", writer()));
+            g.sample_size(30);
+            g.bench_function("membarrier", |b| b.iter(|| static_call::__private::sync_core_once().unwrap()));
+            let keys: [(&str, &static_call::Key<extern "C" fn(u64) -> u64, u64>); 2] =
+                [("sites_1", &sites::ONE), ("sites_4096", &sites::K4096)];
+            for (name, key) in keys {
+                let mut flip = false;
+                g.bench_function(name, |b| {
+                    b.iter(|| {
+                        flip = !flip;
+                        key.update(if flip { sites::dec } else { sites::inc })
+                    })
+                });
+                key.update(sites::inc);
+            }
+            g.finish();
+            stop.store(true, Ordering::Relaxed);
+        });
+        sites::run_all(true);
     }
 
     #[static_call]
