@@ -9,7 +9,8 @@
 //! conversion back to `F` below relies on that.
 #![allow(unsafe_code)]
 
-use crate::{backend, Error, Site, Zeroable};
+use crate::owner::{self, Change, Owner};
+use crate::{Error, Site, Zeroable};
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
@@ -27,19 +28,65 @@ pub enum NoTarget {
 /// The untyped part of a key, which the patcher and the trampoline see. The
 /// slot comes first: a trampoline's far form jumps through it
 /// (`jmp [rip + key]`).
+///
+/// The slot is never null: a key without a target holds `none`, a stub of
+/// the owning copy of this crate that does what "no target" means (returns,
+/// or returns zero), so that a thread loading the slot at any instant of any
+/// update jumps to a valid target of the key's type.
 #[doc(hidden)]
 #[repr(C)]
 pub struct RawKey {
     pub(crate) slot: AtomicPtr<()>,
+    /// The stub the slot holds while the key has no target.
+    pub(crate) none: *mut (),
     pub(crate) no_target: NoTarget,
+    /// The copy of this crate that owns the key's trampoline and sites.
+    pub(crate) owner: &'static Owner,
 }
+
+// SAFETY: `none` and `owner` are never written after construction, and
+// point to code and to an immutable static; the slot is atomic.
+unsafe impl Sync for RawKey {}
+// SAFETY: as above.
+unsafe impl Send for RawKey {}
 
 impl RawKey {
     /// The current target, null for none.
     #[inline(always)]
     pub fn load(&self) -> *mut () {
-        self.slot.load(Ordering::Acquire)
+        let p = self.slot.load(Ordering::Acquire);
+        if p == self.none {
+            core::ptr::null_mut()
+        } else {
+            p
+        }
     }
+
+    /// Makes `target` (null: none) the slot's value. The slot then holds
+    /// `target`, or the key's no-target stub: never null.
+    #[inline]
+    pub(crate) fn store(&self, target: *mut ()) {
+        self.slot.store(self.slot_value(target), Ordering::Release);
+    }
+
+    /// What the slot holds for `target` (null: none).
+    #[inline]
+    pub(crate) fn slot_value(&self, target: *mut ()) -> *mut () {
+        if target.is_null() {
+            self.none
+        } else {
+            target
+        }
+    }
+}
+
+/// The no-target stubs a key's slot holds. They are called only through a
+/// trampoline's `jmp [rip + slot]`, with the arguments of the key's type in
+/// registers, which they ignore.
+extern "C" fn none_unit() {}
+
+extern "C" fn none_zero() -> u64 {
+    0
 }
 
 /// A static call key of function-pointer type `F` returning `R`.
@@ -70,7 +117,18 @@ impl<F: Copy, R> Key<F, R> {
     /// trampoline (never called).
     #[doc(hidden)]
     pub const unsafe fn __new(target: *mut (), no_target: NoTarget, trampoline: Option<extern "C" fn()>) -> Self {
-        Key { raw: RawKey { slot: AtomicPtr::new(target), no_target }, _trampoline: trampoline, _f: PhantomData }
+        // Evaluated where the key is declared: the stubs and the owner are
+        // those of the copy of this crate linked into the key's module.
+        let none = match no_target {
+            NoTarget::Nop => none_unit as extern "C" fn() as *mut (),
+            NoTarget::Zero => none_zero as extern "C" fn() -> u64 as *mut (),
+        };
+        let slot = if target.is_null() { none } else { target };
+        Key {
+            raw: RawKey { slot: AtomicPtr::new(slot), none, no_target, owner: &owner::OWNER },
+            _trampoline: trampoline,
+            _f: PhantomData,
+        }
     }
 
     #[doc(hidden)]
@@ -146,13 +204,13 @@ impl<F: Copy, R> Key<F, R> {
     /// panicking. On error nothing changed: not the target, not a byte of
     /// text.
     pub fn try_update(&self, f: F) -> Result<Option<F>, Error> {
-        backend::update_one(&self.raw, Self::to_ptr(f)).map(Self::from_ptr)
+        owner::update_one(&self.raw, Self::to_ptr(f)).map(Self::from_ptr)
     }
 
     /// The call sites of this key, in address order, with the instruction each
     /// holds now. Empty for `out_of_line` keys and on the portable backend.
     pub fn sites(&self) -> Vec<Site> {
-        backend::sites(&self.raw)
+        owner::sites(&self.raw)
     }
 }
 
@@ -174,7 +232,7 @@ impl<F: Copy, R: Zeroable> Key<F, R> {
 
     /// [`Key::reset`] that returns the reason as an [`Error`].
     pub fn try_reset(&self) -> Result<Option<F>, Error> {
-        backend::update_one(&self.raw, core::ptr::null_mut()).map(Self::from_ptr)
+        owner::update_one(&self.raw, core::ptr::null_mut()).map(Self::from_ptr)
     }
 }
 
@@ -198,14 +256,14 @@ pub trait StaticCall: core::ops::Deref<Target = Key<Self::Fn, Self::Ret>> {
 /// Updates of many keys applied together, with one set of core syncs: see
 /// [`batch`](crate::batch).
 pub struct Batch {
-    pub(crate) changes: Vec<(&'static RawKey, *mut ())>,
+    pub(crate) changes: Vec<Change>,
 }
 
 impl Batch {
     /// Adds "make `f` the target of `key`" to the batch; a later change of the
     /// same key in the batch replaces this one.
     pub fn update<K: StaticCall>(&mut self, key: &K, f: K::Fn) -> &mut Self {
-        self.changes.push((key.key().__raw(), Key::<K::Fn, K::Ret>::to_ptr(f)));
+        self.changes.push(Change { key: key.key().__raw(), new: Key::<K::Fn, K::Ret>::to_ptr(f) });
         self
     }
 
@@ -214,7 +272,7 @@ impl Batch {
     where
         K::Ret: Zeroable,
     {
-        self.changes.push((key.key().__raw(), core::ptr::null_mut()));
+        self.changes.push(Change { key: key.key().__raw(), new: core::ptr::null_mut() });
         self
     }
 }

@@ -56,6 +56,8 @@ pub use static_call_macros::static_call;
 mod abi;
 mod error;
 mod key;
+mod mode;
+mod owner;
 mod site;
 
 // Pure encodings: compiled on every x86-64 target so that their property
@@ -81,6 +83,7 @@ use portable as backend;
 pub use abi::{FloatRegister, IntegerRegister, Zeroable};
 pub use error::Error;
 pub use key::{Batch, Key, StaticCall};
+pub use mode::{Mode, TextWriter};
 pub use site::{NotDirect, Site, SiteState};
 
 /// Whether this build patches call sites (Linux x86-64 without the
@@ -141,17 +144,32 @@ pub fn batch(f: impl FnOnce(&mut Batch)) -> Result<(), Error> {
     if b.changes.is_empty() {
         return Ok(());
     }
-    backend::update_many(&mut b.changes)
+    owner::update_many(&mut b.changes)
 }
 
-/// How this process writes machine code, once [`init`] or an update chose.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+/// How calls are made in this process: patched (and with which writer), on
+/// the keys' slots (and why), not initialized yet, or portable. Log it once
+/// at startup if you want to know.
+///
+/// ```
+/// match static_call::mode() {
+///     static_call::Mode::Slots(why) => eprintln!("static calls run unpatched: {why}"),
+///     mode => eprintln!("static calls: {mode}"),
+/// }
+/// ```
+pub fn mode() -> Mode {
+    backend::mode()
+}
+
+/// How this process writes machine code: `Some` only in
+/// [`Mode::Patching`], `None` where nothing is patched (before `init`, in
+/// [`Mode::Slots`], on the portable backend).
 pub fn text_writer() -> Option<TextWriter> {
-    os::linux::text::current()
+    match mode() {
+        Mode::Patching(w) => Some(w),
+        _ => None,
+    }
 }
-
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
-pub use os::linux::text::TextWriter;
 
 #[doc(hidden)]
 pub mod __private;

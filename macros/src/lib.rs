@@ -221,16 +221,16 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
     let arg_names: Vec<Ident> = (0..f.inputs.len()).map(|i| format_ident!("__arg{}", i)).collect();
     let arg_tys: Vec<&Type> = f.inputs.iter().map(|a| &a.ty).collect();
 
-    // The key: its slot starts at the default target, or null.
+    // The key: its slot starts at the default target, or (null here) the
+    // no-target stub `Key::__new` puts there.
     let no_target = if unit { quote!(#sc::NoTarget::Nop) } else { quote!(#sc::NoTarget::Zero) };
-    let (init, zero_check, form) = match target {
+    let (init, zero_check) = match target {
         Some(t) => (
             quote!({
                 const __TARGET: #ty = #t;
                 __TARGET as *mut ()
             }),
             quote!(),
-            quote!(target),
         ),
         None => {
             let span = match &f.output {
@@ -240,7 +240,6 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
             (
                 quote!(::core::ptr::null_mut()),
                 quote_spanned!(span=> const _: () = #sc::assert_zeroable::<#ret_static>();),
-                if unit { quote!(unit) } else { quote!(zero) },
             )
         }
     };
@@ -301,7 +300,7 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
         #zero_check
 
         #sc::backend! {
-            inline { #sc::trampoline!(#key, #holder, #form); }
+            inline { #sc::trampoline!(#key, #holder, target); }
             portable {}
         }
 

@@ -33,16 +33,7 @@
 use crate::Error;
 use std::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
 
-/// How this process writes machine code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum TextWriter {
-    /// `pwrite` to `/proc/self/mem`: no protection change, never W+X.
-    ProcMem,
-    /// `mprotect` adds write (keeping execute) for the duration of an update,
-    /// then restores each page's original protection.
-    Mprotect,
-}
+pub use crate::mode::TextWriter;
 
 const UNPROBED: u8 = 0;
 const PROC_MEM: u8 = 1;
