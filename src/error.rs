@@ -92,19 +92,20 @@ impl fmt::Display for Error {
                 f,
                 "static_call: the kernel cannot serialize cores across threads \
                  (membarrier SYNC_CORE failed, errno {errno}); patching needs Linux 4.16 or later \
-                 with CONFIG_MEMBARRIER, or build with the `portable` feature"
+                 with CONFIG_MEMBARRIER and a seccomp profile that allows membarrier; until then \
+                 calls go through the keys' slots (correct, an indirect jump each)"
             ),
             Error::TextNotWritable { address, errno: 0, proc_mem_errno: 0 } => write!(
                 f,
                 "static_call: cannot write code at {address:#x}: no text writer was tried, because \
                  STATIC_CALL_WRITER is set to `none` or to an unknown value; unset it (or set it to \
-                 `procmem` or `mprotect`), or build with the `portable` feature"
+                 `procmem` or `mprotect`) to patch; until then calls go through the keys' slots"
             ),
             Error::TextNotWritable { address, errno, proc_mem_errno } => write!(
                 f,
                 "static_call: cannot write code at {address:#x}: the /proc/self/mem writer {}; the \
-                 mprotect writer {}. To patch, {}; or build with the `portable` feature (an atomic \
-                 function pointer, nothing patched)",
+                 mprotect writer {}. To patch, {}; until then calls go through the keys' slots \
+                 (correct, an indirect jump each)",
                 Why(proc_mem_errno, proc_mem_reason(proc_mem_errno)),
                 Why(errno, mprotect_reason(errno)),
                 remedy(proc_mem_errno),

@@ -168,30 +168,49 @@ impl<F: Copy, R> Key<F, R> {
     /// # Threads still running the old target
     ///
     /// `update` does not wait for calls in progress. A call of this key
-    /// enters its target by one transfer of control: the site's `call`, or,
+    /// starts when its thread executes the site's instruction; it then
+    /// enters a target by one transfer of control: the site's `call`, or,
     /// for a site that calls the trampoline, the trampoline's `jmp` (or its
-    /// load of the key's slot, for a far target); a thread that meets the
-    /// `int3` of an update is sent to `f`. A thread whose transfer happened
-    /// before `update` returned may have entered the old target, and may still
-    /// be executing it, and anything it calls, for any length of time after
-    /// `update` returns; it then returns normally to its caller. No call of
-    /// this key enters the old target after `update` has returned. Nothing else
-    /// changes: function pointers to the old target held elsewhere, other keys
-    /// targeting it, and the old target's own calls still reach it.
+    /// load of the key's slot, for a far target, or in [`Mode::Slots`](crate::Mode)).
+    /// A call that starts after `update` returned enters `f` (or a later
+    /// target). A call that started before may enter the old target, or any
+    /// target the key had while it was under way, and that includes *after*
+    /// `update` returned: a thread that met the `int3` of an earlier update
+    /// was sent to that update's target by the SIGTRAP handler, and can be
+    /// descheduled before it executes the target's first instruction, for as
+    /// long as the scheduler likes, while later updates complete. (It cannot
+    /// be otherwise without making every update wait for every thread.) A
+    /// thread that entered the old target may still be executing it, and
+    /// anything it calls, for any length of time after `update` returns; it
+    /// then returns normally to its caller. Nothing else changes: function
+    /// pointers to the old target held elsewhere, other keys targeting it,
+    /// and the old target's own calls still reach it.
     ///
     /// So `update` returning does not make the old target's code free to
     /// unmap. Before unloading a plugin, retarget every key away from its
-    /// code, then wait until no thread is inside it (a quiescence point the
-    /// host defines: an epoch each calling thread advances between calls), and
+    /// code, then wait until no thread is inside it or on its way into it (a
+    /// quiescence point the host defines: an epoch each calling thread
+    /// advances between calls, which a call still on its way has not), and
     /// only then `dlclose` it, with no update of any copy of this crate in
     /// progress. The `plugin_dispatch` example follows this sequence.
     ///
+    /// Where patching is impossible in this process ([`Mode::Slots`](crate::Mode):
+    /// seccomp denying `membarrier`, no text writer, shadow stacks, ...),
+    /// the update stores the key's slot, which every call then reads: the
+    /// same guarantees, nothing patched. A key owned by another module's
+    /// copy of this crate (a plugin's key, reached through an exported
+    /// reference) is updated by that copy, which owns its sites.
+    ///
     /// # Panics
     ///
-    /// Only where the environment makes patching impossible (no core
-    /// serialization, text that no writer can write, our SIGTRAP handler
-    /// replaced, a site changed behind our back), with a message that says
-    /// what to do. Use [`Key::try_update`] to handle those as errors.
+    /// Only for what the caller must fix, with a message that says what to
+    /// do: our SIGTRAP handler replaced after `init` (call
+    /// [`init`](crate::init) again to put it back on top), SIGTRAP blocked in
+    /// the updating thread after `init` patched, a site or trampoline changed
+    /// behind our back, an earlier update that failed half-way
+    /// ([`Error::Poisoned`]), an update from a signal handler that
+    /// interrupted an update ([`Error::Reentrant`]). Use [`Key::try_update`]
+    /// to handle those as errors.
     #[track_caller]
     pub fn update(&self, f: F) -> Option<F> {
         match self.try_update(f) {

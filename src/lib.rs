@@ -34,8 +34,18 @@
 //!   and up to 8 `f32`/`f64`, and return `()`, an integer-class value or a
 //!   float. `#[static_call(out_of_line)]` allows any `extern "C"` signature;
 //!   its calls go through the patched trampoline only.
-//! - SIGTRAP must not be blocked in any thread that calls a site while an
-//!   update runs (the kernel kills a thread that traps with SIGTRAP blocked).
+//! - Where patching is impossible (seccomp denying `membarrier`, no way to
+//!   write text, CET shadow stacks, SIGTRAP blocked in the thread that
+//!   initializes, `STATIC_CALL_WRITER=none`), [`init`] returns the reason and
+//!   the process runs on the keys' slots ([`Mode::Slots`]): every call goes
+//!   through its trampoline's `jmp [slot]`, every update stores the slot and
+//!   succeeds, results are the same.
+//! - SIGTRAP must not be blocked in a thread that calls a site while an
+//!   update runs (the kernel kills the process when a thread traps with
+//!   SIGTRAP blocked). A mask set in `main` is inherited by every thread, so
+//!   no `int3` is written while the updating thread blocks SIGTRAP: such an
+//!   update returns [`Error::SigtrapBlocked`]; call [`init`] before blocking
+//!   signals, or leave SIGTRAP out of the set.
 //!   Install your own SIGTRAP handler, if any, before [`init`]: ours passes the
 //!   traps that are not ours on to it. Under gdb, once the program runs
 //!   (gdb's startup breakpoints also raise SIGTRAP): `handle SIGTRAP nostop
