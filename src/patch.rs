@@ -505,27 +505,25 @@ fn init_locked(st: &mut State) -> Result<(), Error> {
         return Err(e);
     }
     let reg = registry::get();
-    let r = prepare(st, reg).and_then(|()| {
-        for t in reg.tramps.iter().filter(|t| !t.damaged) {
-            plan_key(&mut st.plan, reg, t.key, From::Assembled, t.key.load());
-        }
-        let r = apply(st, reg, || (), || ());
-        st.plan.clear();
-        r
-    });
-    match r {
-        Ok(()) => {}
-        // The breakpoints of a failed init stay, handled: not the slots.
-        Err(e) if st.poisoned.is_some() => return Err(e),
-        // Nothing was written (or it was all undone): every site calls its
-        // trampoline, which jumps through the slot. Run on the slots.
-        Err(e) => {
-            let _ = SLOTS.set(e);
-        }
+    if let Err(e) = prepare(st, reg) {
+        // Patching is impossible in this process: nothing was written, every
+        // site calls its trampoline, which jumps through the slot. Run on
+        // the slots, for good.
+        let _ = SLOTS.set(e);
+        st.initialized = true;
+        INITIALIZED.store(true, Release);
+        return Err(e);
     }
+    for t in reg.tramps.iter().filter(|t| !t.damaged) {
+        plan_key(&mut st.plan, reg, t.key, From::Assembled, t.key.load());
+    }
+    // A write that fails here is undone (or poisons): init can be retried.
+    let r = apply(st, reg, || (), || ());
+    st.plan.clear();
+    r?;
     st.initialized = true;
     INITIALIZED.store(true, Release);
-    SLOTS.get().map_or(Ok(()), |&e| Err(e))
+    Ok(())
 }
 
 pub fn init() -> Result<(), Error> {
