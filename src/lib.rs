@@ -183,3 +183,8 @@ pub fn text_writer() -> Option<TextWriter> {
 
 #[doc(hidden)]
 pub mod __private;
+
+/// The README's example, compiled and run as a doctest (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;

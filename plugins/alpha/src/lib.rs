@@ -113,3 +113,8 @@ pub extern "C" fn alpha_update(key: &'static StepKey, f: Option<extern "C" fn(u6
         }
     }
 }
+
+/// A public key, so that this crate's documentation shows what a
+/// downstream crate's `pub` key looks like in rustdoc (checked by CI).
+#[static_call]
+pub static ALPHA_HOOK: extern "C" fn(u64) -> u64 = alpha_dispatch;
