@@ -115,3 +115,11 @@ pub fn fail_text_protect_after(after: usize, times: usize) {
 pub fn text_protects() -> usize {
     crate::os::linux::text::protects()
 }
+
+/// Test hook: from now on this copy believes the process runs with CET
+/// shadow stacks (as `arch_prctl(ARCH_SHSTK_STATUS)` would report), so that
+/// `init` chooses the slots. Call before `init`.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+pub fn assume_shadow_stack() {
+    crate::os::linux::ASSUME_SHADOW_STACK.store(true, core::sync::atomic::Ordering::SeqCst)
+}

@@ -32,10 +32,11 @@ use core::ptr::NonNull;
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be passed or returned in one integer register at an inline static call site",
     label = "not a one-register value",
-    note = "pass a reference to it or a raw pointer instead (a reference to a slice or `str` takes two \
-            registers: pass a pointer and a length), implement `static_call::IntegerRegister` for a \
-            one-register type of your own, or declare the key `#[static_call(out_of_line)]` to allow any \
-            `extern \"C\"` signature"
+    note = "a value larger than a register (a struct, `u128`): pass a reference to it or a raw pointer; \
+            a reference to a slice or `str` (a pointer and a length, two registers): pass `*const T` and \
+            `usize` as two arguments; a one-register type of your own: implement \
+            `static_call::IntegerRegister` for it; or declare the key `#[static_call(out_of_line)]`, which \
+            allows any `extern \"C\"` signature"
 )]
 pub unsafe trait IntegerRegister: Sized {
     /// The register's value for `self`.
@@ -219,10 +220,13 @@ mod sealed {
 /// [`IntegerRegister::from_register`] reads it, and `Self` must be returned
 /// in `rax` (or be `()`).
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` has no zero value, so a key returning it cannot be without a target",
-    label = "calls made with no target would have nothing to return",
-    note = "a key without a target (declared without one, or after `reset`) must return `()`, an integer, \
-            `bool`, `char`, a raw pointer, or an `Option` of a reference or `NonNull`; give it a target instead"
+    message = "a key returning `{Self}` cannot be without a target",
+    label = "a call with no target returns all-zero bits in `rax`, which is not a `{Self}`",
+    note = "a call made while a key has no target (declared without one, or after `reset`) returns \
+            nothing, or zero in `rax`: the return type must be `()`, an integer, `bool`, `char`, a raw \
+            pointer, or an `Option` of a reference or `NonNull` (floats come back in `xmm0`, which the \
+            no-target forms leave alone; references are never null); give the key a target instead, \
+            and retarget it to a function that returns a default value rather than resetting it"
 )]
 pub unsafe trait Zeroable {}
 

@@ -74,6 +74,25 @@ pub enum Error {
         /// errno of the last `mprotect` that failed.
         errno: i32,
     },
+    /// The process runs with user-space shadow stacks (CET): a call
+    /// emulated by the SIGTRAP handler would push a return address the
+    /// shadow stack never saw, so nothing is patched; calls go through the
+    /// keys' slots.
+    ShadowStack,
+    /// SIGTRAP is blocked in the thread that would patch (typically in every
+    /// thread: servers that block all signals in `main` and `sigwait` in one
+    /// thread). A thread meeting an `int3` with SIGTRAP blocked kills the
+    /// whole process, so no `int3` is written.
+    SigtrapBlocked,
+    /// A key was given to a copy of this crate that does not own it (an
+    /// internal routing error between copies).
+    ForeignKey,
+    /// The key belongs to a copy of this crate (in another module) built
+    /// with an incompatible version of it.
+    IncompatibleCopy {
+        /// The version of the other copy's key table.
+        version: u32,
+    },
 }
 
 impl fmt::Display for Error {
@@ -83,19 +102,20 @@ impl fmt::Display for Error {
                 f,
                 "static_call: the kernel cannot serialize cores across threads \
                  (membarrier SYNC_CORE failed, errno {errno}); patching needs Linux 4.16 or later \
-                 with CONFIG_MEMBARRIER, or build with the `portable` feature"
+                 with CONFIG_MEMBARRIER and a seccomp profile that allows membarrier; until then \
+                 calls go through the keys' slots (correct, an indirect jump each)"
             ),
             Error::TextNotWritable { address, errno: 0, proc_mem_errno: 0 } => write!(
                 f,
                 "static_call: cannot write code at {address:#x}: no text writer was tried, because \
                  STATIC_CALL_WRITER is set to `none` or to an unknown value; unset it (or set it to \
-                 `procmem` or `mprotect`), or build with the `portable` feature"
+                 `procmem` or `mprotect`) to patch; until then calls go through the keys' slots"
             ),
             Error::TextNotWritable { address, errno, proc_mem_errno } => write!(
                 f,
                 "static_call: cannot write code at {address:#x}: the /proc/self/mem writer {}; the \
-                 mprotect writer {}. To patch, {}; or build with the `portable` feature (an atomic \
-                 function pointer, nothing patched)",
+                 mprotect writer {}. To patch, {}; until then calls go through the keys' slots \
+                 (correct, an indirect jump each)",
                 Why(proc_mem_errno, proc_mem_reason(proc_mem_errno)),
                 Why(errno, mprotect_reason(errno)),
                 remedy(proc_mem_errno),
@@ -119,6 +139,28 @@ impl fmt::Display for Error {
                 f,
                 "static_call: update from inside an update on the same thread (a signal handler \
                  interrupted it); retry after the handler returns"
+            ),
+            Error::ShadowStack => write!(
+                f,
+                "static_call: this process runs with CET shadow stacks, which the int3 protocol's \
+                 emulated calls would break; call sites are not patched and every call goes through \
+                 its key's slot (correct, at the cost of an indirect jump)"
+            ),
+            Error::SigtrapBlocked => write!(
+                f,
+                "static_call: SIGTRAP is blocked in the thread that would patch (and, with a mask \
+                 inherited from main, in every thread): a thread meeting the int3 of an update would \
+                 kill the process. Call static_call::init() before blocking signals (it then patches \
+                 from an unblocked thread, and later updates must also run where SIGTRAP is not \
+                 blocked), or leave SIGTRAP out of the blocked set; without patching, calls go \
+                 through the keys' slots"
+            ),
+            Error::ForeignKey => write!(f, "static_call: a key was routed to a copy of the crate that does not own it"),
+            Error::IncompatibleCopy { version } => write!(
+                f,
+                "static_call: the key belongs to a module whose copy of static_call has key-table \
+                 version {version}, incompatible with this one; update it from that module, or build \
+                 both with the same static_call"
             ),
             Error::Poisoned { address, errno } => write!(
                 f,
@@ -194,5 +236,53 @@ fn remedy(proc_mem_errno: i32) -> &'static str {
              or allow it write+execute mappings"
         }
         _ => "allow writes to /proc/self/mem, or write+execute mappings for the mprotect writer",
+    }
+}
+
+// ---------------------------------------------------------------- across copies
+
+use crate::owner::RawError;
+
+impl From<Error> for RawError {
+    fn from(e: Error) -> RawError {
+        let mut r = RawError::default();
+        match e {
+            Error::NoCoreSync { errno } => (r.tag, r.errno) = (1, errno),
+            Error::TextNotWritable { address, errno, proc_mem_errno } => {
+                (r.tag, r.address, r.errno, r.errno2) = (2, address, errno, proc_mem_errno)
+            }
+            Error::UnexpectedBytes { address, found, expected } => {
+                (r.tag, r.address, r.found, r.expected) = (3, address, found, expected)
+            }
+            Error::HandlerDisplaced { current } => (r.tag, r.address) = (4, current),
+            Error::HandlerNotInstalled { errno } => (r.tag, r.errno) = (5, errno),
+            Error::Reentrant => r.tag = 6,
+            Error::Poisoned { address, errno } => (r.tag, r.address, r.errno) = (7, address, errno),
+            Error::ShadowStack => r.tag = 8,
+            Error::SigtrapBlocked => r.tag = 9,
+            Error::ForeignKey => r.tag = 10,
+            Error::IncompatibleCopy { version } => (r.tag, r.errno) = (11, version as i32),
+            Error::ProtectionNotRestored { address, errno } => (r.tag, r.address, r.errno) = (12, address, errno),
+        }
+        r
+    }
+}
+
+impl From<RawError> for Error {
+    fn from(r: RawError) -> Error {
+        match r.tag {
+            1 => Error::NoCoreSync { errno: r.errno },
+            2 => Error::TextNotWritable { address: r.address, errno: r.errno, proc_mem_errno: r.errno2 },
+            3 => Error::UnexpectedBytes { address: r.address, found: r.found, expected: r.expected },
+            4 => Error::HandlerDisplaced { current: r.address },
+            5 => Error::HandlerNotInstalled { errno: r.errno },
+            6 => Error::Reentrant,
+            7 => Error::Poisoned { address: r.address, errno: r.errno },
+            8 => Error::ShadowStack,
+            9 => Error::SigtrapBlocked,
+            11 => Error::IncompatibleCopy { version: r.errno as u32 },
+            12 => Error::ProtectionNotRestored { address: r.address, errno: r.errno },
+            _ => Error::ForeignKey,
+        }
     }
 }

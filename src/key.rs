@@ -9,7 +9,8 @@
 //! conversion back to `F` below relies on that.
 #![allow(unsafe_code)]
 
-use crate::{backend, Error, Site, Zeroable};
+use crate::owner::{self, Change, Owner};
+use crate::{Error, Site, Zeroable};
 use core::marker::PhantomData;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
@@ -27,19 +28,65 @@ pub enum NoTarget {
 /// The untyped part of a key, which the patcher and the trampoline see. The
 /// slot comes first: a trampoline's far form jumps through it
 /// (`jmp [rip + key]`).
+///
+/// The slot is never null: a key without a target holds `none`, a stub of
+/// the owning copy of this crate that does what "no target" means (returns,
+/// or returns zero), so that a thread loading the slot at any instant of any
+/// update jumps to a valid target of the key's type.
 #[doc(hidden)]
 #[repr(C)]
 pub struct RawKey {
     pub(crate) slot: AtomicPtr<()>,
+    /// The stub the slot holds while the key has no target.
+    pub(crate) none: *mut (),
     pub(crate) no_target: NoTarget,
+    /// The copy of this crate that owns the key's trampoline and sites.
+    pub(crate) owner: &'static Owner,
 }
+
+// SAFETY: `none` and `owner` are never written after construction, and
+// point to code and to an immutable static; the slot is atomic.
+unsafe impl Sync for RawKey {}
+// SAFETY: as above.
+unsafe impl Send for RawKey {}
 
 impl RawKey {
     /// The current target, null for none.
     #[inline(always)]
     pub fn load(&self) -> *mut () {
-        self.slot.load(Ordering::Acquire)
+        let p = self.slot.load(Ordering::Acquire);
+        if p == self.none {
+            core::ptr::null_mut()
+        } else {
+            p
+        }
     }
+
+    /// Makes `target` (null: none) the slot's value. The slot then holds
+    /// `target`, or the key's no-target stub: never null.
+    #[inline]
+    pub(crate) fn store(&self, target: *mut ()) {
+        self.slot.store(self.slot_value(target), Ordering::Release);
+    }
+
+    /// What the slot holds for `target` (null: none).
+    #[inline]
+    pub(crate) fn slot_value(&self, target: *mut ()) -> *mut () {
+        if target.is_null() {
+            self.none
+        } else {
+            target
+        }
+    }
+}
+
+/// The no-target stubs a key's slot holds. They are called only through a
+/// trampoline's `jmp [rip + slot]`, with the arguments of the key's type in
+/// registers, which they ignore.
+extern "C" fn none_unit() {}
+
+extern "C" fn none_zero() -> u64 {
+    0
 }
 
 /// A static call key of function-pointer type `F` returning `R`.
@@ -70,7 +117,18 @@ impl<F: Copy, R> Key<F, R> {
     /// trampoline (never called).
     #[doc(hidden)]
     pub const unsafe fn __new(target: *mut (), no_target: NoTarget, trampoline: Option<extern "C" fn()>) -> Self {
-        Key { raw: RawKey { slot: AtomicPtr::new(target), no_target }, _trampoline: trampoline, _f: PhantomData }
+        // Evaluated where the key is declared: the stubs and the owner are
+        // those of the copy of this crate linked into the key's module.
+        let none = match no_target {
+            NoTarget::Nop => none_unit as extern "C" fn() as *mut (),
+            NoTarget::Zero => none_zero as extern "C" fn() -> u64 as *mut (),
+        };
+        let slot = if target.is_null() { none } else { target };
+        Key {
+            raw: RawKey { slot: AtomicPtr::new(slot), none, no_target, owner: &owner::OWNER },
+            _trampoline: trampoline,
+            _f: PhantomData,
+        }
     }
 
     #[doc(hidden)]
@@ -110,30 +168,49 @@ impl<F: Copy, R> Key<F, R> {
     /// # Threads still running the old target
     ///
     /// `update` does not wait for calls in progress. A call of this key
-    /// enters its target by one transfer of control: the site's `call`, or,
+    /// starts when its thread executes the site's instruction; it then
+    /// enters a target by one transfer of control: the site's `call`, or,
     /// for a site that calls the trampoline, the trampoline's `jmp` (or its
-    /// load of the key's slot, for a far target); a thread that meets the
-    /// `int3` of an update is sent to `f`. A thread whose transfer happened
-    /// before `update` returned may have entered the old target, and may still
-    /// be executing it, and anything it calls, for any length of time after
-    /// `update` returns; it then returns normally to its caller. No call of
-    /// this key enters the old target after `update` has returned. Nothing else
-    /// changes: function pointers to the old target held elsewhere, other keys
-    /// targeting it, and the old target's own calls still reach it.
+    /// load of the key's slot, for a far target, or in [`Mode::Slots`](crate::Mode)).
+    /// A call that starts after `update` returned enters `f` (or a later
+    /// target). A call that started before may enter the old target, or any
+    /// target the key had while it was under way, and that includes *after*
+    /// `update` returned: a thread that met the `int3` of an earlier update
+    /// was sent to that update's target by the SIGTRAP handler, and can be
+    /// descheduled before it executes the target's first instruction, for as
+    /// long as the scheduler likes, while later updates complete. (It cannot
+    /// be otherwise without making every update wait for every thread.) A
+    /// thread that entered the old target may still be executing it, and
+    /// anything it calls, for any length of time after `update` returns; it
+    /// then returns normally to its caller. Nothing else changes: function
+    /// pointers to the old target held elsewhere, other keys targeting it,
+    /// and the old target's own calls still reach it.
     ///
     /// So `update` returning does not make the old target's code free to
     /// unmap. Before unloading a plugin, retarget every key away from its
-    /// code, then wait until no thread is inside it (a quiescence point the
-    /// host defines: an epoch each calling thread advances between calls), and
+    /// code, then wait until no thread is inside it or on its way into it (a
+    /// quiescence point the host defines: an epoch each calling thread
+    /// advances between calls, which a call still on its way has not), and
     /// only then `dlclose` it, with no update of any copy of this crate in
     /// progress. The `plugin_dispatch` example follows this sequence.
     ///
+    /// Where patching is impossible in this process ([`Mode::Slots`](crate::Mode):
+    /// seccomp denying `membarrier`, no text writer, shadow stacks, ...),
+    /// the update stores the key's slot, which every call then reads: the
+    /// same guarantees, nothing patched. A key owned by another module's
+    /// copy of this crate (a plugin's key, reached through an exported
+    /// reference) is updated by that copy, which owns its sites.
+    ///
     /// # Panics
     ///
-    /// Only where the environment makes patching impossible (no core
-    /// serialization, text that no writer can write, our SIGTRAP handler
-    /// replaced, a site changed behind our back), with a message that says
-    /// what to do. Use [`Key::try_update`] to handle those as errors.
+    /// Only for what the caller must fix, with a message that says what to
+    /// do: our SIGTRAP handler replaced after `init` (call
+    /// [`init`](crate::init) again to put it back on top), SIGTRAP blocked in
+    /// the updating thread after `init` patched, a site or trampoline changed
+    /// behind our back, an earlier update that failed half-way
+    /// ([`Error::Poisoned`]), an update from a signal handler that
+    /// interrupted an update ([`Error::Reentrant`]). Use [`Key::try_update`]
+    /// to handle those as errors.
     #[track_caller]
     pub fn update(&self, f: F) -> Option<F> {
         match self.try_update(f) {
@@ -146,13 +223,13 @@ impl<F: Copy, R> Key<F, R> {
     /// panicking. On error nothing changed: not the target, not a byte of
     /// text.
     pub fn try_update(&self, f: F) -> Result<Option<F>, Error> {
-        backend::update_one(&self.raw, Self::to_ptr(f)).map(Self::from_ptr)
+        owner::update_one(&self.raw, Self::to_ptr(f)).map(Self::from_ptr)
     }
 
     /// The call sites of this key, in address order, with the instruction each
     /// holds now. Empty for `out_of_line` keys and on the portable backend.
     pub fn sites(&self) -> Vec<Site> {
-        backend::sites(&self.raw)
+        owner::sites(&self.raw)
     }
 }
 
@@ -174,7 +251,7 @@ impl<F: Copy, R: Zeroable> Key<F, R> {
 
     /// [`Key::reset`] that returns the reason as an [`Error`].
     pub fn try_reset(&self) -> Result<Option<F>, Error> {
-        backend::update_one(&self.raw, core::ptr::null_mut()).map(Self::from_ptr)
+        owner::update_one(&self.raw, core::ptr::null_mut()).map(Self::from_ptr)
     }
 }
 
@@ -198,14 +275,14 @@ pub trait StaticCall: core::ops::Deref<Target = Key<Self::Fn, Self::Ret>> {
 /// Updates of many keys applied together, with one set of core syncs: see
 /// [`batch`](crate::batch).
 pub struct Batch {
-    pub(crate) changes: Vec<(&'static RawKey, *mut ())>,
+    pub(crate) changes: Vec<Change>,
 }
 
 impl Batch {
     /// Adds "make `f` the target of `key`" to the batch; a later change of the
     /// same key in the batch replaces this one.
     pub fn update<K: StaticCall>(&mut self, key: &K, f: K::Fn) -> &mut Self {
-        self.changes.push((key.key().__raw(), Key::<K::Fn, K::Ret>::to_ptr(f)));
+        self.changes.push(Change { key: key.key().__raw(), new: Key::<K::Fn, K::Ret>::to_ptr(f) });
         self
     }
 
@@ -214,7 +291,7 @@ impl Batch {
     where
         K::Ret: Zeroable,
     {
-        self.changes.push((key.key().__raw(), core::ptr::null_mut()));
+        self.changes.push(Change { key: key.key().__raw(), new: core::ptr::null_mut() });
         self
     }
 }

@@ -34,8 +34,18 @@
 //!   and up to 8 `f32`/`f64`, and return `()`, an integer-class value or a
 //!   float. `#[static_call(out_of_line)]` allows any `extern "C"` signature;
 //!   its calls go through the patched trampoline only.
-//! - SIGTRAP must not be blocked in any thread that calls a site while an
-//!   update runs (the kernel kills a thread that traps with SIGTRAP blocked).
+//! - Where patching is impossible (seccomp denying `membarrier`, no way to
+//!   write text, CET shadow stacks, SIGTRAP blocked in the thread that
+//!   initializes, `STATIC_CALL_WRITER=none`), [`init`] returns the reason and
+//!   the process runs on the keys' slots ([`Mode::Slots`]): every call goes
+//!   through its trampoline's `jmp [slot]`, every update stores the slot and
+//!   succeeds, results are the same.
+//! - SIGTRAP must not be blocked in a thread that calls a site while an
+//!   update runs (the kernel kills the process when a thread traps with
+//!   SIGTRAP blocked). A mask set in `main` is inherited by every thread, so
+//!   no `int3` is written while the updating thread blocks SIGTRAP: such an
+//!   update returns [`Error::SigtrapBlocked`]; call [`init`] before blocking
+//!   signals, or leave SIGTRAP out of the set.
 //!   Install your own SIGTRAP handler, if any, before [`init`]: ours passes the
 //!   traps that are not ours on to it. Under gdb, once the program runs
 //!   (gdb's startup breakpoints also raise SIGTRAP): `handle SIGTRAP nostop
@@ -54,6 +64,8 @@ pub use static_call_macros::static_call;
 mod abi;
 mod error;
 mod key;
+mod mode;
+mod owner;
 mod site;
 
 // Pure encodings: compiled on every x86-64 target so that their property
@@ -79,6 +91,7 @@ use portable as backend;
 pub use abi::{FloatRegister, IntegerRegister, Zeroable};
 pub use error::Error;
 pub use key::{Batch, Key, StaticCall};
+pub use mode::{Mode, TextWriter};
 pub use site::{NotDirect, Site, SiteState};
 
 /// Whether this build patches call sites (Linux x86-64 without the
@@ -139,17 +152,37 @@ pub fn batch(f: impl FnOnce(&mut Batch)) -> Result<(), Error> {
     if b.changes.is_empty() {
         return Ok(());
     }
-    backend::update_many(&mut b.changes)
+    owner::update_many(&mut b.changes)
 }
 
-/// How this process writes machine code, once [`init`] or an update chose.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+/// How calls are made in this process: patched (and with which writer), on
+/// the keys' slots (and why), not initialized yet, or portable. Log it once
+/// at startup if you want to know.
+///
+/// ```
+/// match static_call::mode() {
+///     static_call::Mode::Slots(why) => eprintln!("static calls run unpatched: {why}"),
+///     mode => eprintln!("static calls: {mode}"),
+/// }
+/// ```
+pub fn mode() -> Mode {
+    backend::mode()
+}
+
+/// How this process writes machine code: `Some` only in
+/// [`Mode::Patching`], `None` where nothing is patched (before `init`, in
+/// [`Mode::Slots`], on the portable backend).
 pub fn text_writer() -> Option<TextWriter> {
-    os::linux::text::current()
+    match mode() {
+        Mode::Patching(w) => Some(w),
+        _ => None,
+    }
 }
-
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
-pub use os::linux::text::TextWriter;
 
 #[doc(hidden)]
 pub mod __private;
+
+/// The README's example, compiled and run as a doctest (`cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;

@@ -29,14 +29,15 @@
 //! addresses from the registry, and only after their bytes were verified.
 #![allow(unsafe_code)]
 
-use crate::arch::x86_64::{decode, encode, far_head, Insn, INSN_LEN, INT3, NOP5, RET5, TRAMP_SIZE, XOR5RAX};
+use crate::arch::x86_64::{decode, encode, far_head, Insn, INSN_LEN, INT3, NOP5, RET5, TRAMP_SIZE, ZERO5};
 use crate::key::{NoTarget, RawKey};
 use crate::os::linux::signal::{self, Trap};
 use crate::os::linux::text::{self, Session, StepFailed};
-use crate::os::linux::{membarrier, thread_id};
+use crate::os::linux::{membarrier, shadow_stack_enabled, sigtrap_blocked, thread_id};
+use crate::owner::Change;
 use crate::registry::{self, Registry, SiteEntry, TrampEntry};
 use crate::site::{NotDirect, Site, SiteState};
-use crate::{Error, Stats};
+use crate::{Error, Mode, Stats};
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 
@@ -85,6 +86,9 @@ static LOCK: PatchLock = PatchLock {
 };
 /// `init` has completed (a fast path that skips the lock).
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
+/// Set once, by the `init` that found patching impossible: the reason. The
+/// process then runs on the keys' slots for good (DESIGN 3.10).
+static SLOTS: std::sync::OnceLock<Error> = std::sync::OnceLock::new();
 
 struct Guard;
 
@@ -299,7 +303,7 @@ pub fn shut_down() -> bool {
 fn no_target_site(key: &RawKey) -> [u8; INSN_LEN] {
     match key.no_target {
         NoTarget::Nop => NOP5,
-        NoTarget::Zero => XOR5RAX,
+        NoTarget::Zero => ZERO5,
     }
 }
 
@@ -318,14 +322,15 @@ fn tramp_form(t: &TrampEntry, target: *mut ()) -> [u8; INSN_LEN] {
     if target.is_null() {
         return match t.key.no_target {
             NoTarget::Nop => RET5,
-            NoTarget::Zero => XOR5RAX,
+            NoTarget::Zero => ZERO5,
         };
     }
     encode(t.at, Insn::Jmp(target as usize)).unwrap_or_else(|| far_head(t.at))
 }
 
-/// What a key's trampoline and sites hold before `init`: the assembled
-/// forms.
+/// What a key's trampoline and sites hold now: the assembled forms (every
+/// site calls the trampoline, whose head jumps through the slot), or the
+/// forms of a target.
 enum From {
     Assembled,
     Target(*mut ()),
@@ -334,7 +339,6 @@ enum From {
 fn plan_key(plan: &mut Vec<Patch>, reg: &Registry, key: &RawKey, from: From, to: *mut ()) {
     let Some(t) = reg.tramp_of(key) else { return };
     let old = match from {
-        From::Assembled if key.load().is_null() => tramp_form(t, std::ptr::null_mut()),
         From::Assembled => far_head(t.at),
         From::Target(p) => tramp_form(t, p),
     };
@@ -381,6 +385,12 @@ fn apply(st: &mut State, reg: &Registry, commit: impl FnOnce(), revert: impl FnO
     if plan.is_empty() {
         commit();
         return Ok(());
+    }
+    // Never write an int3 while this thread blocks SIGTRAP: its mask is
+    // usually every thread's, and a thread meeting the int3 with SIGTRAP
+    // blocked kills the process.
+    if sigtrap_blocked() {
+        return Err(Error::SigtrapBlocked);
     }
     let writer = text::for_update(plan[0].at)?;
     let session = Session::open(writer, plan.iter().map(|p| p.at), INSN_LEN).inspect_err(|e| {
@@ -483,9 +493,35 @@ fn fail(st: &mut State, e: Error, repair: Result<(), Error>, revert: impl FnOnce
 
 // ---------------------------------------------------------------- entry points
 
+/// Everything patching needs from the process, in order; the first that is
+/// missing is the reason the process runs on the slots.
+fn prepare(st: &mut State, reg: &Registry) -> Result<(), Error> {
+    if shadow_stack_enabled() {
+        return Err(Error::ShadowStack);
+    }
+    // A thread meeting an int3 with SIGTRAP blocked kills the process, and
+    // the initializing thread's mask is usually everyone's.
+    if sigtrap_blocked() {
+        return Err(Error::SigtrapBlocked);
+    }
+    membarrier::register()?;
+    let probe_at = reg.tramps.first().map_or(probe_address(), |t| t.at + TRAMP_SIZE - 1);
+    text::probe(probe_at)?;
+    signal::install()?;
+    register_atfork();
+    st.plan.reserve_exact(reg.sites.len() + reg.tramps.len());
+    Ok(())
+}
+
+/// A byte of this copy's own text for the writer probe when the module has
+/// no trampoline (it is rewritten with its own value).
+fn probe_address() -> usize {
+    probe_address as fn() -> usize as usize
+}
+
 fn init_locked(st: &mut State) -> Result<(), Error> {
     if st.initialized {
-        return Ok(());
+        return SLOTS.get().map_or(Ok(()), |&e| Err(e));
     }
     // An init whose failed write could not be undone left its plan
     // published for the handler: never plan over it.
@@ -493,20 +529,19 @@ fn init_locked(st: &mut State) -> Result<(), Error> {
         return Err(e);
     }
     let reg = registry::get();
-    if reg.tramps.is_empty() {
+    if let Err(e) = prepare(st, reg) {
+        // Patching is impossible in this process: nothing was written, every
+        // site calls its trampoline, which jumps through the slot. Run on
+        // the slots, for good.
+        let _ = SLOTS.set(e);
         st.initialized = true;
         INITIALIZED.store(true, Release);
-        return Ok(());
+        return Err(e);
     }
-    membarrier::register()?;
-    text::probe(reg.tramps[0].at + TRAMP_SIZE - 1)?;
-    signal::install()?;
-    register_atfork();
-    st.plan.reserve_exact(reg.sites.len() + reg.tramps.len());
     for t in reg.tramps.iter().filter(|t| !t.damaged) {
-        let target = t.key.load();
-        plan_key(&mut st.plan, reg, t.key, From::Assembled, target);
+        plan_key(&mut st.plan, reg, t.key, From::Assembled, t.key.load());
     }
+    // A write that fails here is undone (or poisons): init can be retried.
     let r = apply(st, reg, || (), || ());
     st.plan.clear();
     r?;
@@ -517,36 +552,57 @@ fn init_locked(st: &mut State) -> Result<(), Error> {
 
 pub fn init() -> Result<(), Error> {
     if INITIALIZED.load(Acquire) {
-        return Ok(());
+        return SLOTS.get().map_or(Ok(()), |&e| Err(e));
     }
     let mut g = LOCK.lock()?;
     init_locked(g.state())
 }
 
-/// Applies `changes` (each key at most once) and returns, in `old`, each
-/// key's previous target.
-fn update_locked(st: &mut State, changes: &[(&RawKey, *mut ())], old: &mut [*mut ()]) -> Result<(), Error> {
+pub fn mode() -> Mode {
+    if let Some(&e) = SLOTS.get() {
+        return Mode::Slots(e);
+    }
+    match (INITIALIZED.load(Acquire), text::current()) {
+        (true, Some(w)) => Mode::Patching(w),
+        _ => Mode::NotInitialized,
+    }
+}
+
+/// Applies `changes` (each key at most once, every key owned by this copy)
+/// and returns, in `old`, each key's previous target (null: none).
+fn update_locked(st: &mut State, changes: &[Change], old: &mut [*mut ()]) -> Result<(), Error> {
     if let Some(e) = st.poisoned {
         return Err(e);
     }
-    init_locked(st)?;
+    let slots = match init_locked(st) {
+        Ok(()) => false,
+        Err(_) if SLOTS.get().is_some() => true,
+        Err(e) => return Err(e),
+    };
+    for (o, c) in old.iter_mut().zip(changes) {
+        *o = c.key().load();
+    }
+    if slots {
+        // Nothing is patched: every call jumps through the slot, so one
+        // store per key is the whole update, correct at once.
+        changes.iter().for_each(|c| c.key().store(c.new));
+        UPDATES.fetch_add(changes.len() as u64, Relaxed);
+        return Ok(());
+    }
     let reg = registry::get();
     if !reg.tramps.is_empty() {
         signal::check()?;
         membarrier::register()?;
     }
-    for (o, (key, _)) in old.iter_mut().zip(changes) {
-        *o = key.load();
-    }
     st.plan.clear();
-    for &(key, new) in changes {
-        plan_key(&mut st.plan, reg, key, From::Target(key.load()), new);
+    for c in changes {
+        plan_key(&mut st.plan, reg, c.key(), From::Target(c.key().load()), c.new);
     }
     let r = apply(
         st,
         reg,
-        || changes.iter().for_each(|&(key, new)| key.slot.store(new, Release)),
-        || changes.iter().zip(old.iter()).for_each(|(&(key, _), &o)| key.slot.store(o, Release)),
+        || changes.iter().for_each(|c| c.key().store(c.new)),
+        || changes.iter().zip(old.iter()).for_each(|(c, &o)| c.key().store(o)),
     );
     st.plan.clear();
     r?;
@@ -554,21 +610,11 @@ fn update_locked(st: &mut State, changes: &[(&RawKey, *mut ())], old: &mut [*mut
     Ok(())
 }
 
-pub fn update_one(key: &RawKey, new: *mut ()) -> Result<*mut (), Error> {
+/// Applies changes of keys this copy owns, deduplicated (see
+/// `owner::update_many`). Allocates nothing.
+pub fn update_many(changes: &[Change], old: &mut [*mut ()]) -> Result<(), Error> {
     let mut g = LOCK.lock()?;
-    let mut old = [std::ptr::null_mut()];
-    update_locked(g.state(), &[(key, new)], &mut old)?;
-    Ok(old[0])
-}
-
-pub fn update_many(changes: &mut Vec<(&'static RawKey, *mut ())>) -> Result<(), Error> {
-    // Last change of each key wins.
-    changes.reverse();
-    changes.sort_by_key(|&(k, _)| k as *const RawKey as usize);
-    changes.dedup_by_key(|&mut (k, _)| k as *const RawKey as usize);
-    let mut old = vec![std::ptr::null_mut(); changes.len()];
-    let mut g = LOCK.lock()?;
-    update_locked(g.state(), changes, &mut old)
+    update_locked(g.state(), changes, old)
 }
 
 pub fn sites(key: &RawKey) -> Vec<Site> {
@@ -585,7 +631,9 @@ pub fn sites(key: &RawKey) -> Vec<Site> {
                 Some(Insn::Nop) => (SiteState::Nop, Some(NotDirect::NoTarget)),
                 Some(Insn::Zero) => (SiteState::Zero, Some(NotDirect::NoTarget)),
                 _ => {
-                    let reason = s.refused.unwrap_or(if initialized {
+                    let reason = s.refused.unwrap_or(if SLOTS.get().is_some() {
+                        NotDirect::Slots
+                    } else if initialized {
                         NotDirect::OutOfReach
                     } else {
                         NotDirect::NotInitialized

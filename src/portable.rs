@@ -3,7 +3,8 @@
 //! one atomic store), nothing patched.
 
 use crate::key::RawKey;
-use crate::{Error, Site, Stats};
+use crate::owner::Change;
+use crate::{Error, Mode, Site, Stats};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static UPDATES: AtomicU64 = AtomicU64::new(0);
@@ -16,16 +17,19 @@ pub fn init() -> Result<(), Error> {
     Ok(())
 }
 
-pub fn update_one(key: &RawKey, new: *mut ()) -> Result<*mut (), Error> {
-    let old = key.slot.swap(new, Ordering::AcqRel);
-    UPDATES.fetch_add(1, Ordering::Relaxed);
-    Ok(old)
+pub fn mode() -> Mode {
+    Mode::Portable
 }
 
-pub fn update_many(changes: &mut Vec<(&'static RawKey, *mut ())>) -> Result<(), Error> {
-    for &(key, new) in changes.iter() {
-        update_one(key, new)?;
+/// Stores each key's slot (never null: "no target" is the key's stub) and
+/// returns the previous targets in `old`.
+pub fn update_many(changes: &[Change], old: &mut [*mut ()]) -> Result<(), Error> {
+    for (c, o) in changes.iter().zip(old.iter_mut()) {
+        let key = c.key();
+        let prev = key.slot.swap(key.slot_value(c.new), Ordering::AcqRel);
+        *o = if prev == key.none { core::ptr::null_mut() } else { prev };
     }
+    UPDATES.fetch_add(changes.len() as u64, Ordering::Relaxed);
     Ok(())
 }
 

@@ -33,6 +33,10 @@ pub enum NotDirect {
     /// At `init` the site did not hold the call to its trampoline the macro
     /// emitted (these bytes instead): it is never patched.
     Refused([u8; 5]),
+    /// Patching is impossible in this process ([`Mode::Slots`](crate::Mode),
+    /// whose error says why): the site calls its trampoline, which jumps
+    /// through the key's slot.
+    Slots,
 }
 
 impl fmt::Display for NotDirect {
@@ -43,6 +47,7 @@ impl fmt::Display for NotDirect {
             NotDirect::OutOfReach => f.write_str("target out of rel32 reach, called through the key's slot"),
             NotDirect::Misplaced => f.write_str("rel32 not 4-byte aligned, left on the trampoline"),
             NotDirect::Refused(b) => write!(f, "unexpected bytes {b:02x?} at init, left alone"),
+            NotDirect::Slots => f.write_str("patching impossible in this process, called through the key's slot"),
         }
     }
 }
@@ -92,5 +97,59 @@ impl fmt::Display for Site {
             write!(f, "  ({r})")?;
         }
         Ok(())
+    }
+}
+
+/// A [`Site`] as it crosses between copies of this crate (`owner`).
+#[doc(hidden)]
+#[derive(Clone, Copy)]
+#[repr(C)]
+pub struct RawSite {
+    address: usize,
+    state: u8,
+    reason: u8,
+    bytes: [u8; 5],
+    refused: [u8; 5],
+}
+
+impl From<&Site> for RawSite {
+    fn from(s: &Site) -> RawSite {
+        let state = match s.state {
+            SiteState::Direct => 0,
+            SiteState::Trampoline => 1,
+            SiteState::Nop => 2,
+            SiteState::Zero => 3,
+        };
+        let (reason, refused) = match s.reason {
+            None => (0, [0; 5]),
+            Some(NotDirect::NotInitialized) => (1, [0; 5]),
+            Some(NotDirect::NoTarget) => (2, [0; 5]),
+            Some(NotDirect::OutOfReach) => (3, [0; 5]),
+            Some(NotDirect::Misplaced) => (4, [0; 5]),
+            Some(NotDirect::Refused(b)) => (5, b),
+            Some(NotDirect::Slots) => (6, [0; 5]),
+        };
+        RawSite { address: s.address, state, reason, bytes: s.bytes, refused }
+    }
+}
+
+impl From<&RawSite> for Site {
+    fn from(r: &RawSite) -> Site {
+        let state = match r.state {
+            0 => SiteState::Direct,
+            2 => SiteState::Nop,
+            3 => SiteState::Zero,
+            _ => SiteState::Trampoline,
+        };
+        let reason = match r.reason {
+            0 => None,
+            1 => Some(NotDirect::NotInitialized),
+            2 => Some(NotDirect::NoTarget),
+            3 => Some(NotDirect::OutOfReach),
+            4 => Some(NotDirect::Misplaced),
+            5 => Some(NotDirect::Refused(r.refused)),
+            _ => Some(NotDirect::Slots),
+        };
+        Site { address: r.address, state, reason, bytes: r.bytes }
     }
 }

@@ -297,8 +297,8 @@ fn keys_without_a_target() {
     emit(1);
     assert_eq!(count(1), 0);
     assert!(LOOKUP.call(1).is_null());
-    // Nothing before `init` either: the trampolines are `ret` and
-    // `xor eax, eax; ret` from the start.
+    // Nothing before `init` either: the trampolines jump through the slots,
+    // which hold the no-target stubs.
     static_call::init().unwrap();
     assert_state(&ON_EVENT, SiteState::Nop);
     assert_state(&COUNT, SiteState::Zero);

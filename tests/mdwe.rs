@@ -1,7 +1,8 @@
 //! Under `prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN)` (what systemd's
 //! `MemoryDenyWriteExecute=yes` sets), `init` and updates work while callers
 //! run, through the `/proc/self/mem` writer; the `mprotect` writer, forced, is
-//! refused with a message naming the policy.
+//! refused with a message naming the policy, and the process runs on the
+//! keys' slots.
 //!
 //! MDWE cannot be unset, so each scenario runs in a child process: this test
 //! binary re-executed with one `#[ignore]`d test selected and
@@ -9,6 +10,8 @@
 #![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
 
 mod common;
+mod plugin_support;
+mod slots_support;
 
 use common::{in_child, run_child};
 
@@ -148,35 +151,24 @@ fn mdwe_child_patches_under_load() {
 }
 
 #[test]
-fn mdwe_refuses_the_mprotect_writer_with_a_message() {
+fn mdwe_with_the_mprotect_writer_forced_runs_on_the_slots() {
     let out = run_child("mdwe_child_mprotect_forced", &[("STATIC_CALL_WRITER", "mprotect")]);
     eprintln!("{}", out.lines().filter(|l| l.starts_with("child ")).collect::<Vec<_>>().join("\n"));
 }
 
 #[test]
-#[ignore = "child process of mdwe_refuses_the_mprotect_writer_with_a_message"]
+#[ignore = "child process of mdwe_with_the_mprotect_writer_forced_runs_on_the_slots"]
 fn mdwe_child_mprotect_forced() {
     if !in_child("mdwe_child_mprotect_forced") {
         return;
     }
-    set_mdwe();
-    let before: Vec<_> = K1.sites().iter().map(|s| s.bytes()).collect();
-    let e = static_call::init().expect_err("mprotect cannot add write to text under MDWE");
-    assert!(
-        matches!(e, Error::TextNotWritable { errno: libc::EACCES, proc_mem_errno: 0, .. }),
-        "unexpected error: {e:?}"
+    let e = slots_support::run(
+        "mdwe_child_mprotect_forced",
+        set_mdwe,
+        |e| matches!(e, Error::TextNotWritable { errno: libc::EACCES, proc_mem_errno: 0, .. }),
+        false,
     );
-    assert_eq!(static_call::text_writer(), None);
-    let e2 = K1.try_update(b).expect_err("no writer");
-    assert_eq!(e, e2);
-    // Nothing changed: target, text, and calls still work (via the trampoline).
-    assert_eq!(K1.get().map(|f| f as usize), Some(a as *const () as usize));
-    assert_eq!(K1.sites().iter().map(|s| s.bytes()).collect::<Vec<_>>(), before);
-    assert_eq!(call_k1(1), 2);
-    common::assert_no_wx();
-
-    let msg = std::panic::catch_unwind(|| K1.update(b)).expect_err("update panics").downcast::<String>().unwrap();
-    println!("\nchild mdwe_child_mprotect_forced: update panicked: {msg}");
+    let msg = e.to_string();
     for needle in ["PR_SET_MDWE", "MemoryDenyWriteExecute", "STATIC_CALL_WRITER", "errno 13"] {
         assert!(msg.contains(needle), "the message does not mention {needle}: {msg}");
     }

@@ -4,6 +4,7 @@
 //! targets keep direct calls.
 #![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
 
+mod common;
 mod plugin_support;
 
 use plugin_support::Plugin;
@@ -85,52 +86,11 @@ fn a_function_in_a_cdylib() {
     assert_ne!(head(tramp), FAR_HEAD);
 }
 
-/// Maps one page of code at least 4 GiB away from `near`, holding
-/// `lea rax, [rdi + 7]; ret` at offset 0 and `lea rax, [rdi + 9]; ret` at 16.
-fn far_page(near: usize) -> usize {
-    const GIB: usize = 1 << 30;
-    for k in 4..64 {
-        for hint in [near.wrapping_add(k * GIB) & !0xfff, near.wrapping_sub(k * GIB) & !0xfff] {
-            if !(1 << 32..=(1 << 47) - (1 << 32)).contains(&hint) {
-                continue;
-            }
-            // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
-            let p = unsafe {
-                libc::mmap(
-                    hint as *mut libc::c_void,
-                    4096,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                    -1,
-                    0,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                continue;
-            }
-            if p as usize != hint {
-                // SAFETY: the mapping we just made.
-                unsafe { libc::munmap(p, 4096) };
-                continue;
-            }
-            let code: [[u8; 5]; 2] = [[0x48, 0x8d, 0x47, 0x07, 0xc3], [0x48, 0x8d, 0x47, 0x09, 0xc3]];
-            // SAFETY: our fresh RW page; then made RX (never W+X).
-            unsafe {
-                std::ptr::copy_nonoverlapping(code[0].as_ptr(), p as *mut u8, 5);
-                std::ptr::copy_nonoverlapping(code[1].as_ptr(), (p as *mut u8).add(16), 5);
-                assert_eq!(libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC), 0);
-            }
-            return hint;
-        }
-    }
-    panic!("no free page 4..64 GiB away from {near:#x}");
-}
-
 #[test]
 fn a_function_on_a_far_page_under_load() {
     static_call::init().unwrap();
     let site = FAR.sites()[0].address();
-    let page = far_page(site);
+    let page = common::far_page(site);
     // SAFETY: the page holds these two functions of this signature.
     let (plus7, plus9): (F, F) =
         unsafe { (std::mem::transmute::<usize, F>(page), std::mem::transmute::<usize, F>(page + 16)) };

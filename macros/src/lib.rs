@@ -199,7 +199,10 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
         }
     }
 
-    let marker = format_ident!("__static_call_{}", ident);
+    // The static's own type has the static's name (types and values live in
+    // different namespaces; a braced struct defines no constructor in the
+    // value namespace): errors and rustdoc then say `HASH::call`.
+    let marker = ident.clone();
     let key = format_ident!("__STATIC_CALL_KEY_{}", ident);
     let holder = format_ident!("__static_call_trampoline_{}", ident);
     let sc = quote!(::static_call::__private);
@@ -221,16 +224,16 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
     let arg_names: Vec<Ident> = (0..f.inputs.len()).map(|i| format_ident!("__arg{}", i)).collect();
     let arg_tys: Vec<&Type> = f.inputs.iter().map(|a| &a.ty).collect();
 
-    // The key: its slot starts at the default target, or null.
+    // The key: its slot starts at the default target, or (null here) the
+    // no-target stub `Key::__new` puts there.
     let no_target = if unit { quote!(#sc::NoTarget::Nop) } else { quote!(#sc::NoTarget::Zero) };
-    let (init, zero_check, form) = match target {
+    let (init, zero_check) = match target {
         Some(t) => (
             quote!({
                 const __TARGET: #ty = #t;
                 __TARGET as *mut ()
             }),
             quote!(),
-            quote!(target),
         ),
         None => {
             let span = match &f.output {
@@ -240,7 +243,6 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
             (
                 quote!(::core::ptr::null_mut()),
                 quote_spanned!(span=> const _: () = #sc::assert_zeroable::<#ret_static>();),
-                if unit { quote!(unit) } else { quote!(zero) },
             )
         }
     };
@@ -274,19 +276,39 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
         }
     });
 
+    let sig = tidy(&quote!(#ty).to_string());
+    let static_doc = format!(
+        "Static call key: `{sig}`{}. `{ident}.call(..)` calls its target{}; \
+         `{ident}.update(f)` retargets every call site, `{ident}.get()` reads the target \
+         (see the type `{ident}`, which dereferences to `static_call::Key`).",
+        match target {
+            Some(_) => String::new(),
+            None => ", with no target until updated".to_string(),
+        },
+        if args.out_of_line { " through its trampoline" } else { " (each call is a site patched in place)" },
+    );
+    let type_doc = format!(
+        "The type of the static call key [`{ident}`](static@{ident}), whose target type is `{sig}`. \
+         `call` is a call site; through `Deref` it is a `static_call::Key`: `update`, \
+         `try_update`, `get`, `sites`, and `reset` where the return type allows no target."
+    );
     let doc_call = format!(
-        "Calls the current target of [`{ident}`]{}.",
+        "Calls the current target of [`{ident}`](static@{ident}){}.",
         if args.out_of_line { " through its trampoline" } else { ": an inline call site" }
     );
 
     Ok(quote! {
         #(#attrs)*
-        #vis static #ident: #marker = #marker(());
+        #[doc = ""]
+        #[doc = #static_doc]
+        #vis static #ident: #marker = #marker { __static_call: () };
 
-        #[doc(hidden)]
+        #[doc = #type_doc]
         #[allow(non_camel_case_types)]
         #[derive(Clone, Copy)]
-        #vis struct #marker(());
+        #vis struct #marker {
+            __static_call: (),
+        }
 
         #[doc(hidden)]
         #[allow(non_upper_case_globals)]
@@ -301,7 +323,7 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
         #zero_check
 
         #sc::backend! {
-            inline { #sc::trampoline!(#key, #holder, #form); }
+            inline { #sc::trampoline!(#key, #holder, target); }
             portable {}
         }
 
@@ -359,6 +381,17 @@ fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
             }
         }
     })
+}
+
+/// A type's tokens as a person would write them: `extern "C" fn(u64) -> u64`.
+fn tidy(tokens: &str) -> String {
+    let mut s = tokens.to_string();
+    for (from, to) in
+        [(" (", "("), ("( ", "("), (" )", ")"), (" ,", ","), ("& ", "&"), ("* ", "*"), (" :: ", "::"), (":: ", "::")]
+    {
+        s = s.replace(from, to);
+    }
+    s
 }
 
 fn check_abi(f: &TypeBareFn, out_of_line: bool) -> syn::Result<()> {

@@ -171,3 +171,78 @@ pub fn page_runs(addrs: impl IntoIterator<Item = usize>) -> usize {
     }
     runs
 }
+
+/// Maps one page of code at least 4 GiB away from `near`, holding
+/// `lea rax, [rdi + 7]; ret` at offset 0 and `lea rax, [rdi + 9]; ret` at 16.
+pub fn far_page(near: usize) -> usize {
+    const GIB: usize = 1 << 30;
+    for k in 4..64 {
+        for hint in [near.wrapping_add(k * GIB) & !0xfff, near.wrapping_sub(k * GIB) & !0xfff] {
+            if !(1 << 32..=(1 << 47) - (1 << 32)).contains(&hint) {
+                continue;
+            }
+            // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+            let p = unsafe {
+                libc::mmap(
+                    hint as *mut libc::c_void,
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                continue;
+            }
+            if p as usize != hint {
+                // SAFETY: the mapping we just made.
+                unsafe { libc::munmap(p, 4096) };
+                continue;
+            }
+            let code: [[u8; 5]; 2] = [[0x48, 0x8d, 0x47, 0x07, 0xc3], [0x48, 0x8d, 0x47, 0x09, 0xc3]];
+            // SAFETY: our fresh RW page; then made RX (never W+X).
+            unsafe {
+                std::ptr::copy_nonoverlapping(code[0].as_ptr(), p as *mut u8, 5);
+                std::ptr::copy_nonoverlapping(code[1].as_ptr(), (p as *mut u8).add(16), 5);
+                assert_eq!(libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC), 0);
+            }
+            return hint;
+        }
+    }
+    panic!("no free page 4..64 GiB away from {near:#x}");
+}
+
+/// Installs a seccomp filter on every thread of the process that makes
+/// system call `nr` fail with `errno` (and lets every other call through),
+/// as a container runtime's profile would.
+pub fn deny_syscall(nr: libc::c_long, errno: u32) {
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let prog = [
+        ins(LD_W_ABS, 0, 0, 4),              // A = arch
+        ins(JEQ_K, 1, 0, AUDIT_ARCH_X86_64), // not x86-64: allow
+        ins(RET_K, 0, 0, RET_ALLOW),
+        ins(LD_W_ABS, 0, 0, 0), // A = nr
+        ins(JEQ_K, 0, 1, nr as u32),
+        ins(RET_K, 0, 0, RET_ERRNO | (errno & 0xffff)), // the denied call
+        ins(RET_K, 0, 0, RET_ALLOW),
+    ];
+    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut libc::sock_filter };
+    // SAFETY: a valid filter program that outlives the calls.
+    unsafe {
+        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
+        let r = libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            libc::SECCOMP_FILTER_FLAG_TSYNC,
+            &fprog as *const libc::sock_fprog,
+        );
+        assert_eq!(r, 0, "seccomp: {}", std::io::Error::last_os_error());
+    }
+}

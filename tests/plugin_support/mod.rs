@@ -58,7 +58,11 @@ pub struct Plugin {
 impl Plugin {
     /// Builds (if needed) and loads `lib<name>.so`.
     pub fn load(name: &str) -> Plugin {
-        let path = plugin(name);
+        Plugin::open(plugin(name))
+    }
+
+    /// Loads the plugin at `path` (from [`plugin`]), without building it.
+    pub fn open(path: PathBuf) -> Plugin {
         // SAFETY: our own plugin crates, whose initializers only set up Rust's
         // runtime.
         let lib = unsafe { libloading::Library::new(&path) }.expect("dlopen plugin");

@@ -83,3 +83,33 @@ pub extern "C" fn beta_site_address() -> usize {
 pub extern "C" fn beta_updates() -> u64 {
     static_call::stats().updates
 }
+
+/// The type of `STEP` and of the keys `beta_update` takes.
+pub type StepKey = static_call::Key<extern "C" fn(u64) -> u64, u64>;
+
+/// This library's key `STEP`, for a host (or another plugin) that
+/// retargets it through its own copy of the crate: the update is made by
+/// this library's copy, which owns the key's sites.
+#[unsafe(no_mangle)]
+pub extern "C" fn beta_step_key() -> &'static StepKey {
+    use static_call::StaticCall;
+    STEP.key()
+}
+
+/// Retargets a key of another module (the host's, another plugin's) to `f`
+/// through this library's copy of the crate (0: none); 0 on success, -1 on
+/// error.
+#[unsafe(no_mangle)]
+pub extern "C" fn beta_update(key: &'static StepKey, f: Option<extern "C" fn(u64) -> u64>) -> i32 {
+    let r = match f {
+        Some(f) => key.try_update(f),
+        None => key.try_reset(),
+    };
+    match r {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("beta: {e}");
+            -1
+        }
+    }
+}

@@ -21,9 +21,12 @@ pub const CALL_REL32: u8 = 0xe8;
 pub const JMP_REL32: u8 = 0xe9;
 /// The five-byte `nop dword ptr [rax+rax*1+0x0]`.
 pub const NOP5: [u8; INSN_LEN] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
-/// `cs cs cs xor eax, eax`: zeroes `rax` in one five-byte instruction (the
-/// Linux kernel's `xor5rax`).
-pub const XOR5RAX: [u8; INSN_LEN] = [0x2e, 0x2e, 0x2e, 0x31, 0xc0];
+/// `mov eax, 0`: zeroes `rax` in one five-byte instruction with no prefix.
+/// (The kernel's `xor5rax`, `cs cs cs xor eax, eax`, would stand behind a
+/// site's own `cs` padding: up to nine prefixes, which valgrind refuses as an
+/// illegal instruction.) Flags are left alone, which no caller relies on
+/// either way: a call clobbers them.
+pub const ZERO5: [u8; INSN_LEN] = [0xb8, 0x00, 0x00, 0x00, 0x00];
 /// `ret` padded with `int3` to five bytes.
 pub const RET5: [u8; INSN_LEN] = [0xc3, INT3, INT3, INT3, INT3];
 
@@ -36,7 +39,7 @@ pub const TRAMP_FAR_DISP_OFFSET: usize = TRAMP_FAR_OFFSET + 2;
 /// Offset of the first byte after that jump (the base of its displacement).
 pub const TRAMP_FAR_END: usize = TRAMP_FAR_OFFSET + 6;
 /// The bytes of a trampoline from [`INSN_LEN`] on, with the displacement of the
-/// far jump left zero: `ret` (reached after `xor5rax`), two `int3`, `jmp [rip +
+/// far jump left zero: `ret` (reached after the zero form), two `int3`, `jmp [rip +
 /// slot]`, `ud1 esp, ecx` (stops straight-line speculation, and is the kernel's
 /// trampoline signature), then our own signature `"SCALL"` and version 1.
 pub const TRAMP_TAIL: [u8; TRAMP_SIZE - INSN_LEN] = [
@@ -56,7 +59,7 @@ pub enum Insn {
     Jmp(usize),
     /// Five-byte `nop`.
     Nop,
-    /// `xor eax, eax` in five bytes.
+    /// `mov eax, 0` (five bytes).
     Zero,
     /// `ret` padded with `int3` (trampolines only).
     Ret,
@@ -80,7 +83,7 @@ pub fn encode(at: usize, insn: Insn) -> Option<[u8; INSN_LEN]> {
         Insn::Call(t) => branch(CALL_REL32, t),
         Insn::Jmp(t) => branch(JMP_REL32, t),
         Insn::Nop => Some(NOP5),
-        Insn::Zero => Some(XOR5RAX),
+        Insn::Zero => Some(ZERO5),
         Insn::Ret => Some(RET5),
     }
 }
@@ -93,7 +96,7 @@ pub fn decode(at: usize, bytes: &[u8; INSN_LEN]) -> Option<Insn> {
     };
     match *bytes {
         NOP5 => Some(Insn::Nop),
-        XOR5RAX => Some(Insn::Zero),
+        ZERO5 => Some(Insn::Zero),
         RET5 => Some(Insn::Ret),
         [CALL_REL32, ..] => Some(Insn::Call(target())),
         [JMP_REL32, ..] => Some(Insn::Jmp(target())),
@@ -159,8 +162,11 @@ macro_rules! __static_call_x86_64_site {
 #[macro_export]
 macro_rules! __static_call_x86_64_trampoline {
     // The trampoline of a key: 32 bytes, 32-aligned, in its own section. The
-    // head is one of `jmp +3` (to the far jump, i.e. through the slot), `ret`
-    // padded with int3, or `xor5rax` (falling into the `ret` at +5).
+    // assembled head is always `jmp +3`, to the far jump through the key's
+    // slot (which is never null: a key without a target holds a stub), so
+    // that a process that cannot patch runs correctly on the slots alone.
+    // Patching may later make the head `jmp target`, `ret` padded with int3,
+    // or the zero form (falling into the `ret` at +5).
     //
     // It is emitted from a naked function (an item, allowed where the key is
     // declared inside a function body, which `global_asm!` is not) that
@@ -169,12 +175,7 @@ macro_rules! __static_call_x86_64_trampoline {
     ($key:path, $holder:ident, target) => {
         $crate::__static_call_x86_64_trampoline!(@emit $key, $holder, ".byte 0xe9, 0x03, 0x00, 0x00, 0x00");
     };
-    ($key:path, $holder:ident, unit) => {
-        $crate::__static_call_x86_64_trampoline!(@emit $key, $holder, ".byte 0xc3, 0xcc, 0xcc, 0xcc, 0xcc");
-    };
-    ($key:path, $holder:ident, zero) => {
-        $crate::__static_call_x86_64_trampoline!(@emit $key, $holder, ".byte 0x2e, 0x2e, 0x2e, 0x31, 0xc0");
-    };
+
     (@emit $key:path, $holder:ident, $head:literal) => {
         #[doc(hidden)]
         #[allow(non_snake_case)]
@@ -277,17 +278,22 @@ mod tests {
     fn fixed_forms_are_single_five_byte_instructions() {
         let nop = decode_iced(0, &NOP5);
         assert_eq!((nop.len(), nop.mnemonic()), (5, Mnemonic::Nop));
-        let xor = decode_iced(0, &XOR5RAX);
-        assert_eq!((xor.len(), xor.mnemonic()), (5, Mnemonic::Xor));
-        assert_eq!(xor.op0_register(), iced_x86::Register::EAX);
-        assert_eq!(xor.op1_register(), iced_x86::Register::EAX);
+        let zero = decode_iced(0, &ZERO5);
+        assert_eq!((zero.len(), zero.mnemonic()), (5, Mnemonic::Mov));
+        assert_eq!(zero.op0_register(), iced_x86::Register::EAX);
+        assert_eq!(zero.immediate32(), 0);
+        // Behind a site's padding (at most six `cs` prefixes, as the site
+        // template can emit) it is still one instruction of at most 11 bytes.
+        let padded = [[0x2e; 6].as_slice(), &ZERO5].concat();
+        let z = decode_iced(0, &padded);
+        assert_eq!((z.len(), z.mnemonic()), (11, Mnemonic::Mov));
         let ret = decode_iced(0, &RET5);
         assert_eq!(ret.mnemonic(), Mnemonic::Ret);
         // The byte after xor5rax in a trampoline is the `ret` it falls into.
         assert_eq!(TRAMP_TAIL[0], 0xc3);
         let ud1 = decode_iced(0, &TRAMP_TAIL[TRAMP_FAR_END - INSN_LEN..]);
         assert_eq!(ud1.mnemonic(), Mnemonic::Ud1);
-        for form in [NOP5, XOR5RAX, RET5] {
+        for form in [NOP5, ZERO5, RET5] {
             assert_eq!(decode(0x1000, &form).map(|i| encode(0x1000, i).unwrap()), Some(form));
         }
         assert_eq!(decode(0x1000, &[INT3, 0, 0, 0, 0]), None);

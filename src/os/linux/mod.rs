@@ -15,3 +15,32 @@ pub fn thread_id() -> u32 {
     // SAFETY: gettid has no preconditions and cannot fail.
     unsafe { libc::syscall(libc::SYS_gettid) as u32 }
 }
+
+/// Whether SIGTRAP is blocked in the calling thread. Async-signal-safe.
+pub fn sigtrap_blocked() -> bool {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::zeroed();
+    // SAFETY: queries the mask only; `set` is valid for writing.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), set.as_mut_ptr()) };
+    // SAFETY: filled in on success.
+    r == 0 && unsafe { libc::sigismember(set.as_ptr(), libc::SIGTRAP) } == 1
+}
+
+/// Test hook: makes [`shadow_stack_enabled`] answer true, as on a process
+/// that runs with CET user shadow stacks (which this machine may not have).
+pub static ASSUME_SHADOW_STACK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the calling thread runs with a user-space shadow stack (x86 CET,
+/// Linux 6.6+: `arch_prctl(ARCH_SHSTK_STATUS)`). glibc enables it for the
+/// whole process at startup or not at all.
+pub fn shadow_stack_enabled() -> bool {
+    const ARCH_SHSTK_STATUS: libc::c_int = 0x5005;
+    const ARCH_SHSTK_SHSTK: u64 = 1;
+    if ASSUME_SHADOW_STACK.load(std::sync::atomic::Ordering::SeqCst) {
+        return true;
+    }
+    let mut status: u64 = 0;
+    // SAFETY: ARCH_SHSTK_STATUS writes one u64 to the address given; older
+    // kernels fail with EINVAL and write nothing.
+    let r = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_SHSTK_STATUS, &mut status as *mut u64) };
+    r == 0 && status & ARCH_SHSTK_SHSTK != 0
+}

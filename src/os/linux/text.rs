@@ -59,17 +59,7 @@ use crate::Error;
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
-/// How this process writes machine code.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum TextWriter {
-    /// `pwrite` to `/proc/self/mem`: no protection change, never W+X.
-    ProcMem,
-    /// `mprotect` adds write (keeping execute) for the duration of an update,
-    /// then restores each page's original protection. Used only where
-    /// `/proc/self/mem` is unavailable or `STATIC_CALL_WRITER=mprotect`.
-    Mprotect,
-}
+pub use crate::mode::TextWriter;
 
 const PAGE: usize = 4096;
 

@@ -1,0 +1,160 @@
+//! A key moved between a far target (more than 2 GiB from its sites, so
+//! called through the trampoline's `jmp [rip + slot]`) and no target, while
+//! threads call it. The slot is never null (DESIGN 3.2): a caller that loads
+//! it at any instant of `reset` or `update` reaches the old target, the new
+//! one, or the stub that does what "no target" means. Before the slot had a
+//! stub, `reset` stored null first and a caller in the window jumped to 0.
+#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+
+mod common;
+mod plugin_support;
+
+use plugin_support::Plugin;
+use static_call::{static_call, NotDirect, SiteState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
+use std::sync::Arc;
+
+type F = extern "C" fn(u64) -> u64;
+
+extern "C" fn near(x: u64) -> u64 {
+    x + 1
+}
+
+#[static_call]
+static PAGE: extern "C" fn(u64) -> u64;
+
+#[static_call]
+static PLUGIN: extern "C" fn(u64) -> u64;
+
+#[static_call]
+static OUT: extern "C" fn(u64) -> u64;
+
+#[inline(never)]
+fn page(x: u64) -> u64 {
+    PAGE.call(x)
+}
+
+#[inline(never)]
+fn plugin(x: u64) -> u64 {
+    PLUGIN.call(x)
+}
+
+#[inline(never)]
+fn out(x: u64) -> u64 {
+    OUT.call(x)
+}
+
+/// Whether a five-byte branch at `site` reaches `target`.
+fn reaches(site: usize, target: usize) -> bool {
+    i32::try_from(target as i64 - (site as i64 + 5)).is_ok()
+}
+
+/// Moves a key between `far` and no target (and `near`) `rounds` times while
+/// two threads call it through `call`; every result must be one of `ok`.
+/// Returns the number of calls made by the threads.
+fn churn(
+    key: &'static (impl static_call::StaticCall<Fn = F, Ret = u64> + Sync),
+    call: fn(u64) -> u64,
+    far: F,
+    ok: &'static [u64],
+    rounds: usize,
+) -> u64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let wrong = Arc::new(AtomicU64::new(0));
+    let calls = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, wrong, calls) = (stop.clone(), wrong.clone(), calls.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Relaxed) {
+                    let r = call(100);
+                    if !ok.contains(&r) {
+                        wrong.fetch_add(1, Relaxed);
+                    }
+                    calls.fetch_add(1, Relaxed);
+                }
+            })
+        })
+        .collect();
+    for i in 0..rounds {
+        match i % 3 {
+            0 => {
+                key.update(far);
+                assert_eq!(call(100), ok[0]);
+            }
+            1 => {
+                key.reset();
+                assert_eq!(call(100), 0);
+                assert!(key.get().is_none(), "no target reads back as None");
+            }
+            _ => {
+                key.update(far);
+                key.update(near);
+                assert_eq!(call(100), 101);
+            }
+        }
+        // Let the callers make progress between rounds.
+        let c = calls.load(Relaxed);
+        while calls.load(Relaxed) < c + 2 {
+            std::hint::spin_loop();
+        }
+    }
+    stop.store(true, Relaxed);
+    threads.into_iter().for_each(|t| t.join().unwrap());
+    assert_eq!(wrong.load(Relaxed), 0, "calls returned something no target returns");
+    calls.load(Relaxed)
+}
+
+#[test]
+fn far_page_target_then_reset_under_callers() {
+    static_call::init().unwrap();
+    let site = PAGE.sites()[0].address();
+    let p = common::far_page(site);
+    // SAFETY: the page holds `x + 7` at offset 0, of this signature.
+    let plus7: F = unsafe { std::mem::transmute::<usize, F>(p) };
+    assert!(!reaches(site, p));
+    PAGE.update(plus7);
+    assert!(PAGE.sites().iter().all(|s| s.reason() == Some(NotDirect::OutOfReach)));
+    let calls = churn(&PAGE, page, plus7, &[107, 0, 101], 3_000);
+    assert!(calls > 0);
+    let s = static_call::stats();
+    eprintln!("far page: {calls} calls, {s:?}");
+    assert!(s.traps_emulated + s.traps_rewound > 0, "no caller met an int3: the window was not exercised");
+    PAGE.reset();
+    assert!(PAGE.sites().iter().all(|s| s.state() == SiteState::Zero));
+    assert_eq!(page(5), 0);
+}
+
+#[test]
+fn plugin_target_then_reset_under_callers() {
+    static_call::init().unwrap();
+    let alpha = Plugin::load("alpha");
+    let f: F = alpha.func("alpha_dispatch");
+    let site = PLUGIN.sites()[0].address();
+    eprintln!("alpha_dispatch {}", if reaches(site, f as usize) { "near" } else { "far" });
+    let calls = churn(&PLUGIN, plugin, f, &[301, 0, 101], 3_000);
+    assert!(calls > 0);
+    PLUGIN.reset();
+    assert_eq!(plugin(1), 0);
+    drop(alpha);
+}
+
+/// A failed update from no target to a far target puts the old (no) target
+/// back: the slot then holds the stub again, never null.
+#[test]
+fn failed_update_to_far_target_reverts_to_no_target() {
+    static_call::init().unwrap();
+    let site = OUT.sites()[0].address();
+    let p = common::far_page(site);
+    // SAFETY: as above.
+    let plus7: F = unsafe { std::mem::transmute::<usize, F>(p) };
+    assert_eq!(out(1), 0);
+    static_call::__private::fail_text_write_after(0, 1);
+    let e = OUT.try_update(plus7).expect_err("the injected write failure");
+    static_call::__private::fail_text_write_after(0, 0);
+    eprintln!("failed as planned: {e}");
+    assert!(OUT.get().is_none());
+    assert_eq!(out(1), 0);
+    OUT.update(plus7);
+    assert_eq!(out(1), 8);
+}
