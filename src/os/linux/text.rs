@@ -469,20 +469,20 @@ impl Session {
                         // SAFETY: the patch lock (the caller's contract)
                         // makes this thread the buffer's only user.
                         let buf = unsafe { &mut *PAGE_BUF.0.get() };
-                        buf[..first.len()].copy_from_slice(first);
+                        // What the page holds now from `start` to its end
+                        // (every gap of this run lies there; the last write
+                        // may run past it into the next page and brings
+                        // its own bytes), then the writes over it.
+                        let page_end = (page + 1) * PAGE;
+                        // SAFETY: `start..page_end` is the rest of a page of
+                        // mapped text (the caller's contract), readable;
+                        // only the patch lock holder writes it, and it is us.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(start as *const u8, buf.as_mut_ptr(), page_end - start)
+                        };
+                        overlay(&mut buf[..first.len()], first);
                         while let Some(&(a, b)) = writes.peek().filter(|w| joins(w, end)) {
-                            // SAFETY: `end..a` lies between two writes of
-                            // this run, on pages of mapped text (the
-                            // caller's contract), readable; only the patch
-                            // lock holder writes them, and it is us.
-                            unsafe {
-                                std::ptr::copy_nonoverlapping(
-                                    end as *const u8,
-                                    buf[end - start..].as_mut_ptr(),
-                                    a - end,
-                                )
-                            };
-                            buf[a - start..a - start + b.len()].copy_from_slice(b);
+                            overlay(&mut buf[a - start..a - start + b.len()], b);
                             end = a + b.len();
                             reached += 1;
                             writes.next();
@@ -526,6 +526,14 @@ impl Session {
     /// with it.
     pub fn close(mut self) -> Result<(), Error> {
         self.unlocked.restore()
+    }
+}
+
+/// Copies a write's few bytes into the page buffer (a loop, not a `memcpy`
+/// call: writes are one to five bytes).
+fn overlay(to: &mut [u8], from: &[u8]) {
+    for (t, &f) in to.iter_mut().zip(from) {
+        *t = f;
     }
 }
 
