@@ -4,8 +4,8 @@
 use core::fmt;
 
 /// Why patching is impossible or was refused. When an update returns an
-/// error, no byte of text was changed (the one exception, [`Error::Poisoned`],
-/// says so).
+/// error, no byte of text was changed (the two exceptions,
+/// [`Error::Poisoned`] and [`Error::ProtectionNotRestored`], say so).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Error {
