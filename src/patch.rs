@@ -655,6 +655,8 @@ pub fn trampoline(key: &RawKey) -> Option<usize> {
     registry::get().tramp_of(key).map(|t| t.at)
 }
 
+/// One instruction, in Intel syntax.
+#[cfg(feature = "disasm")]
 pub fn disassemble(at: usize, bytes: &[u8]) -> String {
     use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
     let mut d = Decoder::with_ip(64, bytes, at as u64, DecoderOptions::NONE);
@@ -673,4 +675,11 @@ pub fn disassemble(at: usize, bytes: &[u8]) -> String {
         f.format(&insn, &mut out);
     }
     out
+}
+
+/// One instruction: without the `disasm` feature, the forms this crate
+/// writes are named by its own decoder, anything else is left as bytes.
+#[cfg(not(feature = "disasm"))]
+pub fn disassemble(at: usize, bytes: &[u8]) -> String {
+    crate::arch::x86_64::describe(at, bytes)
 }

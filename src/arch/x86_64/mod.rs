@@ -104,6 +104,21 @@ pub fn decode(at: usize, bytes: &[u8; INSN_LEN]) -> Option<Insn> {
     }
 }
 
+/// The instruction at `at` in Intel syntax, if it is one of the forms this
+/// crate writes (as iced-x86 prints them); otherwise a note that it is not.
+#[cfg_attr(feature = "disasm", allow(dead_code))]
+pub fn describe(at: usize, bytes: &[u8]) -> String {
+    let Some(five) = bytes.first_chunk::<INSN_LEN>() else { return "(bad)".to_string() };
+    match decode(at, five) {
+        Some(Insn::Call(t)) => format!("call {t:#x}"),
+        Some(Insn::Jmp(t)) => format!("jmp {t:#x}"),
+        Some(Insn::Nop) => "nop [rax+rax]".to_string(),
+        Some(Insn::Zero) => "mov eax, 0".to_string(),
+        Some(Insn::Ret) => "ret".to_string(),
+        None => "(not a static_call form)".to_string(),
+    }
+}
+
 /// The whole expected image of the trampoline at `tramp` whose key slot is at
 /// `slot`, with `head` as its first five bytes. `None` if the slot is out of
 /// rel32 reach (which the linker would have refused).
@@ -297,6 +312,33 @@ mod tests {
             assert_eq!(decode(0x1000, &form).map(|i| encode(0x1000, i).unwrap()), Some(form));
         }
         assert_eq!(decode(0x1000, &[INT3, 0, 0, 0, 0]), None);
+    }
+
+    #[test]
+    fn own_decoder_prints_what_iced_prints() {
+        use iced_x86::{Formatter, IntelFormatter};
+        let at = 0x5555_0000_1003usize;
+        let forms = [
+            encode(at, Insn::Call(at + 0x1234)).unwrap(),
+            encode(at, Insn::Call(at - 0x99)).unwrap(),
+            encode(at, Insn::Jmp(at + 8)).unwrap(),
+            NOP5,
+            ZERO5,
+            RET5,
+        ];
+        for form in forms {
+            let mut f = IntelFormatter::new();
+            let o = f.options_mut();
+            o.set_space_after_operand_separator(true);
+            o.set_hex_prefix("0x");
+            o.set_hex_suffix("");
+            o.set_uppercase_hex(false);
+            o.set_branch_leading_zeros(false);
+            let mut iced = String::new();
+            f.format(&decode_iced(at, &form), &mut iced);
+            assert_eq!(describe(at, &form), iced, "{form:02x?}");
+        }
+        assert_eq!(describe(at, &[INT3, 0, 0, 0, 0]), "(not a static_call form)");
     }
 
     #[test]
