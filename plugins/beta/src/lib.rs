@@ -83,3 +83,10 @@ pub extern "C" fn beta_site_address() -> usize {
 pub extern "C" fn beta_updates() -> u64 {
     static_call::stats().updates
 }
+
+/// Test hook: `hook` runs while this copy rewrites its SIGTRAP chain
+/// (a relink when a copy below it is unloaded, or a re-install).
+#[unsafe(no_mangle)]
+pub extern "C" fn beta_set_writer_hook(hook: Option<extern "C" fn()>) {
+    static_call::__private::set_writer_hook(hook)
+}
