@@ -24,9 +24,19 @@
 //!
 //! The descriptor the handler reads is the patch plan, which lives in the
 //! lock-protected state and is neither moved nor reused until every handler
-//! that might read it has finished (`READERS` drops to zero after `SEQ` turns
-//! even). Text is written only through `os::linux::text::Session`, only at
-//! addresses from the registry, and only after their bytes were verified.
+//! that might read it has finished (`READERS` drops to zero, or below in a
+//! fork child, after `SEQ` turns even). `retract` sleeps on `READERS` as a
+//! futex and the last reader to leave wakes it (`FUTEX_WAKE` is
+//! async-signal-safe), so a real-time updater never spins against a reader
+//! preempted on its CPU. Text is written only through
+//! `os::linux::text::Session`, only at addresses from the registry, and only
+//! after their bytes were verified.
+//!
+//! Once this copy shuts down (its module is unloaded, or the process exits)
+//! the lock is held for good and its owner word carries `SHUT`: a `fork()`
+//! then never waits for it (`fork_prepare` returns without the lock), since
+//! glibc unregisters this copy's atfork handlers only after the destructor
+//! that shut it down.
 #![allow(unsafe_code)]
 
 use crate::arch::x86_64::{decode, encode, far_head, Insn, INSN_LEN, INT3, NOP5, RET5, TRAMP_SIZE, XOR5RAX};
