@@ -109,7 +109,7 @@ fn a_sched_fifo_updater_sleeps_until_the_reader_leaves() {
             ARM.store(1, SeqCst);
             while ARM.load(SeqCst) != 3 {
                 assert!(updates < 2_000_000, "the caller never landed on an int3");
-                K.update(if updates % 2 == 0 { t2 } else { t1 });
+                K.update(if updates.is_multiple_of(2) { t2 } else { t1 });
                 updates += 1;
                 PROGRESS.fetch_add(1, SeqCst);
             }

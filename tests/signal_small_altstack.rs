@@ -130,7 +130,7 @@ fn three_chained_handlers_on_threads_with_a_tiny_altstack() {
     let mut i = 0u32;
     while static_call::stats().traps_emulated < base.traps_emulated + 20 {
         assert!(i < 1_000_000, "no trap in {i} updates");
-        HOST.update(if i % 2 == 0 { host_b } else { host_a });
+        HOST.update(if i.is_multiple_of(2) { host_b } else { host_a });
         assert_eq!(alpha_mode(i % 2), 0);
         assert_eq!(beta_mode(i % 2), 0);
         i += 1;

@@ -105,7 +105,7 @@ fn init_again_puts_our_handler_back_on_top_of_a_crash_reporter() {
     let mut i = 0u32;
     while static_call::stats().traps_emulated < 10 {
         assert!(i < 1_000_000, "no trap emulated in {i} updates");
-        let f = if i % 2 == 0 { t2 } else { t1 };
+        let f = if i.is_multiple_of(2) { t2 } else { t1 };
         K.try_update(f).unwrap();
         assert_eq!(site(1), f(1));
         i += 1;

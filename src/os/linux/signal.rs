@@ -87,6 +87,9 @@
 //! allocate), recognizes that re-entry as a loop, and passes the trap to the
 //! fallback instead. With more than 64 traps being passed on at once, a
 //! further one is not noted (a newcomer that passes it back then loops).
+//! A copy that re-installed over a newcomer restores the newcomer when it
+//! is unloaded, and the newcomer still chains to the handler it recorded,
+//! ours: a plugin in that state must not be unloaded.
 //!
 //! # Unloading
 //!
