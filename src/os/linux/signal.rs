@@ -72,8 +72,8 @@
 //! genuine `int3` passed through three chained copies (beta, alpha, host)
 //! to a user handler took 6,304 bytes below the stack pointer in a debug
 //! build on a machine with a 3,632-byte signal frame (`AT_MINSIGSTKSZ`),
-//! red zone included: about 850 bytes per copy
-//! (`tests/signal_small_altstack.rs` measures it on a painted stack).
+//! red zone included: about 850 bytes per copy; 4,736 bytes in a release
+//! build (`tests/signal_small_altstack.rs` measures it on a painted stack).
 //!
 //! # Re-installing
 //!
