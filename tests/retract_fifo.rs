@@ -127,5 +127,7 @@ fn a_sched_fifo_updater_sleeps_until_the_reader_leaves() {
     let Some((updates, waits)) = result else { return };
     eprintln!("{updates} updates; retract waited {waits} times for 3 held readers; {:?}", static_call::stats());
     assert!(waits >= 1, "retract found a reader at least once");
-    assert!(waits <= 3 * 4, "retract slept until woken ({waits} waits for 3 readers), it did not spin");
+    // One wait per held reader, plus the rare ordinary trap that overlaps a
+    // retract; a spin counts millions of passes (one per `sched_yield`).
+    assert!(waits < 1000, "retract slept until woken ({waits} waits for 3 held readers), it did not spin");
 }
