@@ -123,3 +123,42 @@ pub fn text_protects() -> usize {
 pub fn assume_shadow_stack() {
     crate::os::linux::ASSUME_SHADOW_STACK.store(true, core::sync::atomic::Ordering::SeqCst)
 }
+
+/// Test hook: `hook` runs in the SIGTRAP handler while it is counted as a
+/// reader of the published patch plan (an update's `retract` waits for it).
+/// It must be async-signal-safe.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+pub fn set_reader_hook(hook: Option<extern "C" fn()>) {
+    crate::patch::set_reader_hook(hook)
+}
+
+/// How many times an update waited (asleep) for SIGTRAP handlers still
+/// reading its plan.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+pub fn retract_waits() -> u64 {
+    crate::patch::retract_waits()
+}
+
+/// Test hook: `hook` runs while this copy's SIGTRAP bookkeeping is being
+/// rewritten (its `WRITER` held: a relink or a re-install).
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+pub fn set_writer_hook(hook: Option<extern "C" fn()>) {
+    crate::os::linux::signal::set_writer_hook(hook)
+}
+
+/// This copy's SIGTRAP bookkeeping: threads inside its handler, readers of
+/// each slot of its previous disposition (signed), whether its writer lock
+/// is held.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+pub fn signal_bookkeeping() -> (isize, [isize; 2], bool) {
+    crate::os::linux::signal::bookkeeping()
+}
+
+/// Runs this copy's unload path now (what `dlclose` or process exit runs):
+/// shuts the copy down for good and takes its handler out of the chain.
+/// Returns what it did: `Nothing`, `Clean`, `GaveUp` (a wait for threads in
+/// the handler gave up), `KeptPoisoned` or `Busy`.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+pub fn unload_now() -> String {
+    format!("{:?}", crate::os::linux::signal::unload())
+}

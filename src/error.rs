@@ -40,8 +40,11 @@ pub enum Error {
         /// The five bytes expected.
         expected: [u8; 5],
     },
-    /// Another SIGTRAP handler replaced ours after `init`: a thread that met
-    /// a breakpoint of an update would not be handled. Nothing was written.
+    /// Another SIGTRAP handler replaced ours after `init`, or our handler
+    /// was put back with other flags or another signal mask: a thread that
+    /// met a breakpoint of an update would not be handled (or could
+    /// deadlock). Nothing was written. Calling `init()` again puts ours back
+    /// on top, chaining to the newcomer.
     HandlerDisplaced {
         /// The address of the handler now installed (0 for `SIG_DFL`, 1 for
         /// `SIG_IGN`).
@@ -130,7 +133,8 @@ impl fmt::Display for Error {
                 f,
                 "static_call: another SIGTRAP handler ({current:#x}) replaced ours after init; \
                  install your handler before calling static_call::init(), and ours will pass \
-                 foreign traps on to it"
+                 foreign traps on to it, or call static_call::init() again to put ours back \
+                 on top of it"
             ),
             Error::HandlerNotInstalled { errno } => {
                 write!(f, "static_call: cannot install the SIGTRAP handler (errno {errno})")

@@ -124,7 +124,11 @@ pub fn stats() -> Stats {
 /// otherwise): registers for `membarrier` core serialization (slow once a
 /// process has many threads), installs the SIGTRAP handler, chooses how to
 /// write text, and patches every call site to its key's current target.
-/// Idempotent, and cheap after the first success.
+/// Idempotent, and cheap after the first success: it then only checks that
+/// our SIGTRAP handler is still in place, and if another handler displaced
+/// it (a crash reporter installed after `init`), puts ours back on top,
+/// chaining to the newcomer (a newcomer that passes traps back to us is
+/// recognized: no loop).
 pub fn init() -> Result<(), Error> {
     backend::init()
 }

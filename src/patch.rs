@@ -24,9 +24,19 @@
 //!
 //! The descriptor the handler reads is the patch plan, which lives in the
 //! lock-protected state and is neither moved nor reused until every handler
-//! that might read it has finished (`READERS` drops to zero after `SEQ` turns
-//! even). Text is written only through `os::linux::text::Session`, only at
-//! addresses from the registry, and only after their bytes were verified.
+//! that might read it has finished (`READERS` drops to zero, or below in a
+//! fork child, after `SEQ` turns even). `retract` sleeps on `READERS` as a
+//! futex and the last reader to leave wakes it (`FUTEX_WAKE` is
+//! async-signal-safe), so a real-time updater never spins against a reader
+//! preempted on its CPU. Text is written only through
+//! `os::linux::text::Session`, only at addresses from the registry, and only
+//! after their bytes were verified.
+//!
+//! Once this copy shuts down (its module is unloaded, or the process exits)
+//! the lock is held for good and its owner word carries `SHUT`: a `fork()`
+//! then never waits for it (`fork_prepare` returns without the lock), since
+//! glibc unregisters this copy's atfork handlers only after the destructor
+//! that shut it down.
 #![allow(unsafe_code)]
 
 use crate::arch::x86_64::{decode, encode, far_head, Insn, INSN_LEN, INT3, NOP5, RET5, TRAMP_SIZE, ZERO5};
@@ -98,7 +108,7 @@ impl PatchLock {
         loop {
             match self.owner.compare_exchange(0, me, Acquire, Relaxed) {
                 Ok(_) => return Ok(Guard),
-                Err(o) if o == me => return Err(Error::Reentrant),
+                Err(o) if o == me || o == me | SHUT => return Err(Error::Reentrant),
                 Err(o) => futex_wait(&self.owner, o),
             }
         }
@@ -142,19 +152,28 @@ fn futex_wake(word: &AtomicU32) {
 // ---------------------------------------------------------------- fork
 
 /// Whether the forking thread took the lock in `prepare` (it did not if it
-/// already held it: a fork from a signal handler that interrupted an update).
+/// already held it: a fork from a signal handler that interrupted an update;
+/// nor if this copy is shut down).
 static FORK_LOCKED: AtomicBool = AtomicBool::new(false);
+
+/// Set in `LOCK.owner`, with the owner's thread id, once the copy is shut
+/// down for good (thread ids are below 2^22).
+const SHUT: u32 = 1 << 31;
 
 extern "C" fn fork_prepare() {
     // Wait for any update to finish, so the child never inherits
-    // half-patched text.
-    match LOCK.lock() {
-        Ok(g) => {
-            std::mem::forget(g);
-            FORK_LOCKED.store(true, Relaxed);
+    // half-patched text. A shut-down copy (its module being unloaded, its
+    // atfork handlers about to be unregistered) never makes a fork wait:
+    // `shut_down` marks the owner word and wakes us.
+    let me = thread_id();
+    let locked = loop {
+        match LOCK.owner.compare_exchange(0, me, Acquire, Relaxed) {
+            Ok(_) => break true,
+            Err(o) if o == me || o & SHUT != 0 => break false,
+            Err(o) => futex_wait(&LOCK.owner, o),
         }
-        Err(_) => FORK_LOCKED.store(false, Relaxed),
-    }
+    };
+    FORK_LOCKED.store(locked, Relaxed);
 }
 
 extern "C" fn fork_parent() {
@@ -173,9 +192,19 @@ extern "C" fn fork_child() {
     // READERS do not exist here. The `/proc/self/mem` descriptor is made to
     // name the child's memory (the interrupted update may hold its number),
     // and the membarrier registration is redone by process id.
-    let owner = if FORK_LOCKED.load(Relaxed) { 0 } else { thread_id() };
+    // A shut-down copy stays shut down. The SIGTRAP handler's bookkeeping
+    // is reset the same way (`signal::after_fork_child`).
+    let owner = LOCK.owner.load(Relaxed);
+    let owner = if owner & SHUT != 0 {
+        owner
+    } else if FORK_LOCKED.load(Relaxed) {
+        0
+    } else {
+        thread_id()
+    };
     LOCK.owner.store(owner, Release);
     READERS.store(0, SeqCst);
+    signal::after_fork_child();
     text::after_fork_child();
 }
 
@@ -205,10 +234,21 @@ struct Patch {
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 static PLAN_PTR: AtomicUsize = AtomicUsize::new(0);
 static PLAN_LEN: AtomicUsize = AtomicUsize::new(0);
-/// Handlers currently reading the published plan.
-static READERS: AtomicUsize = AtomicUsize::new(0);
+/// Handlers currently reading the published plan (a futex word: the last
+/// reader to leave wakes a waiting `retract`). Read as signed: a fork child
+/// resets it to zero, after which a reader the forking thread was takes it
+/// below.
+static READERS: AtomicU32 = AtomicU32::new(0);
+/// `retract` is waiting (or about to wait) for READERS.
+static RETRACTING: AtomicBool = AtomicBool::new(false);
+/// How many times `retract` found readers and waited (for tests: it must
+/// sleep until woken, never spin).
+static RETRACT_WAITS: AtomicU64 = AtomicU64::new(0);
 /// Test hook: called first thing by the SIGTRAP handler for our traps.
 static TRAP_HOOK: AtomicUsize = AtomicUsize::new(0);
+/// Test hook: called by the SIGTRAP handler while it is counted as a reader
+/// of the published plan.
+static READER_HOOK: AtomicUsize = AtomicUsize::new(0);
 
 fn publish(plan: &[Patch]) {
     PLAN_PTR.store(plan.as_ptr() as usize, SeqCst);
@@ -216,10 +256,34 @@ fn publish(plan: &[Patch]) {
     SEQ.fetch_add(1, SeqCst);
 }
 
+/// Unpublishes the plan and waits until no handler still reads it. Sleeps
+/// on the READERS futex (never spins: a real-time updater spinning would
+/// starve a reader preempted on its CPU); the last reader to leave wakes it.
 fn retract() {
     SEQ.fetch_add(1, SeqCst);
-    while READERS.load(SeqCst) != 0 {
-        std::thread::yield_now();
+    RETRACTING.store(true, SeqCst);
+    loop {
+        let r = READERS.load(SeqCst);
+        if r as i32 <= 0 {
+            break;
+        }
+        RETRACT_WAITS.fetch_add(1, Relaxed);
+        futex_wait(&READERS, r);
+    }
+    RETRACTING.store(false, SeqCst);
+}
+
+/// How many times `retract` waited for readers (tests).
+pub fn retract_waits() -> u64 {
+    RETRACT_WAITS.load(Relaxed)
+}
+
+fn run_hook(hook: &AtomicUsize) {
+    let h = hook.load(SeqCst);
+    if h != 0 {
+        // SAFETY: only the `set_*_hook` functions store here, an `extern "C" fn()`.
+        let f: extern "C" fn() = unsafe { std::mem::transmute(h) };
+        f();
     }
 }
 
@@ -238,7 +302,13 @@ fn published_insn(at: usize) -> (usize, Option<Insn>) {
             found = plan.get(i).map(|p| p.insn);
         }
     }
-    READERS.fetch_sub(1, SeqCst);
+    run_hook(&READER_HOOK);
+    // The last reader out wakes a waiting `retract` (FUTEX_WAKE is
+    // async-signal-safe). SeqCst on both sides: either `retract` sees our
+    // decrement, or we see it waiting.
+    if READERS.fetch_sub(1, SeqCst) == 1 && RETRACTING.load(SeqCst) {
+        futex_wake(&READERS);
+    }
     (seq, found)
 }
 
@@ -249,12 +319,7 @@ pub fn on_trap(at: usize) -> Trap {
     if !reg.is_ours(at) {
         return Trap::NotOurs;
     }
-    let hook = TRAP_HOOK.load(SeqCst);
-    if hook != 0 {
-        // SAFETY: only `__private::set_trap_hook` stores here, an `extern "C" fn()`.
-        let f: extern "C" fn() = unsafe { std::mem::transmute(hook) };
-        f();
-    }
+    run_hook(&TRAP_HOOK);
     loop {
         let (seq, insn) = published_insn(at);
         if let Some(insn) = insn {
@@ -283,20 +348,57 @@ pub fn set_trap_hook(hook: Option<extern "C" fn()>) {
     TRAP_HOOK.store(hook.map_or(0, |f| f as usize), SeqCst);
 }
 
+pub fn set_reader_hook(hook: Option<extern "C" fn()>) {
+    READER_HOOK.store(hook.map_or(0, |f| f as usize), SeqCst);
+}
+
+/// What `shut_down` found.
+pub enum ShutDown {
+    /// No update of this copy will run again.
+    Done,
+    /// As `Done`, but an update poisoned this copy: its `int3`s may still be
+    /// in the text, so the SIGTRAP handler must stay.
+    Poisoned,
+    /// This thread is inside an update of this copy: nothing done.
+    Busy,
+}
+
 /// This copy's module is being unloaded, or the process exits: waits for an
-/// update in progress to finish, then keeps the lock for good, so that no
-/// update of this copy starts again (from another thread it would block;
-/// from this one it returns `Reentrant`). False, holding nothing, if this
-/// thread is inside an update of this copy.
-pub fn shut_down() -> bool {
-    match LOCK.lock() {
-        Ok(g) => {
-            std::mem::forget(g);
-            true
+/// update in progress to finish, then keeps the lock for good (marked
+/// `SHUT`), so that no update of this copy starts again (from another
+/// thread it would block; from this one it returns `Reentrant`), and wakes
+/// any `fork()` waiting in `fork_prepare`, which then returns without the
+/// lock: a fork during the unload never waits for it.
+pub fn shut_down() -> ShutDown {
+    let me = thread_id();
+    loop {
+        match LOCK.owner.compare_exchange(0, me, Acquire, Relaxed) {
+            Ok(_) => break,
+            // Shut down already (the unload path runs again at exit, maybe
+            // on another thread): the state is frozen.
+            Err(o) if o & SHUT != 0 => {
+                return if SHUT_POISONED.load(Acquire) { ShutDown::Poisoned } else { ShutDown::Done };
+            }
+            Err(o) if o == me => return ShutDown::Busy,
+            Err(o) => futex_wait(&LOCK.owner, o),
         }
-        Err(_) => false,
+    }
+    // We hold the lock now; it is never released (no guard is dropped).
+    let mut g = Guard;
+    let poisoned = g.state().poisoned.is_some();
+    std::mem::forget(g);
+    SHUT_POISONED.store(poisoned, Release);
+    LOCK.owner.fetch_or(SHUT, Release);
+    futex_wake(&LOCK.owner);
+    if poisoned {
+        ShutDown::Poisoned
+    } else {
+        ShutDown::Done
     }
 }
+
+/// Whether this copy was poisoned when it shut down.
+static SHUT_POISONED: AtomicBool = AtomicBool::new(false);
 
 // ---------------------------------------------------------------- forms
 
@@ -552,10 +654,20 @@ fn init_locked(st: &mut State) -> Result<(), Error> {
 
 pub fn init() -> Result<(), Error> {
     if INITIALIZED.load(Acquire) {
-        return SLOTS.get().map_or(Ok(()), |&e| Err(e));
+        if let Some(&e) = SLOTS.get() {
+            return Err(e);
+        }
+        // Once initialized, `init` only puts a displaced handler back on top.
+        if !signal::installed() || signal::check().is_ok() {
+            return Ok(());
+        }
     }
     let mut g = LOCK.lock()?;
-    init_locked(g.state())
+    let st = g.state();
+    if st.initialized && SLOTS.get().is_none() && signal::installed() {
+        return signal::install();
+    }
+    init_locked(st)
 }
 
 pub fn mode() -> Mode {

@@ -1,7 +1,8 @@
 //! A SIGTRAP handler installed after `init` displaces ours: the next update
 //! refuses with `HandlerDisplaced` and writes nothing (it would otherwise patch
-//! with nobody to handle its breakpoints). Putting ours back makes updates
-//! work again.
+//! with nobody to handle its breakpoints). So does our own entry put back
+//! without our signal mask. Putting ours back exactly makes updates work
+//! again.
 #![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
 
 mod common;
@@ -74,8 +75,16 @@ fn a_handler_installed_after_init_makes_updates_refuse() {
         assert_eq!(site_bytes(), before, "nothing written");
     }
 
-    // Ours back: updates work, with a caller landing on the int3s.
+    // Our entry back with our flags but without our mask: still displaced
+    // (the mask is what keeps an asynchronous signal from deadlocking an
+    // update behind a handler counted as a reader).
     set_handler(ours.sa_sigaction, ours.sa_flags);
+    assert_eq!(K.try_update(t2), Err(Error::HandlerDisplaced { current: ours.sa_sigaction }));
+    assert_eq!(site_bytes(), before, "nothing written");
+
+    // Ours back as it was: updates work, with a caller landing on the int3s.
+    // SAFETY: the disposition the kernel gave us.
+    assert_eq!(unsafe { libc::sigaction(libc::SIGTRAP, &ours, std::ptr::null_mut()) }, 0);
     static STOP: AtomicBool = AtomicBool::new(false);
     let caller = std::thread::spawn(|| {
         while !STOP.load(SeqCst) {

@@ -112,4 +112,10 @@ pub extern "C" fn beta_update(key: &'static StepKey, f: Option<extern "C" fn(u64
             -1
         }
     }
+
+/// Test hook: `hook` runs while this copy rewrites its SIGTRAP chain
+/// (a relink when a copy below it is unloaded, or a re-install).
+#[unsafe(no_mangle)]
+pub extern "C" fn beta_set_writer_hook(hook: Option<extern "C" fn()>) {
+    static_call::__private::set_writer_hook(hook)
 }

@@ -1,0 +1,71 @@
+//! `fork()` on one thread while another unloads a plugin that links the
+//! crate: the plugin's destructor shuts its copy down for good before glibc
+//! unregisters that copy's `pthread_atfork` handlers, and a fork in that
+//! window must not wait for the shut-down copy's lock (it would wait
+//! forever, inside code about to be unmapped). A watchdog turns a hang into
+//! a failure.
+#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+
+mod common;
+mod plugin_support;
+
+use plugin_support::{fork_ok, Plugin};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::Arc;
+
+static PROGRESS: AtomicU64 = AtomicU64::new(0);
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+/// Runs in beta's copy while it relinks past alpha, i.e. inside alpha's
+/// unload, after alpha's copy shut down and before glibc unregisters its
+/// atfork handlers: waits until the forker completed two forks that
+/// started after now.
+extern "C" fn fork_now() {
+    let start = FORKS.load(SeqCst);
+    while FORKS.load(SeqCst) < start + 2 {
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn fork_while_a_plugin_is_unloaded_does_not_hang() {
+    common::watchdog("fork during plugin unload", &PROGRESS, std::time::Duration::from_secs(60));
+    static_call::init().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let forker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(SeqCst) {
+                assert!(fork_ok(), "the fork child exited cleanly");
+                FORKS.fetch_add(1, SeqCst);
+                PROGRESS.fetch_add(1, SeqCst);
+            }
+        })
+    };
+    for cycle in 0..10 {
+        let mut alpha = Plugin::load("alpha");
+        let mut beta = Plugin::load("beta");
+        let alpha_init: extern "C" fn() -> i32 = alpha.func("alpha_init");
+        let beta_init: extern "C" fn() -> i32 = beta.func("beta_init");
+        let mode: extern "C" fn(u32) -> i32 = alpha.func("alpha_set_mode");
+        let work: extern "C" fn(u64) -> u64 = alpha.func("alpha_work");
+        let hook: extern "C" fn(Option<extern "C" fn()>) = beta.func("beta_set_writer_hook");
+        // Each copy registers its atfork handlers in init; beta's handler
+        // sits on alpha's.
+        assert_eq!(alpha_init(), 0);
+        assert_eq!(beta_init(), 0);
+        assert_eq!(mode(1), 0);
+        assert_eq!(work(3), 300);
+        hook(Some(fork_now));
+        let forks = FORKS.load(SeqCst);
+        alpha.unload();
+        assert!(!alpha.mapped());
+        assert!(FORKS.load(SeqCst) >= forks + 2, "forks ran inside alpha's unload");
+        hook(None);
+        beta.unload();
+        PROGRESS.fetch_add(1, SeqCst);
+        eprintln!("cycle {cycle}: {} forks", FORKS.load(SeqCst));
+    }
+    stop.store(true, SeqCst);
+    forker.join().unwrap();
+}
