@@ -112,6 +112,7 @@ pub extern "C" fn beta_update(key: &'static StepKey, f: Option<extern "C" fn(u64
             -1
         }
     }
+}
 
 /// Test hook: `hook` runs while this copy rewrites its SIGTRAP chain
 /// (a relink when a copy below it is unloaded, or a re-install).
