@@ -16,14 +16,14 @@ pub use core;
 /// Expands to its `inline` arm where sites are patched, else to its
 /// `portable` arm: the backend is this crate's choice, made by its own
 /// `cfg`, not the caller's.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_backend {
     (inline { $($i:tt)* } portable { $($p:tt)* }) => { $($i)* };
 }
 
-#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"))))]
+#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri))))]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_backend {
@@ -60,7 +60,7 @@ pub const fn assert_float<T: FloatRegister>() {}
 /// Test hook: `hook` runs first in the SIGTRAP handler for every trap at one
 /// of our addresses (so a test can hold a thread on the breakpoint). It must
 /// be async-signal-safe.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
 pub fn set_trap_hook(hook: Option<extern "C" fn()>) {
     crate::patch::set_trap_hook(hook)
 }
@@ -88,7 +88,7 @@ pub fn sync_core_once() -> Result<(), crate::Error> {
 /// (`usize::MAX`: every later write; `0` disarms). An update whose write
 /// fails rolls back (see `patch::apply`), so tests can prove that an update
 /// is all or nothing.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
 pub fn fail_text_write_after(after: usize, times: usize) {
     crate::os::linux::text::fail_writes(after, times)
 }
@@ -96,7 +96,7 @@ pub fn fail_text_write_after(after: usize, times: usize) {
 /// How many writes of machine code were attempted so far (a write is one
 /// page-run of one protocol step: the `int3`s, the bodies or the first bytes
 /// of the instructions that start on one page; see `Session::write_step`).
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
 pub fn text_writes() -> usize {
     crate::os::linux::text::writes()
 }
@@ -105,13 +105,13 @@ pub fn text_writes() -> usize {
 /// protection changes of its sessions (adding write to each range, then
 /// restoring each) succeed, then `times` fail with `ENOMEM` without changing
 /// anything (`usize::MAX`: every later one; `0` disarms).
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
 pub fn fail_text_protect_after(after: usize, times: usize) {
     crate::os::linux::text::fail_protects(after, times)
 }
 
 /// How many protection changes the `mprotect` writer's sessions attempted.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
 pub fn text_protects() -> usize {
     crate::os::linux::text::protects()
 }
@@ -119,7 +119,7 @@ pub fn text_protects() -> usize {
 /// Test hook: from now on this copy believes the process runs with CET
 /// shadow stacks (as `arch_prctl(ARCH_SHSTK_STATUS)` would report), so that
 /// `init` chooses the slots. Call before `init`.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
 pub fn assume_shadow_stack() {
     crate::os::linux::ASSUME_SHADOW_STACK.store(true, core::sync::atomic::Ordering::SeqCst)
 }
@@ -127,21 +127,21 @@ pub fn assume_shadow_stack() {
 /// Test hook: `hook` runs in the SIGTRAP handler while it is counted as a
 /// reader of the published patch plan (an update's `retract` waits for it).
 /// It must be async-signal-safe.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
 pub fn set_reader_hook(hook: Option<extern "C" fn()>) {
     crate::patch::set_reader_hook(hook)
 }
 
 /// How many times an update waited (asleep) for SIGTRAP handlers still
 /// reading its plan.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
 pub fn retract_waits() -> u64 {
     crate::patch::retract_waits()
 }
 
 /// Test hook: `hook` runs while this copy's SIGTRAP bookkeeping is being
 /// rewritten (its `WRITER` held: a relink or a re-install).
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
 pub fn set_writer_hook(hook: Option<extern "C" fn()>) {
     crate::os::linux::signal::set_writer_hook(hook)
 }
@@ -149,7 +149,7 @@ pub fn set_writer_hook(hook: Option<extern "C" fn()>) {
 /// This copy's SIGTRAP bookkeeping: threads inside its handler, readers of
 /// each slot of its previous disposition (signed), whether its writer lock
 /// is held.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
 pub fn signal_bookkeeping() -> (isize, [isize; 2], bool) {
     crate::os::linux::signal::bookkeeping()
 }
@@ -158,7 +158,7 @@ pub fn signal_bookkeeping() -> (isize, [isize; 2], bool) {
 /// shuts the copy down for good and takes its handler out of the chain.
 /// Returns what it did: `Nothing`, `Clean`, `GaveUp` (a wait for threads in
 /// the handler gave up), `KeptPoisoned` or `Busy`.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
 pub fn unload_now() -> String {
     format!("{:?}", crate::os::linux::signal::unload())
 }
