@@ -5,8 +5,8 @@
 //! targets for indirect-branch-predictor pressure.
 //!
 //! ```text
-//! cargo bench --bench calls
-//! cargo bench --bench calls -- --table   # the interleaved table only
+//! cargo bench -p static_call_benches --bench calls
+//! cargo bench -p static_call_benches --bench calls -- --table   # the interleaved table only
 //! ```
 //!
 //! Every figure is nanoseconds per call (criterion's "time" is divided by the
@@ -109,7 +109,7 @@ mod bench {
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 criterion::criterion_group!(benches, bench::calls);
-/// `cargo bench --bench calls -- --table` prints the interleaved table
+/// `cargo bench -p static_call_benches --bench calls -- --table` prints the interleaved table
 /// (what the demo prints) instead of running criterion.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn main() {
