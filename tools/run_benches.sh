@@ -14,7 +14,9 @@ target="${CARGO_TARGET_DIR:-target}"
 out="${BENCH_OUT:-docs/benchmarks.json}"
 mkdir -p "$(dirname "$out")"
 for i in 1 2 3; do cargo bench -p static_call_benches --bench calls -- --table; done | tee "$target/costs-table-$run.txt"
+for i in 1 2; do cargo bench -p static_call_benches --bench regimes -- --table; done | tee "$target/regimes-table-$run.txt"
 cargo bench -p static_call_benches --bench calls
+cargo bench -p static_call_benches --bench regimes
 cargo bench -p static_call_benches --bench updates
 STATIC_CALL_WRITER=mprotect cargo bench -p static_call_benches --bench updates
 note="$(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs, Linux $(uname -r), $(rustc --version | cut -d' ' -f1-2), run $run"
