@@ -80,6 +80,14 @@ fn generate(s: &mut String, sizes: &[usize], max: usize) -> std::fmt::Result {
         write!(s, "AtomicPtr::new(t{i} as *mut ()),")?;
     }
     writeln!(s, "];")?;
+    writeln!(s, "/// Stores each pointer's own value into it through `black_box`: pointers never stored to")?;
+    writeln!(s, "/// are constants to LLVM, which then calls the targets directly (the `fn_ptr` sites did).")?;
+    writeln!(s, "pub fn make_pointers_opaque() {{")?;
+    writeln!(
+        s,
+        "    for p in &PTRS {{ p.store(std::hint::black_box(p.load(Ordering::Relaxed)), Ordering::Release); }}"
+    )?;
+    writeln!(s, "}}")?;
     writeln!(s, "/// The targets as trait objects.")?;
     write!(s, "pub static DYNS: [&(dyn Apply + Sync); MAX] = [")?;
     for i in 0..max {

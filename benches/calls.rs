@@ -93,6 +93,7 @@ mod bench {
 
         // 64 keys with 64 targets.
         static_call::init().expect("init");
+        many::make_pointers_opaque();
         assert!(many::site_counts().iter().all(|&n| n == 1), "each key has one site: {:?}", many::site_counts());
         assert_eq!(many::call_each_key(1), many::call_each_direct(1));
         assert_eq!(many::call_each_pointer(1), many::call_each_direct(1));

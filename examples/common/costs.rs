@@ -357,7 +357,8 @@ pub fn time_switched(kind: Switch, m: u64, calls: u64) -> f64 {
 
 /// A table of interleaved measurements: rows (e.g. a number of sites) by
 /// columns (the variants, the floor first); each cell the median over rounds
-/// and the fastest round, nanoseconds per call.
+/// and the fastest round, nanoseconds per call. `{}` prints the medians,
+/// `{:#}` the fastest rounds too.
 #[derive(Clone, Debug)]
 pub struct Grid {
     /// The table's first line.
@@ -429,6 +430,17 @@ impl fmt::Display for Grid {
             }
             writeln!(f)?;
         }
+        if f.alternate() {
+            writeln!(f, "  the fastest round of each (the least disturbed by other processes):")?;
+            for (label, cells) in &self.rows {
+                write!(f, "  {label:>8}")?;
+                let base = cells[0].1;
+                for &(_, ns) in cells {
+                    write!(f, " {:>8.2} ns {:>5.2}x", ns, ns / base)?;
+                }
+                writeln!(f)?;
+            }
+        }
         Ok(())
     }
 }
@@ -437,6 +449,7 @@ impl fmt::Display for Grid {
 /// variant (ratio to the direct call), `rounds` interleaved rounds of at
 /// least `calls` calls each.
 pub fn measure_switched(ms: &[u64], rounds: usize, calls: u64) -> Grid {
+    make_opaque();
     let rows = ms
         .iter()
         .map(|&m| {
@@ -470,9 +483,21 @@ pub struct Case {
     pub run: fn(u64, u64) -> u64,
 }
 
-/// Prepares the cases: `init`, and the out-of-reach target of `FAR`. Returns
-/// the cases this build can measure, the floor first.
+/// Stores into every pointer and variant the cases load, their own values
+/// through `black_box`: a static that is never stored to is a constant to
+/// LLVM, which then turns `POINTER`'s indirect call, and `CHOICE`'s `match`,
+/// into a direct call of `add1` (it did, before this was called).
+pub fn make_opaque() {
+    for p in [&POINTER, &SWITCHED_POINTER, &TWO[0], &TWO[1]] {
+        p.store(black_box(p.load(Ordering::Relaxed)), Ordering::Release);
+    }
+    CHOICE.store(black_box(CHOICE.load(Ordering::Relaxed)), Ordering::Relaxed);
+}
+
+/// Prepares the cases: `make_opaque`, `init`, and the out-of-reach target
+/// of `FAR`. Returns the cases this build can measure, the floor first.
 pub fn cases() -> Vec<Case> {
+    make_opaque();
     let mut v = vec![
         Case { name: "direct", what: "plain #[inline(never)] extern \"C\" call", run: loop_direct },
         Case { name: "patched", what: "patched static call site", run: loop_patched },
