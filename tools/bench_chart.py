@@ -264,6 +264,12 @@ def render(args):
         data = json.load(f)
     run_name = args.run or list(data)[-1]
     run = data[run_name]
+    if not args.run:
+        # Cases the last run did not measure come from the latest run that did.
+        merged = {}
+        for r in data.values():
+            merged.update(r)
+        run = {**merged, **run}
     palette = {"ours": "#2b7bb9", "floor": "#7a7a7a", "other": "#d98c2b", "bad": "#c0392b"}
 
     def color(key):
@@ -301,7 +307,7 @@ def render(args):
     head = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="900" height="{height}" font-family="sans-serif">',
         '<rect width="100%" height="100%" fill="white"/>',
-        f'<text x="10" y="22" font-size="17" font-weight="bold">static_call benchmarks ({esc(run_name)})</text>',
+        f'<text x="10" y="22" font-size="17" font-weight="bold">static_call benchmarks ({esc(run_name)}; cases it lacks from earlier runs)</text>',
         f'<text x="10" y="{height - 14}" font-size="11" fill="#444">{esc(note)}</text>',
         f'<text x="10" y="{height - 32}" font-size="11" fill="#444">'
         "grey: floor · blue: static_call · orange: alternatives · red: retpoline / unpredictable</text>",

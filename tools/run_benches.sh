@@ -10,7 +10,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 run="${1:-$(date -u +%Y-%m-%dT%H:%M)}"
-target="${CARGO_TARGET_DIR:-target}"
+# Absolute: cargo runs the benchmarks in benches/, where criterion resolves
+# a relative CARGO_TARGET_DIR.
+target="$(realpath -m "${CARGO_TARGET_DIR:-target}")"
+export CARGO_TARGET_DIR="$target"
 out="${BENCH_OUT:-docs/benchmarks.json}"
 mkdir -p "$(dirname "$out")"
 for i in 1 2 3; do cargo bench -p static_call_benches --bench calls -- --table; done | tee "$target/costs-table-$run.txt"
