@@ -5,8 +5,8 @@
 //! targets for indirect-branch-predictor pressure.
 //!
 //! ```text
-//! cargo bench --bench calls
-//! cargo bench --bench calls -- --table   # the interleaved table only
+//! cargo bench -p static_call_benches --bench calls
+//! cargo bench -p static_call_benches --bench calls -- --table   # the interleaved table only
 //! ```
 //!
 //! Every figure is nanoseconds per call (criterion's "time" is divided by the
@@ -93,6 +93,7 @@ mod bench {
 
         // 64 keys with 64 targets.
         static_call::init().expect("init");
+        many::make_pointers_opaque();
         assert!(many::site_counts().iter().all(|&n| n == 1), "each key has one site: {:?}", many::site_counts());
         assert_eq!(many::call_each_key(1), many::call_each_direct(1));
         assert_eq!(many::call_each_pointer(1), many::call_each_direct(1));
@@ -109,7 +110,7 @@ mod bench {
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 criterion::criterion_group!(benches, bench::calls);
-/// `cargo bench --bench calls -- --table` prints the interleaved table
+/// `cargo bench -p static_call_benches --bench calls -- --table` prints the interleaved table
 /// (what the demo prints) instead of running criterion.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn main() {

@@ -252,6 +252,226 @@ pub fn loop_retpoline(mut x: u64, n: u64) -> u64 {
     x
 }
 
+/// The key of the switching regime: retargeted between `add1` and `add2`
+/// every M calls (`run_switched`).
+#[static_call]
+pub static SWITCHED: extern "C" fn(u64) -> u64 = add1;
+
+/// The same, as a user would write it with an atomic function pointer.
+pub static SWITCHED_POINTER: AtomicPtr<()> = AtomicPtr::new(add1 as *mut ());
+
+/// The two targets of the polymorphic site.
+pub static TWO: [AtomicPtr<()>; 2] = [AtomicPtr::new(add1 as *mut ()), AtomicPtr::new(add2 as *mut ())];
+
+/// Calls the `extern "C" fn(u64) -> u64` held in `p`.
+#[inline(always)]
+fn pointer_call(p: &AtomicPtr<()>, x: u64) -> u64 {
+    // SAFETY: every pointer this module calls holds an `extern "C" fn(u64) -> u64`.
+    let f: extern "C" fn(u64) -> u64 = unsafe { std::mem::transmute(p.load(Ordering::Acquire)) };
+    f(x)
+}
+
+/// The site of `SWITCHED`.
+#[inline(never)]
+pub fn loop_switched(mut x: u64, n: u64) -> u64 {
+    for _ in 0..n {
+        x = SWITCHED.call(x);
+    }
+    x
+}
+
+/// One indirect site through `SWITCHED_POINTER`.
+#[inline(never)]
+pub fn loop_switched_pointer(mut x: u64, n: u64) -> u64 {
+    for _ in 0..n {
+        x = pointer_call(&SWITCHED_POINTER, x);
+    }
+    x
+}
+
+/// One indirect site whose target is `add1` or `add2` at random on every
+/// call: a polymorphic site the predictor cannot follow.
+#[inline(never)]
+pub fn loop_polymorphic(mut x: u64, n: u64) -> u64 {
+    let mut s = x | 1;
+    for _ in 0..n {
+        s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        x = pointer_call(&TWO[(s >> 63) as usize], x);
+    }
+    x
+}
+
+/// How the target of one hot site changes, for the switching regime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Switch {
+    /// A plain call of one target (the floor; nothing switches).
+    Direct,
+    /// A static call site, its key updated every M calls (the update's cost
+    /// is in the figure).
+    Static,
+    /// An `AtomicPtr` stored every M calls, called at one indirect site.
+    Pointer,
+    /// One indirect site with two targets taken at random (M is moot).
+    Polymorphic,
+}
+
+/// The switching variants, the floor first, with their table headings.
+pub const SWITCHES: [(Switch, &str); 4] = [
+    (Switch::Direct, "direct"),
+    (Switch::Static, "static+update"),
+    (Switch::Pointer, "AtomicPtr"),
+    (Switch::Polymorphic, "polymorphic"),
+];
+
+/// Runs `blocks` blocks of `m` dependent calls starting from `x`; before each
+/// block the key (`Static`) or the pointer (`Pointer`) switches to the other
+/// target. Returns the last result.
+pub fn run_switched(kind: Switch, m: u64, blocks: u64, mut x: u64) -> u64 {
+    for b in 0..blocks {
+        let other = b % 2 == 1;
+        x = match kind {
+            Switch::Direct => loop_direct(x, m),
+            Switch::Static => {
+                SWITCHED.update(if other { add2 } else { add1 });
+                loop_switched(x, m)
+            }
+            Switch::Pointer => {
+                let f: extern "C" fn(u64) -> u64 = if other { add2 } else { add1 };
+                SWITCHED_POINTER.store(f as *mut (), Ordering::Release);
+                loop_switched_pointer(x, m)
+            }
+            Switch::Polymorphic => loop_polymorphic(x, m),
+        };
+    }
+    x
+}
+
+/// Nanoseconds per call of `run_switched(kind, m, ..)` over at least
+/// `calls` calls (and at least two blocks).
+pub fn time_switched(kind: Switch, m: u64, calls: u64) -> f64 {
+    let blocks = calls.div_ceil(m).max(2);
+    let t = Instant::now();
+    black_box(run_switched(kind, m, blocks, black_box(1)));
+    t.elapsed().as_nanos() as f64 / (blocks * m) as f64
+}
+
+/// A table of interleaved measurements: rows (e.g. a number of sites) by
+/// columns (the variants, the floor first); each cell the median over rounds
+/// and the fastest round, nanoseconds per call. `{}` prints the medians,
+/// `{:#}` the fastest rounds too.
+#[derive(Clone, Debug)]
+pub struct Grid {
+    /// The table's first line.
+    pub title: String,
+    /// Heading of the row labels.
+    pub row_head: &'static str,
+    /// Column headings.
+    pub columns: Vec<&'static str>,
+    /// Row label and (median, fastest) per column.
+    pub rows: Vec<(String, Vec<(f64, f64)>)>,
+}
+
+/// One sample: runs a case once and returns nanoseconds per call.
+pub type Sample<'a> = Box<dyn FnMut() -> f64 + 'a>;
+
+impl Grid {
+    /// Measures `rows` (label, one sampler per column), interleaved: each
+    /// round runs every cell once, in turn; every cell is run once first to
+    /// warm it up.
+    pub fn measure(
+        title: String,
+        row_head: &'static str,
+        columns: Vec<&'static str>,
+        mut rows: Vec<(String, Vec<Sample<'_>>)>,
+        rounds: usize,
+    ) -> Grid {
+        let mut samples: Vec<Vec<Vec<f64>>> =
+            rows.iter().map(|(_, cells)| vec![Vec::with_capacity(rounds); cells.len()]).collect();
+        for (_, cells) in &mut rows {
+            for c in cells.iter_mut() {
+                black_box(c());
+            }
+        }
+        for _ in 0..rounds {
+            for ((_, cells), s) in rows.iter_mut().zip(samples.iter_mut()) {
+                for (c, v) in cells.iter_mut().zip(s.iter_mut()) {
+                    v.push(c());
+                }
+            }
+        }
+        let rows = rows
+            .into_iter()
+            .zip(samples)
+            .map(|((label, _), mut s)| (label, s.iter_mut().map(|v| median(v)).collect()))
+            .collect();
+        Grid { title, row_head, columns, rows }
+    }
+
+    /// The median of `column` in the row labelled `row`.
+    pub fn get(&self, row: &str, column: &str) -> Option<f64> {
+        let c = self.columns.iter().position(|&h| h == column)?;
+        self.rows.iter().find(|(l, _)| l == row).map(|(_, v)| v[c].0)
+    }
+}
+
+impl fmt::Display for Grid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{}", self.title)?;
+        write!(f, "  {:>8}", self.row_head)?;
+        for c in &self.columns {
+            write!(f, " {c:>18}")?;
+        }
+        writeln!(f)?;
+        for (label, cells) in &self.rows {
+            write!(f, "  {label:>8}")?;
+            let base = cells[0].0;
+            for &(ns, _) in cells {
+                write!(f, " {:>8.2} ns {:>5.2}x", ns, ns / base)?;
+            }
+            writeln!(f)?;
+        }
+        if f.alternate() {
+            writeln!(f, "  the fastest round of each (the least disturbed by other processes):")?;
+            for (label, cells) in &self.rows {
+                write!(f, "  {label:>8}")?;
+                let base = cells[0].1;
+                for &(_, ns) in cells {
+                    write!(f, " {:>8.2} ns {:>5.2}x", ns, ns / base)?;
+                }
+                writeln!(f)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The switching regime: for each M, ns per call of every `SWITCHES`
+/// variant (ratio to the direct call), `rounds` interleaved rounds of at
+/// least `calls` calls each.
+pub fn measure_switched(ms: &[u64], rounds: usize, calls: u64) -> Grid {
+    make_opaque();
+    let rows = ms
+        .iter()
+        .map(|&m| {
+            let cells: Vec<Sample<'_>> =
+                SWITCHES.iter().map(|&(k, _)| Box::new(move || time_switched(k, m, calls)) as Sample<'_>).collect();
+            (format!("{m}"), cells)
+        })
+        .collect();
+    let g = Grid::measure(
+        format!(
+            "One hot site whose target switches every M calls: ns per call, the update included \
+             ({rounds} interleaved rounds of >= {calls} calls)"
+        ),
+        "M",
+        SWITCHES.iter().map(|&(_, h)| h).collect(),
+        rows,
+        rounds,
+    );
+    SWITCHED.update(add1);
+    g
+}
+
 /// One call case: a name and a loop of `n` dependent calls.
 #[derive(Clone, Copy)]
 pub struct Case {
@@ -263,9 +483,21 @@ pub struct Case {
     pub run: fn(u64, u64) -> u64,
 }
 
-/// Prepares the cases: `init`, and the out-of-reach target of `FAR`. Returns
-/// the cases this build can measure, the floor first.
+/// Stores into every pointer and variant the cases load, their own values
+/// through `black_box`: a static that is never stored to is a constant to
+/// LLVM, which then turns `POINTER`'s indirect call, and `CHOICE`'s `match`,
+/// into a direct call of `add1` (it did, before this was called).
+pub fn make_opaque() {
+    for p in [&POINTER, &SWITCHED_POINTER, &TWO[0], &TWO[1]] {
+        p.store(black_box(p.load(Ordering::Relaxed)), Ordering::Release);
+    }
+    CHOICE.store(black_box(CHOICE.load(Ordering::Relaxed)), Ordering::Relaxed);
+}
+
+/// Prepares the cases: `make_opaque`, `init`, and the out-of-reach target
+/// of `FAR`. Returns the cases this build can measure, the floor first.
 pub fn cases() -> Vec<Case> {
+    make_opaque();
     let mut v = vec![
         Case { name: "direct", what: "plain #[inline(never)] extern \"C\" call", run: loop_direct },
         Case { name: "patched", what: "patched static call site", run: loop_patched },
