@@ -5,8 +5,8 @@
 //! and the slow path: a call that lands on the `int3` while an update runs.
 //!
 //! ```text
-//! cargo bench --bench updates -- --warm-up-time 1 --measurement-time 3
-//! STATIC_CALL_WRITER=mprotect cargo bench --bench updates -- --warm-up-time 1 --measurement-time 3
+//! cargo bench -p static_call_benches --bench updates -- --warm-up-time 1 --measurement-time 3
+//! STATIC_CALL_WRITER=mprotect cargo bench -p static_call_benches --bench updates -- --warm-up-time 1 --measurement-time 3
 //! ```
 //!
 //! The group names carry the text writer in use (`procmem` or `mprotect`).
