@@ -16,6 +16,14 @@ use std::sync::Arc;
 
 type F = extern "C" fn(u64) -> u64;
 
+/// The tests of this file run one at a time: one injects a write failure,
+/// which is process-wide, and would fail another test's update instead.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 extern "C" fn near(x: u64) -> u64 {
     x + 1
 }
@@ -107,6 +115,7 @@ fn churn(
 
 #[test]
 fn far_page_target_then_reset_under_callers() {
+    let _serial = serial();
     static_call::init().unwrap();
     let site = PAGE.sites()[0].address();
     let p = common::far_page(site);
@@ -127,6 +136,7 @@ fn far_page_target_then_reset_under_callers() {
 
 #[test]
 fn plugin_target_then_reset_under_callers() {
+    let _serial = serial();
     static_call::init().unwrap();
     let alpha = Plugin::load("alpha");
     let f: F = alpha.func("alpha_dispatch");
@@ -143,6 +153,7 @@ fn plugin_target_then_reset_under_callers() {
 /// back: the slot then holds the stub again, never null.
 #[test]
 fn failed_update_to_far_target_reverts_to_no_target() {
+    let _serial = serial();
     static_call::init().unwrap();
     let site = OUT.sites()[0].address();
     let p = common::far_page(site);
