@@ -75,6 +75,23 @@ mod bench {
         g.finish();
     }
 
+    type Key = static_call::Key<extern "C" fn(u64) -> u64, u64>;
+
+    /// One benchmark per key: an update that flips the key between `dec`
+    /// and `inc`; the key is left on `inc`.
+    fn bench_updates(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>, keys: &[(&str, &Key)]) {
+        for &(name, key) in keys {
+            let mut flip = false;
+            g.bench_function(name, |b| {
+                b.iter(|| {
+                    flip = !flip;
+                    key.update(if flip { sites::dec } else { sites::inc })
+                })
+            });
+            key.update(sites::inc);
+        }
+    }
+
     fn writer() -> &'static str {
         match static_call::text_writer() {
             Some(static_call::TextWriter::ProcMem) => "procmem",
@@ -97,18 +114,7 @@ mod bench {
         let mut g = c.benchmark_group(format!("update_{}", writer()));
         g.sample_size(30);
         g.bench_function("membarrier", |b| b.iter(|| static_call::__private::sync_core_once().unwrap()));
-        let keys: [(&str, &static_call::Key<extern "C" fn(u64) -> u64, u64>); 3] =
-            [("sites_1", &sites::ONE), ("sites_128", &sites::K128), ("sites_4096", &sites::K4096)];
-        for (name, key) in keys {
-            let mut flip = false;
-            g.bench_function(name, |b| {
-                b.iter(|| {
-                    flip = !flip;
-                    key.update(if flip { sites::dec } else { sites::inc })
-                })
-            });
-            key.update(sites::inc);
-        }
+        bench_updates(&mut g, &[("sites_1", &sites::ONE), ("sites_128", &sites::K128), ("sites_4096", &sites::K4096)]);
         let mut flip = false;
         g.bench_function("batch_64_keys", |b| {
             b.iter(|| {
@@ -133,18 +139,7 @@ mod bench {
             let mut g = c.benchmark_group(format!("update_busy_{}", writer()));
             g.sample_size(30);
             g.bench_function("membarrier", |b| b.iter(|| static_call::__private::sync_core_once().unwrap()));
-            let keys: [(&str, &static_call::Key<extern "C" fn(u64) -> u64, u64>); 2] =
-                [("sites_1", &sites::ONE), ("sites_4096", &sites::K4096)];
-            for (name, key) in keys {
-                let mut flip = false;
-                g.bench_function(name, |b| {
-                    b.iter(|| {
-                        flip = !flip;
-                        key.update(if flip { sites::dec } else { sites::inc })
-                    })
-                });
-                key.update(sites::inc);
-            }
+            bench_updates(&mut g, &[("sites_1", &sites::ONE), ("sites_4096", &sites::K4096)]);
             g.finish();
             stop.store(true, Ordering::Relaxed);
         });

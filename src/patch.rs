@@ -767,31 +767,7 @@ pub fn trampoline(key: &RawKey) -> Option<usize> {
     registry::get().tramp_of(key).map(|t| t.at)
 }
 
-/// One instruction, in Intel syntax.
-#[cfg(feature = "disasm")]
+/// One instruction, in Intel syntax (see `arch::x86_64::disassemble`).
 pub fn disassemble(at: usize, bytes: &[u8]) -> String {
-    use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
-    let mut d = Decoder::with_ip(64, bytes, at as u64, DecoderOptions::NONE);
-    let insn = d.decode();
-    let mut out = String::new();
-    if insn.is_invalid() {
-        out.push_str("(bad)");
-    } else {
-        let mut f = IntelFormatter::new();
-        let o = f.options_mut();
-        o.set_space_after_operand_separator(true);
-        o.set_hex_prefix("0x");
-        o.set_hex_suffix("");
-        o.set_uppercase_hex(false);
-        o.set_branch_leading_zeros(false);
-        f.format(&insn, &mut out);
-    }
-    out
-}
-
-/// One instruction: without the `disasm` feature, the forms this crate
-/// writes are named by its own decoder, anything else is left as bytes.
-#[cfg(not(feature = "disasm"))]
-pub fn disassemble(at: usize, bytes: &[u8]) -> String {
-    crate::arch::x86_64::describe(at, bytes)
+    crate::arch::x86_64::disassemble(at, bytes)
 }

@@ -52,9 +52,14 @@ fn out(x: u64) -> u64 {
     OUT.call(x)
 }
 
-/// Whether a five-byte branch at `site` reaches `target`.
-fn reaches(site: usize, target: usize) -> bool {
-    i32::try_from(target as i64 - (site as i64 + 5)).is_ok()
+use common::reaches;
+
+/// The word the trampoline's far jump reads: the key's slot, its first field.
+fn slot_of<K: static_call::StaticCall>(key: &K) -> usize {
+    let k: *const static_call::Key<K::Fn, K::Ret> = key.key();
+    // SAFETY: a key is `repr(C)` and starts with its slot, an aligned
+    // pointer-sized atomic; a volatile read of it is a plain load.
+    unsafe { std::ptr::read_volatile(k.cast::<usize>()) }
 }
 
 /// Moves a key between `far` and no target (and `near`) `rounds` times while
@@ -94,6 +99,7 @@ fn churn(
                 key.reset();
                 assert_eq!(call(100), 0);
                 assert!(key.get().is_none(), "no target reads back as None");
+                assert_ne!(slot_of(key), 0, "the slot holds the no-target stub, never null");
             }
             _ => {
                 key.update(far);
@@ -142,8 +148,14 @@ fn plugin_target_then_reset_under_callers() {
     let f: F = alpha.func("alpha_dispatch");
     let site = PLUGIN.sites()[0].address();
     eprintln!("alpha_dispatch {}", if reaches(site, f as usize) { "near" } else { "far" });
+    let before = static_call::stats();
     let calls = churn(&PLUGIN, plugin, f, &[301, 0, 101], 3_000);
     assert!(calls > 0);
+    let s = static_call::stats();
+    assert!(
+        s.traps_emulated + s.traps_rewound > before.traps_emulated + before.traps_rewound,
+        "no caller met an int3: the window was not exercised"
+    );
     PLUGIN.reset();
     assert_eq!(plugin(1), 0);
     drop(alpha);
@@ -165,6 +177,7 @@ fn failed_update_to_far_target_reverts_to_no_target() {
     static_call::__private::fail_text_write_after(0, 0);
     eprintln!("failed as planned: {e}");
     assert!(OUT.get().is_none());
+    assert_ne!(slot_of(&OUT), 0, "reverted to the no-target stub, not to null");
     assert_eq!(out(1), 0);
     OUT.update(plus7);
     assert_eq!(out(1), 8);

@@ -135,6 +135,10 @@ fn no_alloc_child() {
     assert_eq!(static_call::text_writer(), Some(writer));
     let tag = |n: u64, x: u64| if n == 0 { 0 } else { (n << 48) | x };
 
+    // The counter counts: an allocation on this thread is seen.
+    let (_, allocs, bytes) = counted(|| std::hint::black_box(Box::new([0u8; 24])));
+    assert_eq!((allocs, bytes), (1, 24), "the counting allocator missed an allocation");
+
     // Each case counted on its first run after init: nothing warmed up.
     let patched = static_call::stats().sites_patched;
     let (r, allocs, bytes) = counted(|| ONE.try_update(t2));

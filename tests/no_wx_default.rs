@@ -51,24 +51,16 @@ fn trap_wx_mprotect() {
         f(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),        // 8
         f(RET_K, 0, 0, libc::SECCOMP_RET_TRAP),         // 9
     ];
-    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr().cast_mut() };
     // SAFETY: a SIGSYS handler that only stores an atomic and the context's
-    // rax; then plain prctl/seccomp calls with a valid filter program.
+    // rax.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
         sa.sa_sigaction = on_sigsys as *const () as usize;
         sa.sa_flags = libc::SA_SIGINFO;
         libc::sigemptyset(&mut sa.sa_mask);
         assert_eq!(libc::sigaction(libc::SIGSYS, &sa, std::ptr::null_mut()), 0);
-        assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
-        let r = libc::syscall(
-            libc::SYS_seccomp,
-            libc::SECCOMP_SET_MODE_FILTER,
-            libc::SECCOMP_FILTER_FLAG_TSYNC,
-            &fprog as *const libc::sock_fprog,
-        );
-        assert_eq!(r, 0, "seccomp: {}", std::io::Error::last_os_error());
     }
+    common::install_seccomp(&prog);
     // The filter is in effect: an anonymous page cannot become W+X, and the
     // attempt is counted.
     // SAFETY: a fresh private anonymous page, ours alone, unmapped after.

@@ -34,10 +34,7 @@ fn far(x: u64) -> u64 {
     FAR.call(x)
 }
 
-/// Whether a five-byte branch at `site` reaches `target`.
-fn reaches(site: usize, target: usize) -> bool {
-    i32::try_from(target as i64 - (site as i64 + 5)).is_ok()
-}
+use common::reaches;
 
 fn head(at: usize) -> [u8; 5] {
     // SAFETY: a trampoline of ours: mapped, readable text.

@@ -233,7 +233,13 @@ pub fn deny_syscall(nr: libc::c_long, errno: u32) {
         ins(RET_K, 0, 0, RET_ERRNO | (errno & 0xffff)), // the denied call
         ins(RET_K, 0, 0, RET_ALLOW),
     ];
-    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut libc::sock_filter };
+    install_seccomp(&prog);
+}
+
+/// Installs the seccomp filter `prog` on every thread of the process
+/// (`PR_SET_NO_NEW_PRIVS` first, `SECCOMP_FILTER_FLAG_TSYNC`).
+pub fn install_seccomp(prog: &[libc::sock_filter]) {
+    let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr().cast_mut() };
     // SAFETY: a valid filter program that outlives the calls.
     unsafe {
         assert_eq!(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), 0);
@@ -245,4 +251,9 @@ pub fn deny_syscall(nr: libc::c_long, errno: u32) {
         );
         assert_eq!(r, 0, "seccomp: {}", std::io::Error::last_os_error());
     }
+}
+
+/// Whether a five-byte branch at `site` reaches `target` (rel32).
+pub fn reaches(site: usize, target: usize) -> bool {
+    i32::try_from(target as i64 - (site as i64 + 5)).is_ok()
 }
