@@ -16,14 +16,24 @@ pub use core;
 /// Expands to its `inline` arm where sites are patched, else to its
 /// `portable` arm: the backend is this crate's choice, made by its own
 /// `cfg`, not the caller's.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
+#[cfg(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    target_os = "linux",
+    not(feature = "portable"),
+    not(miri)
+))]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_backend {
     (inline { $($i:tt)* } portable { $($p:tt)* }) => { $($i)* };
 }
 
-#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri))))]
+#[cfg(not(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    target_os = "linux",
+    not(feature = "portable"),
+    not(miri)
+)))]
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __static_call_backend {
@@ -31,6 +41,11 @@ macro_rules! __static_call_backend {
 }
 
 pub use crate::__static_call_backend as backend;
+#[cfg(target_arch = "aarch64")]
+pub use crate::{
+    __static_call_aarch64_site as site, __static_call_aarch64_trampoline as trampoline,
+    __static_call_aarch64_trampoline_addr as trampoline_addr,
+};
 #[cfg(target_arch = "x86_64")]
 pub use crate::{
     __static_call_x86_64_site as site, __static_call_x86_64_trampoline as trampoline,
@@ -62,7 +77,7 @@ pub const fn assert_float<T: FloatRegister>() {}
 /// be async-signal-safe.
 #[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
 pub fn set_trap_hook(hook: Option<extern "C" fn()>) {
-    crate::patch::set_trap_hook(hook)
+    crate::arch::native::protocol::set_trap_hook(hook)
 }
 
 /// The address of a key's trampoline, for introspection and tests (`None`
@@ -88,7 +103,12 @@ pub fn sync_core_once() -> Result<(), crate::Error> {
 /// (`usize::MAX`: every later write; `0` disarms). An update whose write
 /// fails rolls back (see `patch::apply`), so tests can prove that an update
 /// is all or nothing.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
+#[cfg(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    target_os = "linux",
+    not(feature = "portable"),
+    not(miri)
+))]
 pub fn fail_text_write_after(after: usize, times: usize) {
     crate::os::linux::text::fail_writes(after, times)
 }
@@ -96,7 +116,12 @@ pub fn fail_text_write_after(after: usize, times: usize) {
 /// How many writes of machine code were attempted so far (a write is one
 /// page-run of one protocol step: the `int3`s, the bodies or the first bytes
 /// of the instructions that start on one page; see `Session::write_step`).
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
+#[cfg(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    target_os = "linux",
+    not(feature = "portable"),
+    not(miri)
+))]
 pub fn text_writes() -> usize {
     crate::os::linux::text::writes()
 }
@@ -105,13 +130,23 @@ pub fn text_writes() -> usize {
 /// protection changes of its sessions (adding write to each range, then
 /// restoring each) succeed, then `times` fail with `ENOMEM` without changing
 /// anything (`usize::MAX`: every later one; `0` disarms).
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
+#[cfg(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    target_os = "linux",
+    not(feature = "portable"),
+    not(miri)
+))]
 pub fn fail_text_protect_after(after: usize, times: usize) {
     crate::os::linux::text::fail_protects(after, times)
 }
 
 /// How many protection changes the `mprotect` writer's sessions attempted.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
+#[cfg(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    target_os = "linux",
+    not(feature = "portable"),
+    not(miri)
+))]
 pub fn text_protects() -> usize {
     crate::os::linux::text::protects()
 }
@@ -129,14 +164,14 @@ pub fn assume_shadow_stack() {
 /// It must be async-signal-safe.
 #[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
 pub fn set_reader_hook(hook: Option<extern "C" fn()>) {
-    crate::patch::set_reader_hook(hook)
+    crate::arch::native::protocol::set_reader_hook(hook)
 }
 
 /// How many times an update waited (asleep) for SIGTRAP handlers still
 /// reading its plan.
 #[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
 pub fn retract_waits() -> u64 {
-    crate::patch::retract_waits()
+    crate::arch::native::protocol::retract_waits()
 }
 
 /// Test hook: `hook` runs while this copy's SIGTRAP bookkeeping is being

@@ -66,7 +66,12 @@ impl RawKey {
     /// `target`, or the key's no-target stub: never null. (The portable
     /// backend swaps the slot instead, to read the old value.)
     #[cfg_attr(
-        not(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri))),
+        not(all(
+            any(target_arch = "x86_64", target_arch = "aarch64"),
+            target_os = "linux",
+            not(feature = "portable"),
+            not(miri)
+        )),
         allow(dead_code)
     )]
     #[inline]

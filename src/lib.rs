@@ -68,24 +68,54 @@ mod mode;
 mod owner;
 mod site;
 
-// Pure encodings: compiled on every x86-64 target so that their property
-// tests run with the portable backend too.
-#[cfg(target_arch = "x86_64")]
+// Pure encodings: compiled on every x86-64 and aarch64 target so that their
+// property tests run with the portable backend too.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 #[cfg_attr(not(all(target_os = "linux", not(feature = "portable"), not(miri))), allow(dead_code))]
 mod arch;
 
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
+#[cfg(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    target_os = "linux",
+    not(feature = "portable"),
+    not(miri)
+))]
 mod os;
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
+#[cfg(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    target_os = "linux",
+    not(feature = "portable"),
+    not(miri)
+))]
 mod patch;
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
+#[cfg(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    target_os = "linux",
+    not(feature = "portable"),
+    not(miri)
+))]
 mod registry;
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
+#[cfg(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    target_os = "linux",
+    not(feature = "portable"),
+    not(miri)
+))]
 use patch as backend;
 
-#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri))))]
+#[cfg(not(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    target_os = "linux",
+    not(feature = "portable"),
+    not(miri)
+)))]
 mod portable;
-#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri))))]
+#[cfg(not(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    target_os = "linux",
+    not(feature = "portable"),
+    not(miri)
+)))]
 use portable as backend;
 
 pub use abi::{FloatRegister, IntegerRegister, Zeroable};
@@ -97,7 +127,12 @@ pub use site::{NotDirect, Site, SiteState};
 /// Whether this build patches call sites (Linux x86-64 without the
 /// `portable` feature, and not under Miri) rather than calling through an
 /// atomic pointer.
-pub const PATCHING: bool = cfg!(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)));
+pub const PATCHING: bool = cfg!(all(
+    any(target_arch = "x86_64", target_arch = "aarch64"),
+    target_os = "linux",
+    not(feature = "portable"),
+    not(miri)
+));
 
 /// Process-wide counters (per copy of this crate: each shared object that
 /// links it has its own).

@@ -1,36 +1,27 @@
-//! The patch protocol: rewriting call sites and trampolines while other
-//! threads execute them.
+//! The patch plan, the lock, and the entry points: what every architecture
+//! shares.
 //!
 //! Under one process-wide lock, an update
 //!
 //! 1. computes the new bytes of every site and trampoline of the keys it
-//!    changes, and the bytes each holds now by our own account;
+//!    changes, and the bytes each holds now by our own account (the forms
+//!    are the architecture's: `arch::native`);
 //! 2. verifies that each holds exactly those bytes, and refuses the whole
 //!    update otherwise (nothing is written);
 //! 3. drops the entries whose bytes do not change, sorts the rest by address,
-//!    stores the new targets in the keys' slots, and publishes the entries
-//!    for the SIGTRAP handler;
-//! 4. writes `int3` on each first byte, syncs all cores; writes bytes 1..5 of
-//!    each (where they change), syncs; writes each first byte, syncs;
-//! 5. retracts the entries and waits until no handler still reads them.
-//!
-//! "Sync" is `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE)`. A thread
-//! that executes an `int3` while it is in place traps; the handler emulates
-//! the new instruction for it (or, if the update finished before the handler
-//! looked, rewinds it to execute the instruction again). Every instruction
-//! written is a single five-byte instruction, so a thread is never inside one.
+//!    stores the new targets in the keys' slots;
+//! 4. commits the plan to text with the architecture's protocol
+//!    (`arch::native::protocol`: the `int3` steps on x86-64, stores, cache
+//!    maintenance and one core sync on aarch64), through one
+//!    `os::linux::text::Session`.
 //!
 //! # Safety
 //!
-//! The descriptor the handler reads is the patch plan, which lives in the
-//! lock-protected state and is neither moved nor reused until every handler
-//! that might read it has finished (`READERS` drops to zero, or below in a
-//! fork child, after `SEQ` turns even). `retract` sleeps on `READERS` as a
-//! futex and the last reader to leave wakes it (`FUTEX_WAKE` is
-//! async-signal-safe), so a real-time updater never spins against a reader
-//! preempted on its CPU. Text is written only through
-//! `os::linux::text::Session`, only at addresses from the registry, and only
-//! after their bytes were verified.
+//! The plan lives in the lock-protected state and is neither moved nor
+//! reused while the protocol may still read it (x86-64's handler: see its
+//! protocol). Text is written only through `os::linux::text::Session`, only
+//! at addresses from the registry, and only after their bytes were
+//! verified.
 //!
 //! Once this copy shuts down (its module is unloaded, or the process exits)
 //! the lock is held for good and its owner word carries `SHUT`: a `fork()`
@@ -39,24 +30,26 @@
 //! that shut it down.
 #![allow(unsafe_code)]
 
-use crate::arch::x86_64::{decode, encode, far_head, Insn, INSN_LEN, INT3, NOP5, RET5, TRAMP_SIZE, ZERO5};
-use crate::key::{NoTarget, RawKey};
-use crate::os::linux::signal::{self, Trap};
-use crate::os::linux::text::{self, Session, StepFailed};
-use crate::os::linux::{membarrier, shadow_stack_enabled, sigtrap_blocked, thread_id};
+use crate::arch::native::{self as arch, protocol, INSN_LEN, TRAMP_SIZE};
+use crate::key::RawKey;
+use crate::os::linux::text::{self, Session};
+use crate::os::linux::{futex_wait, futex_wake, membarrier, thread_id};
 use crate::owner::Change;
 use crate::registry::{self, Registry, SiteEntry, TrampEntry};
 use crate::site::{NotDirect, Site, SiteState};
 use crate::{Error, Mode, Stats};
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
 
 // ---------------------------------------------------------------- counters
 
 static UPDATES: AtomicU64 = AtomicU64::new(0);
 static SITES_PATCHED: AtomicU64 = AtomicU64::new(0);
-static TRAPS_EMULATED: AtomicU64 = AtomicU64::new(0);
-static TRAPS_REWOUND: AtomicU64 = AtomicU64::new(0);
+/// Counted by x86-64's protocol (zero elsewhere: no trap is ever emulated).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) static TRAPS_EMULATED: AtomicU64 = AtomicU64::new(0);
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) static TRAPS_REWOUND: AtomicU64 = AtomicU64::new(0);
 
 pub fn stats() -> Stats {
     Stats {
@@ -129,26 +122,6 @@ impl Drop for Guard {
     }
 }
 
-fn futex_wait(word: &AtomicU32, val: u32) {
-    // SAFETY: FUTEX_WAIT on a valid, aligned u32 with no timeout.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            val,
-            std::ptr::null::<libc::timespec>(),
-        );
-    }
-}
-
-fn futex_wake(word: &AtomicU32) {
-    // SAFETY: FUTEX_WAKE on a valid, aligned u32.
-    unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX);
-    }
-}
-
 // ---------------------------------------------------------------- fork
 
 /// Whether the forking thread took the lock in `prepare` (it did not if it
@@ -188,12 +161,11 @@ extern "C" fn fork_child() {
     // inside an update (a fork from a signal handler that interrupted it):
     // the child's only thread still is, so it keeps the lock (a further
     // update from it is `Reentrant`), and the interrupted update finishes in
-    // the child's own text. Handlers of other parent threads counted in
-    // READERS do not exist here. The `/proc/self/mem` descriptor is made to
+    // the child's own text. The `/proc/self/mem` descriptor is made to
     // name the child's memory (the interrupted update may hold its number),
     // and the membarrier registration is redone by process id.
-    // A shut-down copy stays shut down. The SIGTRAP handler's bookkeeping
-    // is reset the same way (`signal::after_fork_child`).
+    // A shut-down copy stays shut down. The protocol's own bookkeeping
+    // (x86-64: the SIGTRAP handler's) is reset the same way.
     let owner = LOCK.owner.load(Relaxed);
     let owner = if owner & SHUT != 0 {
         owner
@@ -203,8 +175,7 @@ extern "C" fn fork_child() {
         thread_id()
     };
     LOCK.owner.store(owner, Release);
-    READERS.store(0, SeqCst);
-    signal::after_fork_child();
+    protocol::after_fork_child();
     text::after_fork_child();
 }
 
@@ -217,139 +188,15 @@ fn register_atfork() {
     });
 }
 
-// ---------------------------------------------------------------- the descriptor
+// ---------------------------------------------------------------- the plan
 
 /// One instruction to rewrite.
 #[derive(Clone, Copy, Debug)]
-struct Patch {
-    at: usize,
-    old: [u8; INSN_LEN],
-    new: [u8; INSN_LEN],
-    /// `new`, decoded, for the handler to emulate.
-    insn: Insn,
-    is_site: bool,
-}
-
-/// Odd while a plan is published; bumped on publish and on retract.
-static SEQ: AtomicUsize = AtomicUsize::new(0);
-static PLAN_PTR: AtomicUsize = AtomicUsize::new(0);
-static PLAN_LEN: AtomicUsize = AtomicUsize::new(0);
-/// Handlers currently reading the published plan (a futex word: the last
-/// reader to leave wakes a waiting `retract`). Read as signed: a fork child
-/// resets it to zero, after which a reader the forking thread was takes it
-/// below.
-static READERS: AtomicU32 = AtomicU32::new(0);
-/// `retract` is waiting (or about to wait) for READERS.
-static RETRACTING: AtomicBool = AtomicBool::new(false);
-/// How many times `retract` found readers and waited (for tests: it must
-/// sleep until woken, never spin).
-static RETRACT_WAITS: AtomicU64 = AtomicU64::new(0);
-/// Test hook: called first thing by the SIGTRAP handler for our traps.
-static TRAP_HOOK: AtomicUsize = AtomicUsize::new(0);
-/// Test hook: called by the SIGTRAP handler while it is counted as a reader
-/// of the published plan.
-static READER_HOOK: AtomicUsize = AtomicUsize::new(0);
-
-fn publish(plan: &[Patch]) {
-    PLAN_PTR.store(plan.as_ptr() as usize, SeqCst);
-    PLAN_LEN.store(plan.len(), SeqCst);
-    SEQ.fetch_add(1, SeqCst);
-}
-
-/// Unpublishes the plan and waits until no handler still reads it. Sleeps
-/// on the READERS futex (never spins: a real-time updater spinning would
-/// starve a reader preempted on its CPU); the last reader to leave wakes it.
-fn retract() {
-    SEQ.fetch_add(1, SeqCst);
-    RETRACTING.store(true, SeqCst);
-    loop {
-        let r = READERS.load(SeqCst);
-        if r as i32 <= 0 {
-            break;
-        }
-        RETRACT_WAITS.fetch_add(1, Relaxed);
-        futex_wait(&READERS, r);
-    }
-    RETRACTING.store(false, SeqCst);
-}
-
-/// How many times `retract` waited for readers (tests).
-pub fn retract_waits() -> u64 {
-    RETRACT_WAITS.load(Relaxed)
-}
-
-fn run_hook(hook: &AtomicUsize) {
-    let h = hook.load(SeqCst);
-    if h != 0 {
-        // SAFETY: only the `set_*_hook` functions store here, an `extern "C" fn()`.
-        let f: extern "C" fn() = unsafe { std::mem::transmute(h) };
-        f();
-    }
-}
-
-/// The instruction the published plan writes at `at`, if a plan is published
-/// (`seq` odd) and has it. Async-signal-safe.
-fn published_insn(at: usize) -> (usize, Option<Insn>) {
-    READERS.fetch_add(1, SeqCst);
-    let seq = SEQ.load(SeqCst);
-    let mut found = None;
-    if seq % 2 == 1 {
-        let (ptr, len) = (PLAN_PTR.load(SeqCst), PLAN_LEN.load(SeqCst));
-        // SAFETY: while `seq` is odd and we are counted in READERS, the plan
-        // is live and unchanged (`retract` waits for us).
-        let plan = unsafe { std::slice::from_raw_parts(ptr as *const Patch, len) };
-        if let Ok(i) = plan.binary_search_by_key(&at, |p| p.at) {
-            found = plan.get(i).map(|p| p.insn);
-        }
-    }
-    run_hook(&READER_HOOK);
-    // The last reader out wakes a waiting `retract` (FUTEX_WAKE is
-    // async-signal-safe). SeqCst on both sides: either `retract` sees our
-    // decrement, or we see it waiting.
-    if READERS.fetch_sub(1, SeqCst) == 1 && RETRACTING.load(SeqCst) {
-        futex_wake(&READERS);
-    }
-    (seq, found)
-}
-
-/// What the SIGTRAP handler should do about a trap whose `int3` was at `at`.
-/// Async-signal-safe.
-pub fn on_trap(at: usize) -> Trap {
-    let Some(reg) = registry::published() else { return Trap::NotOurs };
-    if !reg.is_ours(at) {
-        return Trap::NotOurs;
-    }
-    run_hook(&TRAP_HOOK);
-    loop {
-        let (seq, insn) = published_insn(at);
-        if let Some(insn) = insn {
-            TRAPS_EMULATED.fetch_add(1, Relaxed);
-            return Trap::Emulate(insn);
-        }
-        // Not being patched now. If our int3 is gone, the update finished
-        // between the trap and this handler: run the instruction again.
-        // SAFETY: `at` is an instruction of ours (registry), mapped readable.
-        let byte = unsafe { std::ptr::read_volatile(at as *const u8) };
-        std::sync::atomic::fence(SeqCst);
-        if byte != INT3 {
-            TRAPS_REWOUND.fetch_add(1, Relaxed);
-            return Trap::Rewind;
-        }
-        // Our int3 is still there. If no update started or ended since we
-        // looked at the plan, this int3 is not ours (a debugger's
-        // breakpoint on our address): pass it on. Otherwise look again.
-        if SEQ.load(SeqCst) == seq {
-            return Trap::NotOurs;
-        }
-    }
-}
-
-pub fn set_trap_hook(hook: Option<extern "C" fn()>) {
-    TRAP_HOOK.store(hook.map_or(0, |f| f as usize), SeqCst);
-}
-
-pub fn set_reader_hook(hook: Option<extern "C" fn()>) {
-    READER_HOOK.store(hook.map_or(0, |f| f as usize), SeqCst);
+pub struct Patch {
+    pub at: usize,
+    pub old: [u8; INSN_LEN],
+    pub new: [u8; INSN_LEN],
+    pub is_site: bool,
 }
 
 /// What `shut_down` found.
@@ -402,32 +249,14 @@ static SHUT_POISONED: AtomicBool = AtomicBool::new(false);
 
 // ---------------------------------------------------------------- forms
 
-fn no_target_site(key: &RawKey) -> [u8; INSN_LEN] {
-    match key.no_target {
-        NoTarget::Nop => NOP5,
-        NoTarget::Zero => ZERO5,
-    }
-}
-
-/// What a site holds when its key's target is `target`.
+/// What a site holds when its key's target is `target` (null: none).
 fn site_form(s: &SiteEntry, target: *mut ()) -> [u8; INSN_LEN] {
-    if target.is_null() {
-        return no_target_site(s.key);
-    }
-    encode(s.at, Insn::Call(target as usize))
-        .or_else(|| encode(s.at, Insn::Call(s.tramp)))
-        .expect("a site reaches its trampoline")
+    arch::site_form(s.at, s.tramp, target as usize, s.key.none as usize, s.key.no_target)
 }
 
 /// What a trampoline head holds when its key's target is `target`.
 fn tramp_form(t: &TrampEntry, target: *mut ()) -> [u8; INSN_LEN] {
-    if target.is_null() {
-        return match t.key.no_target {
-            NoTarget::Nop => RET5,
-            NoTarget::Zero => ZERO5,
-        };
-    }
-    encode(t.at, Insn::Jmp(target as usize)).unwrap_or_else(|| far_head(t.at))
+    arch::tramp_form(t.at, target as usize, t.key.none as usize, t.key.no_target)
 }
 
 /// What a key's trampoline and sites hold now: the assembled forms (every
@@ -441,13 +270,13 @@ enum From {
 fn plan_key(plan: &mut Vec<Patch>, reg: &Registry, key: &RawKey, from: From, to: *mut ()) {
     let Some(t) = reg.tramp_of(key) else { return };
     let old = match from {
-        From::Assembled => far_head(t.at),
+        From::Assembled => arch::far_head(t.at),
         From::Target(p) => tramp_form(t, p),
     };
     push(plan, t.at, old, tramp_form(t, to), false);
     for s in reg.sites_of(key).iter().filter(|s| s.refused.is_none()) {
         let old = match from {
-            From::Assembled => encode(s.at, Insn::Call(s.tramp)).expect("checked at load"),
+            From::Assembled => arch::assembled_site(s.at, s.tramp).expect("checked at load"),
             From::Target(p) => site_form(s, p),
         };
         push(plan, s.at, old, site_form(s, to), true);
@@ -455,16 +284,12 @@ fn plan_key(plan: &mut Vec<Patch>, reg: &Registry, key: &RawKey, from: From, to:
 }
 
 fn push(plan: &mut Vec<Patch>, at: usize, old: [u8; INSN_LEN], new: [u8; INSN_LEN], is_site: bool) {
-    let insn = decode(at, &new).expect("we decode what we encode");
+    debug_assert!(arch::decode(at, &new).is_some(), "we decode what we encode");
     debug_assert!(plan.len() < plan.capacity(), "plan capacity reserved at init");
-    plan.push(Patch { at, old, new, insn, is_site });
+    plan.push(Patch { at, old, new, is_site });
 }
 
 // ---------------------------------------------------------------- applying
-
-fn sync() {
-    membarrier::sync_core();
-}
 
 /// Verifies and writes `plan`. `commit` stores the new targets in the keys'
 /// slots once nothing can fail any more but the writes themselves; `revert`
@@ -475,12 +300,12 @@ fn apply(st: &mut State, reg: &Registry, commit: impl FnOnce(), revert: impl FnO
     for p in plan.iter() {
         let found = registry::current_bytes(p.at);
         if found != p.old {
-            return Err(Error::UnexpectedBytes { address: p.at, found, expected: p.old });
+            return Err(Error::UnexpectedBytes { address: p.at, found: pad(found), expected: pad(p.old) });
         }
     }
     for t in reg.tramps.iter().filter(|t| t.damaged && plan.iter().any(|p| p.at == t.at)) {
         if let Some((address, found, expected)) = registry::tramp_damage(t) {
-            return Err(Error::UnexpectedBytes { address, found, expected });
+            return Err(Error::UnexpectedBytes { address, found: pad(found), expected: pad(expected) });
         }
     }
     plan.sort_unstable_by_key(|p| p.at);
@@ -488,12 +313,7 @@ fn apply(st: &mut State, reg: &Registry, commit: impl FnOnce(), revert: impl FnO
         commit();
         return Ok(());
     }
-    // Never write an int3 while this thread blocks SIGTRAP: its mask is
-    // usually every thread's, and a thread meeting the int3 with SIGTRAP
-    // blocked kills the process.
-    if sigtrap_blocked() {
-        return Err(Error::SigtrapBlocked);
-    }
+    protocol::may_write()?;
     let writer = text::for_update(plan[0].at)?;
     let session = Session::open(writer, plan.iter().map(|p| p.at), INSN_LEN).inspect_err(|e| {
         if let Error::ProtectionNotRestored { .. } = e {
@@ -501,14 +321,13 @@ fn apply(st: &mut State, reg: &Registry, commit: impl FnOnce(), revert: impl FnO
         }
     })?;
     commit();
-    publish(plan);
-    let written = write_protocol(&session, plan);
+    let written = protocol::write(&session, plan);
     // The mprotect writer's pages get their protection back on every path;
     // if one cannot, that outranks whatever else happened.
     let restored = session.close();
     let r = match written {
         Ok(()) => {
-            retract();
+            protocol::retire();
             let sites = plan.iter().filter(|p| p.is_site).count() as u64;
             SITES_PATCHED.fetch_add(sites, Relaxed);
             Ok(())
@@ -522,65 +341,25 @@ fn apply(st: &mut State, reg: &Registry, commit: impl FnOnce(), revert: impl FnO
     r
 }
 
-/// One step of the protocol: `writes` sorted by address.
-fn step<'a>(session: &Session, writes: impl IntoIterator<Item = (usize, &'a [u8])>) -> Result<(), StepFailed> {
-    // SAFETY: addresses from the registry, verified by `apply` and covered
-    // by the session; a multi-byte write happens only while an int3 guards
-    // its instruction and after all cores synced on that int3 (the callers
-    // below); `apply`'s caller holds the patch lock.
-    unsafe { session.write_step(writes) }
-}
-
-/// Steps 1 to 3 of the protocol, each one `step` (one write per page), and
-/// the syncs. On failure: the error, and whether the repair (the rollback)
-/// restored every instruction.
-fn write_protocol(session: &Session, plan: &[Patch]) -> Result<(), (Error, Result<(), Error>)> {
-    // Step 1: guard every instruction with int3.
-    if let Err(f) = step(session, plan.iter().map(|p| (p.at, &[INT3][..]))) {
-        // Bytes 1..5 are untouched: removing the int3s that may have been
-        // written restores the old instructions.
-        let undo = step(session, plan[..f.reached].iter().map(|p| (p.at, &p.old[..1])));
-        return Err((f.error, undo.map_err(|u| u.error)));
-    }
-    sync();
-
-    // Step 2: the bodies, where they change.
-    let changed = |p: &&Patch| p.new[1..] != p.old[1..];
-    let body_changed = plan.iter().any(|p| changed(&p));
-    if let Err(f) = step(session, plan.iter().filter(changed).map(|p| (p.at + 1, &p.new[1..]))) {
-        // Every instruction is still guarded: put the old bodies back,
-        // then the old first bytes.
-        let undo = step(session, plan.iter().filter(changed).map(|p| (p.at + 1, &p.old[1..]))).and_then(|()| {
-            sync();
-            step(session, plan.iter().map(|p| (p.at, &p.old[..1])))
-        });
-        return Err((f.error, undo.map_err(|u| u.error)));
-    }
-    if body_changed {
-        sync();
-    }
-
-    // Step 3: the first bytes. A failure here leaves some instructions new
-    // and the rest guarded with new bodies: finishing them is the way out.
-    let first_bytes = || plan.iter().map(|p| (p.at, &p.new[..1]));
-    if step(session, first_bytes()).is_err() {
-        if let Err(f) = step(session, first_bytes()) {
-            return Err((f.error, Err(f.error)));
-        }
-    }
-    sync();
-    Ok(())
+/// An instruction's bytes as the public types hold them (five bytes; on
+/// aarch64 the four of the instruction, then a zero).
+pub fn pad(bytes: [u8; INSN_LEN]) -> [u8; 5] {
+    let mut out = [0; 5];
+    out[..INSN_LEN].copy_from_slice(&bytes);
+    out
 }
 
 /// A write failed mid-protocol and `repair` tried to restore every
-/// instruction. If it succeeded, the breakpoints are gone: retract the plan,
-/// put the old targets back, and report `e`. Otherwise the plan stays
-/// published forever, so the int3s left behind keep being emulated (as the
-/// new instructions, whose targets are stored), and no further update runs.
+/// instruction. If it succeeded, the old instructions are back: retire the
+/// plan, put the old targets back, and report `e`. Otherwise (x86-64) the
+/// plan stays published forever, so the int3s left behind keep being
+/// emulated (as the new instructions, whose targets are stored), and no
+/// further update runs; on aarch64 each instruction holds its old or its
+/// new form, both valid, and no further update runs either.
 fn fail(st: &mut State, e: Error, repair: Result<(), Error>, revert: impl FnOnce()) -> Result<(), Error> {
     if repair.is_ok() {
-        sync();
-        retract();
+        membarrier::sync_core();
+        protocol::retire();
         revert();
         return Err(e);
     }
@@ -598,18 +377,11 @@ fn fail(st: &mut State, e: Error, repair: Result<(), Error>, revert: impl FnOnce
 /// Everything patching needs from the process, in order; the first that is
 /// missing is the reason the process runs on the slots.
 fn prepare(st: &mut State, reg: &Registry) -> Result<(), Error> {
-    if shadow_stack_enabled() {
-        return Err(Error::ShadowStack);
-    }
-    // A thread meeting an int3 with SIGTRAP blocked kills the process, and
-    // the initializing thread's mask is usually everyone's.
-    if sigtrap_blocked() {
-        return Err(Error::SigtrapBlocked);
-    }
+    protocol::requirements()?;
     membarrier::register()?;
     let probe_at = reg.tramps.first().map_or(probe_address(), |t| t.at + TRAMP_SIZE - 1);
     text::probe(probe_at)?;
-    signal::install()?;
+    protocol::install()?;
     register_atfork();
     st.plan.reserve_exact(reg.sites.len() + reg.tramps.len());
     Ok(())
@@ -658,16 +430,22 @@ pub fn init() -> Result<(), Error> {
             return Err(e);
         }
         // Once initialized, `init` only puts a displaced handler back on top.
-        if !signal::installed() || signal::check().is_ok() {
+        if !protocol::installed() || protocol::check_handler().is_ok() {
             return Ok(());
         }
     }
     let mut g = LOCK.lock()?;
     let st = g.state();
-    if st.initialized && SLOTS.get().is_none() && signal::installed() {
-        return signal::install();
+    if st.initialized && SLOTS.get().is_none() && protocol::installed() {
+        return protocol::install();
     }
     init_locked(st)
+}
+
+/// Whether `init` has completed in this copy.
+#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
+pub fn initialized() -> bool {
+    INITIALIZED.load(Acquire)
 }
 
 pub fn mode() -> Mode {
@@ -703,7 +481,7 @@ fn update_locked(st: &mut State, changes: &[Change], old: &mut [*mut ()]) -> Res
     }
     let reg = registry::get();
     if !reg.tramps.is_empty() {
-        signal::check()?;
+        protocol::check_handler()?;
         membarrier::register()?;
     }
     st.plan.clear();
@@ -738,22 +516,23 @@ pub fn sites(key: &RawKey) -> Vec<Site> {
         .iter()
         .map(|s| {
             let bytes = registry::current_bytes(s.at);
-            let (state, reason) = match decode(s.at, &bytes) {
-                Some(Insn::Call(t)) if t != s.tramp => (SiteState::Direct, None),
-                Some(Insn::Nop) => (SiteState::Nop, Some(NotDirect::NoTarget)),
-                Some(Insn::Zero) => (SiteState::Zero, Some(NotDirect::NoTarget)),
-                _ => {
+            let (state, reason) = match arch::site_state(s.at, &bytes, s.tramp, s.key.none as usize) {
+                Some(SiteState::Direct) => (SiteState::Direct, None),
+                Some(state) => (state, Some(NotDirect::NoTarget)),
+                None => {
                     let reason = s.refused.unwrap_or(if SLOTS.get().is_some() {
                         NotDirect::Slots
-                    } else if initialized {
-                        NotDirect::OutOfReach
-                    } else {
+                    } else if !initialized {
                         NotDirect::NotInitialized
+                    } else if s.key.load().is_null() {
+                        NotDirect::NoTarget
+                    } else {
+                        NotDirect::OutOfReach
                     });
                     (SiteState::Trampoline, Some(reason))
                 }
             };
-            Site { address: s.at, state, reason, bytes }
+            Site { address: s.at, state, reason, bytes: pad(bytes) }
         })
         .collect()
 }
@@ -767,7 +546,7 @@ pub fn trampoline(key: &RawKey) -> Option<usize> {
     registry::get().tramp_of(key).map(|t| t.at)
 }
 
-/// One instruction, in Intel syntax (see `arch::x86_64::disassemble`).
+/// One instruction, as the architecture's disassembler prints it.
 pub fn disassemble(at: usize, bytes: &[u8]) -> String {
-    crate::arch::x86_64::disassemble(at, bytes)
+    arch::disassemble(at, bytes)
 }

@@ -5,7 +5,7 @@
 //! # Safety
 //!
 //! The records are written only by this crate's assembly templates
-//! (`arch::x86_64`): each holds 32-bit offsets, relative to the record
+//! (`arch::native`): each holds 32-bit offsets, relative to the record
 //! field itself, to an instruction in this module's text and to a `RawKey`
 //! static. The linker defines `__start_`/`__stop_` around each section, and
 //! the crate itself contributes one sentinel record (offset 0) so that the
@@ -13,7 +13,7 @@
 //! this module; the key pointers it yields are `'static`.
 #![allow(unsafe_code)]
 
-use crate::arch::x86_64::{encode, trampoline_image, well_placed, Insn, INSN_LEN, TRAMP_SIZE};
+use crate::arch::native::{assembled_site, trampoline_image, well_placed, INSN_LEN, TRAMP_SIZE};
 use crate::key::RawKey;
 use crate::site::NotDirect;
 use std::sync::atomic::{AtomicPtr, Ordering};
@@ -26,11 +26,11 @@ struct Record {
 }
 
 core::arch::global_asm!(
-    ".pushsection static_call_sites_v1, \"aR\", @progbits",
+    ".pushsection static_call_sites_v1, \"aR\", %progbits",
     ".balign 4",
     ".long 0, 0",
     ".popsection",
-    ".pushsection static_call_tramps_v1, \"aR\", @progbits",
+    ".pushsection static_call_tramps_v1, \"aR\", %progbits",
     ".balign 4",
     ".long 0, 0",
     ".popsection",
@@ -68,6 +68,7 @@ pub struct Registry {
     pub tramps: Box<[TrampEntry]>,
     /// Every address this crate may patch (trampolines, sites not refused),
     /// sorted: what the SIGTRAP handler searches.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub addrs: Box<[usize]>,
 }
 
@@ -107,7 +108,7 @@ unsafe fn records(start: *const Record, stop: *const Record) -> Vec<(usize, &'st
     out
 }
 
-fn read5(at: usize) -> [u8; INSN_LEN] {
+fn read_insn(at: usize) -> [u8; INSN_LEN] {
     let mut b = [0; INSN_LEN];
     for (i, x) in b.iter_mut().enumerate() {
         // SAFETY: `at` is an instruction of this module's text (registry
@@ -117,9 +118,9 @@ fn read5(at: usize) -> [u8; INSN_LEN] {
     b
 }
 
-/// The current five bytes at a site or trampoline head.
+/// The current bytes of the instruction at a site or trampoline head.
 pub fn current_bytes(at: usize) -> [u8; INSN_LEN] {
-    read5(at)
+    read_insn(at)
 }
 
 fn build() -> Registry {
@@ -153,9 +154,9 @@ fn build() -> Registry {
         .map(|(at, key)| {
             let tramp =
                 tramps.binary_search_by_key(&key_addr(key), |t| key_addr(t.key)).map(|i| tramps[i].at).unwrap_or(0);
-            let found = read5(at);
-            let refused = if tramp == 0 || encode(at, Insn::Call(tramp)) != Some(found) {
-                Some(NotDirect::Refused(found))
+            let found = read_insn(at);
+            let refused = if tramp == 0 || assembled_site(at, tramp) != Some(found) {
+                Some(NotDirect::Refused(crate::patch::pad(found)))
             } else if !well_placed(at) {
                 Some(NotDirect::Misplaced)
             } else {
@@ -179,6 +180,7 @@ pub fn get() -> &'static Registry {
 }
 
 /// The registry if it was built, for the signal handler. Async-signal-safe.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub fn published() -> Option<&'static Registry> {
     // SAFETY: either null or the `'static` registry, never freed.
     unsafe { PUBLISHED.load(Ordering::Acquire).as_ref() }
@@ -200,13 +202,15 @@ impl Registry {
     }
 
     /// Whether the SIGTRAP handler should consider `at`. Async-signal-safe.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub fn is_ours(&self, at: usize) -> bool {
         self.addrs.binary_search(&at).is_ok()
     }
 }
 
 /// The first difference between a trampoline's bytes past its head and what
-/// the macro assembled: (address, found, expected), five bytes each.
+/// the macro assembled: (address, found, expected), an instruction's length
+/// each.
 pub fn tramp_damage(t: &TrampEntry) -> Option<(usize, [u8; INSN_LEN], [u8; INSN_LEN])> {
     if !t.damaged {
         return None;
@@ -220,5 +224,5 @@ pub fn tramp_damage(t: &TrampEntry) -> Option<(usize, [u8; INSN_LEN], [u8; INSN_
         .unwrap_or(TRAMP_SIZE - INSN_LEN);
     let mut want = [0; INSN_LEN];
     want.copy_from_slice(&expected[start..start + INSN_LEN]);
-    Some((t.at + start, read5(t.at + start), want))
+    Some((t.at + start, read_insn(t.at + start), want))
 }

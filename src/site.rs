@@ -52,6 +52,10 @@ impl fmt::Display for NotDirect {
     }
 }
 
+/// How many of a site's five bytes are its instruction: four on aarch64
+/// (the fifth is zero), five on x86-64.
+const SHOWN: usize = if cfg!(target_arch = "aarch64") { 4 } else { 5 };
+
 /// One call site of a key, as it was when [`Key::sites`](crate::Key::sites)
 /// looked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,7 +82,8 @@ impl Site {
         self.reason
     }
 
-    /// The five bytes of the instruction.
+    /// The bytes of the instruction: five on x86-64; on aarch64 the four
+    /// of the instruction (little-endian), then a zero.
     pub fn bytes(&self) -> [u8; 5] {
         self.bytes
     }
@@ -89,7 +94,7 @@ impl fmt::Display for Site {
     /// reason when the site is not direct.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:#x}: ", self.address)?;
-        for b in self.bytes {
+        for b in &self.bytes[..SHOWN] {
             write!(f, "{b:02x} ")?;
         }
         write!(f, " {}", crate::backend::disassemble(self.address, &self.bytes))?;

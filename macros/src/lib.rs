@@ -161,8 +161,25 @@ fn static_ret(ret: &ReturnType) -> Type {
     }
 }
 
-const INT_REGS: [&str; 6] = ["rdi", "rsi", "rdx", "rcx", "r8", "r9"];
-const FLOAT_REGS: [&str; 8] = ["xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7"];
+/// Integer-class argument registers, x86-64 (System V) then aarch64
+/// (AAPCS64). AAPCS64 has eight (`x0`..`x7`); sites take at most six on
+/// every architecture, so that a key that compiles on one compiles on the
+/// other.
+const INT_REGS: [(&str, &str); 6] =
+    [("rdi", "x0"), ("rsi", "x1"), ("rdx", "x2"), ("rcx", "x3"), ("r8", "x4"), ("r9", "x5")];
+const FLOAT_REGS: [(&str, &str); 8] = [
+    ("xmm0", "v0"),
+    ("xmm1", "v1"),
+    ("xmm2", "v2"),
+    ("xmm3", "v3"),
+    ("xmm4", "v4"),
+    ("xmm5", "v5"),
+    ("xmm6", "v6"),
+    ("xmm7", "v7"),
+];
+/// The return registers: integer, float (x86-64, aarch64).
+const INT_RET: (&str, &str) = ("rax", "x0");
+const FLOAT_RET: (&str, &str) = ("xmm0", "v0");
 
 fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
     let args = parse_args(args)?;
@@ -429,8 +446,9 @@ fn check_abi(f: &TypeBareFn, out_of_line: bool) -> syn::Result<()> {
 
 /// An inline call: the conversions of its integer-class values (bound outside
 /// the backend switch, so that an unsupported type is the same error with
-/// either backend), and the asm site with each argument bound to its System V
-/// register.
+/// either backend), and the asm site with each argument bound to its
+/// register, for each architecture (the crate's `site!` picks its own list:
+/// the target is the crate's decision, not the macro's).
 struct InlineSite {
     prelude: TokenStream,
     body: TokenStream,
@@ -439,12 +457,12 @@ struct InlineSite {
 fn inline_site(f: &TypeBareFn, key: &Ident, names: &[Ident], tys: &[&Type], unit: bool) -> syn::Result<InlineSite> {
     let sc = quote!(::static_call::__private);
     let mut prelude = Vec::new();
-    let mut operands = Vec::new();
+    let (mut x86, mut arm) = (Vec::new(), Vec::new());
     let (mut ints, mut floats) = (0, 0);
     for (i, (name, ty)) in names.iter().zip(tys).enumerate() {
         match classify(ty) {
             Class::Integer => {
-                let Some(reg) = INT_REGS.get(ints) else {
+                let Some((reg, areg)) = INT_REGS.get(ints) else {
                     return Err(syn::Error::new_spanned(
                         ty,
                         format!(
@@ -465,10 +483,11 @@ fn inline_site(f: &TypeBareFn, key: &Ident, names: &[Ident], tys: &[&Type], unit
                 let check = quote_spanned!(ty.span()=> #sc::assert_integer::<#ty>());
                 let into = quote_spanned!(ty.span()=> <#ty as #sc::IntegerRegister>::into_register);
                 prelude.push(quote!(#check; let #conv = #into;));
-                operands.push(quote!(in(#reg) #conv(#name),));
+                x86.push(quote!(in(#reg) #conv(#name),));
+                arm.push(quote!(in(#areg) #conv(#name),));
             }
             Class::Float => {
-                let Some(reg) = FLOAT_REGS.get(floats) else {
+                let Some((reg, areg)) = FLOAT_REGS.get(floats) else {
                     return Err(syn::Error::new_spanned(
                         ty,
                         format!(
@@ -481,7 +500,8 @@ fn inline_site(f: &TypeBareFn, key: &Ident, names: &[Ident], tys: &[&Type], unit
                     ));
                 };
                 floats += 1;
-                operands.push(quote!(in(#reg) #name,));
+                x86.push(quote!(in(#reg) #name,));
+                arm.push(quote!(in(#areg) #name,));
             }
         }
     }
@@ -490,20 +510,27 @@ fn inline_site(f: &TypeBareFn, key: &Ident, names: &[Ident], tys: &[&Type], unit
         (ReturnType::Type(_, t), false) => Some((t, classify(t))),
         (ReturnType::Default, false) => unreachable!("no return type is unit"),
     };
-    let (decl, out, result) = match ret {
-        None => (quote!(), quote!(), quote!()),
-        Some((t, Class::Float)) => (quote!(let __ret: #t;), quote!(lateout("xmm0") __ret,), quote!(__ret)),
+    let (decl, result) = match ret {
+        None => (quote!(), quote!()),
+        Some((t, Class::Float)) => {
+            let (r, ar) = FLOAT_RET;
+            x86.push(quote!(lateout(#r) __ret,));
+            arm.push(quote!(lateout(#ar) __ret,));
+            (quote!(let __ret: #t;), quote!(__ret))
+        }
         Some((t, Class::Integer)) => {
             let check = quote_spanned!(t.span()=> #sc::assert_integer::<#t>());
             let from = quote_spanned!(t.span()=> <#t as #sc::IntegerRegister>::from_register);
             prelude.push(quote!(#check; let __from_ret = #from;));
+            let (r, ar) = INT_RET;
+            x86.push(quote!(lateout(#r) __ret,));
+            arm.push(quote!(lateout(#ar) __ret,));
             (
                 quote!(let __ret: u64;),
-                quote!(lateout("rax") __ret,),
                 quote!(
-                    // SAFETY: `rax` holds what the target, of this return
-                    // type, returned (or zero with no target, for a
-                    // `Zeroable` type).
+                    // SAFETY: the return register holds what the target,
+                    // of this return type, returned (or zero with no
+                    // target, for a `Zeroable` type).
                     unsafe { __from_ret(__ret) }
                 ),
             )
@@ -513,11 +540,11 @@ fn inline_site(f: &TypeBareFn, key: &Ident, names: &[Ident], tys: &[&Type], unit
         #decl
         // SAFETY: the site calls the key's trampoline, or (patched) its
         // target, an `extern "C"` function of exactly this signature: each
-        // argument is bound to its System V register, all caller-saved
-        // registers are clobbered, and the stack is left usable (no
-        // `nostack`), as a call needs.
+        // argument is bound to its register (System V on x86-64, AAPCS64 on
+        // aarch64), all caller-saved registers are clobbered, and the stack
+        // is left usable (no `nostack`), as a call needs.
         unsafe {
-            #sc::site!(#key; #(#operands)* #out);
+            #sc::site!(#key; x86_64 { #(#x86)* } aarch64 { #(#arm)* });
         }
         #result
     });

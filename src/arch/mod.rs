@@ -1,3 +1,24 @@
-//! Instruction encodings, per architecture.
+//! What changes per architecture: the forms a site and a trampoline take,
+//! their encodings, the assembly templates the macro expands to, and the
+//! protocol that commits a plan of old and new instructions to text
+//! (`protocol`: x86-64's `int3` steps with the SIGTRAP handler's emulation,
+//! aarch64's stores, cache maintenance and one core sync). Everything else
+//! (the registry, keys, the plan, the lock, the modes, the writers' door) is
+//! written once, in `crate::patch`, `crate::registry` and `crate::os`.
+//!
+//! `native` is the architecture being compiled for. Both modules have the
+//! same shape: `INSN_LEN`, `TRAMP_SIZE`, `Insn`, `encode`/`decode`,
+//! `site_form`, `tramp_form`, `assembled_site`, `far_head`, `site_state`,
+//! `trampoline_image`, `well_placed`, `disassemble`, and `protocol` with
+//! `requirements`, `install`, `check_handler`, `installed`, `may_write`,
+//! `write`, `retire`, `after_fork_child`.
 
+#[cfg(target_arch = "x86_64")]
 pub mod x86_64;
+#[cfg(target_arch = "x86_64")]
+pub use x86_64 as native;
+
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
+#[cfg(target_arch = "aarch64")]
+pub use aarch64 as native;

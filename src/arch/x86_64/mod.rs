@@ -8,7 +8,14 @@
 //!
 //! Every patchable instruction is exactly [`INSN_LEN`] bytes long and is one
 //! instruction: a thread preempted anywhere can only ever be at its first byte or
-//! past it, never inside it. That is what makes the int3 protocol sound.
+//! past it, never inside it. That is what makes the int3 protocol sound
+//! ([`protocol`]).
+
+#[cfg(all(target_os = "linux", not(feature = "portable"), not(miri)))]
+pub mod protocol;
+
+use crate::key::NoTarget;
+use crate::site::SiteState;
 
 /// Length of every patchable instruction (a site, or the head of a trampoline).
 pub const INSN_LEN: usize = 5;
@@ -104,6 +111,44 @@ pub fn decode(at: usize, bytes: &[u8; INSN_LEN]) -> Option<Insn> {
     }
 }
 
+/// What a site holds when its key's target is `target` (0: none): `call
+/// target`, `call tramp` when the target is out of reach, or the no-target
+/// form (`none`, the key's stub, is reached through the slot only).
+pub fn site_form(at: usize, tramp: usize, target: usize, _none: usize, no_target: NoTarget) -> [u8; INSN_LEN] {
+    match (target, no_target) {
+        (0, NoTarget::Nop) => NOP5,
+        (0, NoTarget::Zero) => ZERO5,
+        (t, _) => {
+            encode(at, Insn::Call(t)).or_else(|| encode(at, Insn::Call(tramp))).expect("a site reaches its trampoline")
+        }
+    }
+}
+
+/// What a trampoline head holds when its key's target is `target` (0:
+/// none): `jmp target`, the far head, `ret` or the zero form.
+pub fn tramp_form(at: usize, target: usize, _none: usize, no_target: NoTarget) -> [u8; INSN_LEN] {
+    match (target, no_target) {
+        (0, NoTarget::Nop) => RET5,
+        (0, NoTarget::Zero) => ZERO5,
+        (t, _) => encode(at, Insn::Jmp(t)).unwrap_or_else(|| far_head(at)),
+    }
+}
+
+/// What the macro assembled at a site: `call tramp`.
+pub fn assembled_site(at: usize, tramp: usize) -> Option<[u8; INSN_LEN]> {
+    encode(at, Insn::Call(tramp))
+}
+
+/// What a site's bytes say it does, if it does not call its trampoline.
+pub fn site_state(at: usize, bytes: &[u8; INSN_LEN], tramp: usize, _none: usize) -> Option<SiteState> {
+    match decode(at, bytes)? {
+        Insn::Call(t) if t != tramp => Some(SiteState::Direct),
+        Insn::Nop => Some(SiteState::Nop),
+        Insn::Zero => Some(SiteState::Zero),
+        _ => None,
+    }
+}
+
 /// One instruction at `at`, in Intel syntax: with the `disasm` feature,
 /// decoded by iced-x86 (anything); without it, [`describe`] (our forms).
 pub fn disassemble(at: usize, bytes: &[u8]) -> String {
@@ -179,14 +224,14 @@ macro_rules! __static_call_x86_64_site {
     // aligned while it stays a single instruction, then `call rel32` to the
     // key's trampoline (the byte forced, so the assembler cannot pick another
     // form), and a record `{site - ., key - .}` in the site section.
-    ($key:path; $($operands:tt)*) => {
+    ($key:path; x86_64 { $($operands:tt)* } aarch64 { $($_aarch64:tt)* }) => {
         ::core::arch::asm!(
             ".balign 4, 0x2e",
             ".byte 0x2e, 0x2e, 0x2e",
             "2:",
             ".byte 0xe8",
             ".long {__static_call_key}_sc_tramp - . - 4",
-            ".pushsection static_call_sites_v1, \"aR\", @progbits",
+            ".pushsection static_call_sites_v1, \"aR\", %progbits",
             ".balign 4",
             ".long 2b - .",
             ".long {__static_call_key} - .",

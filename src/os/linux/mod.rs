@@ -1,14 +1,18 @@
-//! Linux system interfaces: core serialization, writing text, the SIGTRAP
-//! handler.
+//! Linux system interfaces: core serialization, writing text, futexes, and
+//! (x86-64) the SIGTRAP handler.
 //!
 //! # Safety
 //!
-//! `thread_id` is a plain system call; the submodules state their own rules.
+//! `thread_id` and the futex calls are plain system calls on a valid,
+//! aligned word; the submodules state their own rules.
 #![allow(unsafe_code)]
 
 pub mod membarrier;
+#[cfg(target_arch = "x86_64")]
 pub mod signal;
 pub mod text;
+
+use std::sync::atomic::AtomicU32;
 
 /// The kernel's id of the calling thread. Async-signal-safe.
 pub fn thread_id() -> u32 {
@@ -16,6 +20,7 @@ pub fn thread_id() -> u32 {
     unsafe { libc::syscall(libc::SYS_gettid) as u32 }
 }
 
+#[cfg(target_arch = "x86_64")]
 /// Whether SIGTRAP is blocked in the calling thread. Async-signal-safe.
 pub fn sigtrap_blocked() -> bool {
     let mut set = std::mem::MaybeUninit::<libc::sigset_t>::zeroed();
@@ -25,10 +30,12 @@ pub fn sigtrap_blocked() -> bool {
     r == 0 && unsafe { libc::sigismember(set.as_ptr(), libc::SIGTRAP) } == 1
 }
 
+#[cfg(target_arch = "x86_64")]
 /// Test hook: makes [`shadow_stack_enabled`] answer true, as on a process
 /// that runs with CET user shadow stacks (which this machine may not have).
 pub static ASSUME_SHADOW_STACK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+#[cfg(target_arch = "x86_64")]
 /// Whether the calling thread runs with a user-space shadow stack (x86 CET,
 /// Linux 6.6+: `arch_prctl(ARCH_SHSTK_STATUS)`). glibc enables it for the
 /// whole process at startup or not at all.
@@ -43,4 +50,26 @@ pub fn shadow_stack_enabled() -> bool {
     // kernels fail with EINVAL and write nothing.
     let r = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_SHSTK_STATUS, &mut status as *mut u64) };
     r == 0 && status & ARCH_SHSTK_SHSTK != 0
+}
+
+/// Sleeps while `word` holds `val` (or until woken). Async-signal-safe.
+pub fn futex_wait(word: &AtomicU32, val: u32) {
+    // SAFETY: FUTEX_WAIT on a valid, aligned u32 with no timeout.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            val,
+            std::ptr::null::<libc::timespec>(),
+        );
+    }
+}
+
+/// Wakes every thread sleeping on `word`. Async-signal-safe.
+pub fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a valid, aligned u32.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX);
+    }
 }

@@ -818,8 +818,8 @@ fn handle(uc: &mut libc::ucontext_t) -> bool {
     // ends just before one of our addresses (sites start behind their own
     // prefixes, trampolines behind int3 padding), so rip at our address can
     // only mean that.
-    let (at, trap) = match crate::patch::on_trap(rip.wrapping_sub(1)) {
-        Trap::NotOurs => (rip, crate::patch::on_trap(rip)),
+    let (at, trap) = match crate::arch::native::protocol::on_trap(rip.wrapping_sub(1)) {
+        Trap::NotOurs => (rip, crate::arch::native::protocol::on_trap(rip)),
         trap => (rip.wrapping_sub(1), trap),
     };
     match trap {

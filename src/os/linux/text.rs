@@ -223,13 +223,36 @@ fn left_writable() -> Option<Error> {
 fn probe_proc_mem(at: usize) -> bool {
     // SAFETY: `at` is text this crate owns; the byte written is the byte read.
     let byte = unsafe { std::ptr::read_volatile(at as *const u8) };
-    match mem_fd().and_then(|fd| pwrite_all(fd, at, &[byte])) {
+    match mem_fd().and_then(|fd| pwrite_all(fd, at, &[byte])).and_then(|()| proc_mem_executes()) {
         Ok(()) => true,
         Err(e) => {
             PROBE_ERRNO[0].store(e, Ordering::Relaxed);
             false
         }
     }
+}
+
+/// aarch64: whether this writer may write code at all here. The kernel's
+/// copy must be whole 32-bit stores (no FEAT_MOPS `memcpy`:
+/// `EOPNOTSUPP`), and what it writes must be what threads then execute,
+/// which the probe proves by flipping a function of ours and calling it
+/// (`ESTALE` otherwise: QEMU 7.2 user mode, for one, keeps running the code
+/// it translated before the write).
+#[cfg(target_arch = "aarch64")]
+fn proc_mem_executes() -> Result<(), i32> {
+    use crate::arch::native::protocol;
+    if !protocol::proc_mem_stores_whole_words() {
+        return Err(libc::EOPNOTSUPP);
+    }
+    let fd = mem_fd()?;
+    protocol::writes_are_executed(&mut |at, insn| pwrite_all(fd, at, &insn))
+}
+
+/// x86-64: the kernel's copy is what `write_step` relies on (see the module
+/// docs), and the instruction stream sees it.
+#[cfg(not(target_arch = "aarch64"))]
+fn proc_mem_executes() -> Result<(), i32> {
+    Ok(())
 }
 
 fn probe_mprotect(at: usize) -> bool {
@@ -465,32 +488,33 @@ impl Session {
                         a / PAGE == page && a >= end && a + b.len() - start <= BUF_LEN
                     };
                     let mut end = start + first.len();
-                    let span: &[u8] = if writes.peek().is_some_and(|w| joins(w, end)) && first.len() <= BUF_LEN {
-                        // SAFETY: the patch lock (the caller's contract)
-                        // makes this thread the buffer's only user.
-                        let buf = unsafe { &mut *PAGE_BUF.0.get() };
-                        // What the page holds now from `start` to its end
-                        // (every gap of this run lies there; the last write
-                        // may run past it into the next page and brings
-                        // its own bytes), then the writes over it.
-                        let page_end = (page + 1) * PAGE;
-                        // SAFETY: `start..page_end` is the rest of a page of
-                        // mapped text (the caller's contract), readable;
-                        // only the patch lock holder writes it, and it is us.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(start as *const u8, buf.as_mut_ptr(), page_end - start)
+                    let span: &[u8] =
+                        if JOIN_SPANS && writes.peek().is_some_and(|w| joins(w, end)) && first.len() <= BUF_LEN {
+                            // SAFETY: the patch lock (the caller's contract)
+                            // makes this thread the buffer's only user.
+                            let buf = unsafe { &mut *PAGE_BUF.0.get() };
+                            // What the page holds now from `start` to its end
+                            // (every gap of this run lies there; the last write
+                            // may run past it into the next page and brings
+                            // its own bytes), then the writes over it.
+                            let page_end = (page + 1) * PAGE;
+                            // SAFETY: `start..page_end` is the rest of a page of
+                            // mapped text (the caller's contract), readable;
+                            // only the patch lock holder writes it, and it is us.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(start as *const u8, buf.as_mut_ptr(), page_end - start)
+                            };
+                            overlay(&mut buf[..first.len()], first);
+                            while let Some(&(a, b)) = writes.peek().filter(|w| joins(w, end)) {
+                                overlay(&mut buf[a - start..a - start + b.len()], b);
+                                end = a + b.len();
+                                reached += 1;
+                                writes.next();
+                            }
+                            &buf[..end - start]
+                        } else {
+                            first
                         };
-                        overlay(&mut buf[..first.len()], first);
-                        while let Some(&(a, b)) = writes.peek().filter(|w| joins(w, end)) {
-                            overlay(&mut buf[a - start..a - start + b.len()], b);
-                            end = a + b.len();
-                            reached += 1;
-                            writes.next();
-                        }
-                        &buf[..end - start]
-                    } else {
-                        first
-                    };
                     if WRITES.fails() {
                         return Err(failed(start, libc::EIO, reached));
                     }
@@ -538,6 +562,7 @@ fn overlay(to: &mut [u8], from: &[u8]) {
 }
 
 /// Stores `bytes` at `at` through the mprotect writer's writable mapping.
+#[cfg(target_arch = "x86_64")]
 fn store(at: usize, bytes: &[u8]) {
     for (i, &b) in bytes.iter().enumerate() {
         // SAFETY: the page is writable for the session's lifetime (the
@@ -546,6 +571,28 @@ fn store(at: usize, bytes: &[u8]) {
         unsafe { std::ptr::write_volatile((at + i) as *mut u8, b) };
     }
 }
+
+/// Stores `bytes` (whole instructions) at `at` through the mprotect
+/// writer's writable mapping: one aligned 32-bit store (`str w`) per
+/// instruction, single-copy atomic, as concurrent modification requires.
+#[cfg(target_arch = "aarch64")]
+fn store(at: usize, bytes: &[u8]) {
+    debug_assert!(at.is_multiple_of(4) && bytes.len().is_multiple_of(4));
+    for (i, word) in bytes.chunks_exact(4).enumerate() {
+        let word = u32::from_le_bytes([word[0], word[1], word[2], word[3]]);
+        // SAFETY: the page is writable for the session's lifetime (the
+        // caller's contract); `at` is an instruction's address, 4-aligned.
+        unsafe { std::ptr::write_volatile((at + 4 * i) as *mut u32, word) };
+    }
+}
+
+/// Whether the `/proc/self/mem` writer may join a page's writes of one step
+/// into one `pwrite` (x86-64). On aarch64 each instruction is its own
+/// 4-byte `pwrite` at its 4-aligned address: the kernel copies such a
+/// write with one aligned 32-bit store (arm64 `memcpy` for 4 bytes), but a
+/// longer span is copied with 8- and 16-byte stores whose alignment follows
+/// the span, not the instructions, and may tear a changing instruction.
+const JOIN_SPANS: bool = cfg!(target_arch = "x86_64");
 
 // ---------------------------------------------------------------- program headers
 

@@ -1,0 +1,350 @@
+//! aarch64: the forms, their encodings and assembly templates.
+//!
+//! Every instruction this crate writes on aarch64 is one of `B`, `BL` and
+//! `NOP`: the instructions the Arm architecture allows to be replaced by
+//! another of the set while another core executes them (Arm ARM B2.2.5,
+//! "Concurrent modification and execution of instructions"), each written as
+//! one aligned 32-bit store, then made visible with cache maintenance and a
+//! context synchronization of every thread (see [`protocol`]). So no
+//! breakpoint and no signal handler are needed here.
+//!
+//! - A site is `bl <trampoline>` as assembled, patched to `bl target` when
+//!   the target is within ±128 MiB, else left on the trampoline. With no
+//!   target: `nop` (unit return), or `bl` to the key's zeroing stub (which
+//!   zeroes `x0` and returns; never `mov x0, #0`, which is outside the set).
+//! - A trampoline head is `b target`, or `b` to the trampoline's own far form
+//!   `adrp x16, key; ldr x16, [x16, :lo12:key]; br x16`, which jumps through
+//!   the key's slot (never null: a key without a target holds its stub).
+//!   With no target the head branches to that stub directly when in reach.
+//!
+//! The encoders are pure and unit-tested against encodings from the Arm ARM;
+//! under QEMU, `tests/encodings.rs` checks that what the assembler emitted
+//! for the templates is what these functions say it is.
+
+#[cfg(all(target_os = "linux", not(feature = "portable"), not(miri)))]
+pub mod protocol;
+
+use crate::key::NoTarget;
+use crate::site::SiteState;
+
+/// Length of every patchable instruction.
+pub const INSN_LEN: usize = 4;
+
+/// `nop`.
+pub const NOP: u32 = 0xd503_201f;
+/// `b` with a zero offset; the offset (in words) fills bits 0..26.
+pub const B: u32 = 0x1400_0000;
+/// `bl` with a zero offset.
+pub const BL: u32 = 0x9400_0000;
+/// `brk #0x5343` ("SC"): never executed (it stops straight-line speculation
+/// past the head and past the far jump).
+pub const BRK_SC: u32 = 0xd420_0000 | (0x5343 << 5);
+/// `br x16`.
+pub const BR_X16: u32 = 0xd61f_0200;
+
+/// Byte size of a trampoline (and its alignment).
+pub const TRAMP_SIZE: usize = 32;
+/// Offset of the far form (`adrp x16; ldr x16; br x16`) within a trampoline.
+pub const TRAMP_FAR_OFFSET: usize = 8;
+
+/// What a patchable instruction does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Insn {
+    /// `bl target`.
+    Call(usize),
+    /// `b target` (trampoline heads only).
+    Jmp(usize),
+    /// `nop`.
+    Nop,
+}
+
+/// The offset in words from `at` to `target`, as the 26-bit field of `b`/`bl`,
+/// or `None` when `target` is out of reach (±128 MiB) or not 4-aligned.
+pub fn imm26(at: usize, target: usize) -> Option<u32> {
+    let d = (target as i64).wrapping_sub(at as i64);
+    if d % 4 != 0 || !(-(1i64 << 27)..(1i64 << 27)).contains(&d) {
+        return None;
+    }
+    Some(((d >> 2) as u32) & 0x03ff_ffff)
+}
+
+/// Encodes `insn` as it would stand at address `at`; `None` when a branch
+/// target is out of reach.
+pub fn encode(at: usize, insn: Insn) -> Option<[u8; INSN_LEN]> {
+    let word = match insn {
+        Insn::Call(t) => BL | imm26(at, t)?,
+        Insn::Jmp(t) => B | imm26(at, t)?,
+        Insn::Nop => NOP,
+    };
+    Some(word.to_le_bytes())
+}
+
+/// Reads back what [`encode`] wrote at `at`; `None` for any other bytes.
+pub fn decode(at: usize, bytes: &[u8; INSN_LEN]) -> Option<Insn> {
+    let word = u32::from_le_bytes(*bytes);
+    // Sign-extend the 26-bit word offset.
+    let target = || at.wrapping_add(((((word << 6) as i32) >> 6) as isize * 4) as usize);
+    match word & 0xfc00_0000 {
+        _ if word == NOP => Some(Insn::Nop),
+        BL => Some(Insn::Call(target())),
+        B => Some(Insn::Jmp(target())),
+        _ => None,
+    }
+}
+
+/// What a site holds when its key's target is `target` (0: none). `none` is
+/// the key's no-target stub.
+pub fn site_form(at: usize, tramp: usize, target: usize, none: usize, no_target: NoTarget) -> [u8; INSN_LEN] {
+    let to = match (target, no_target) {
+        (0, NoTarget::Nop) => return NOP.to_le_bytes(),
+        (0, NoTarget::Zero) => none,
+        (t, _) => t,
+    };
+    encode(at, Insn::Call(to)).or_else(|| encode(at, Insn::Call(tramp))).expect("a site reaches its trampoline")
+}
+
+/// What a trampoline head holds when its key's target is `target` (0:
+/// none, which branches to the stub `none`).
+pub fn tramp_form(at: usize, target: usize, none: usize, _no_target: NoTarget) -> [u8; INSN_LEN] {
+    let to = if target == 0 { none } else { target };
+    encode(at, Insn::Jmp(to)).unwrap_or_else(|| far_head(at))
+}
+
+/// What the macro assembled at a site: `bl tramp`.
+pub fn assembled_site(at: usize, tramp: usize) -> Option<[u8; INSN_LEN]> {
+    encode(at, Insn::Call(tramp))
+}
+
+/// The head of a trampoline that reaches its target through the key's slot:
+/// `b` to the far form that follows (what the macro assembles).
+pub fn far_head(tramp: usize) -> [u8; INSN_LEN] {
+    encode(tramp, Insn::Jmp(tramp + TRAMP_FAR_OFFSET)).expect("a trampoline reaches itself")
+}
+
+/// What a site's bytes say it does, if it does not call its trampoline.
+pub fn site_state(at: usize, bytes: &[u8; INSN_LEN], tramp: usize, none: usize) -> Option<SiteState> {
+    match decode(at, bytes)? {
+        Insn::Nop => Some(SiteState::Nop),
+        Insn::Call(t) if t == none => Some(SiteState::Zero),
+        Insn::Call(t) if t != tramp => Some(SiteState::Direct),
+        _ => None,
+    }
+}
+
+/// `adrp x16, slot` as it stands at `at`.
+fn adrp_x16(at: usize, slot: usize) -> Option<u32> {
+    let pages = ((slot & !0xfff) as i64).wrapping_sub((at & !0xfff) as i64) >> 12;
+    if !(-(1i64 << 20)..(1i64 << 20)).contains(&pages) {
+        return None;
+    }
+    let imm = pages as u32 & 0x1f_ffff;
+    Some(0x9000_0000 | ((imm & 3) << 29) | ((imm >> 2) << 5) | 16)
+}
+
+/// `ldr x16, [x16, #(slot & 0xfff)]`.
+fn ldr_x16_lo12(slot: usize) -> Option<u32> {
+    let lo = slot & 0xfff;
+    lo.is_multiple_of(8).then_some(0xf940_0000 | (((lo / 8) as u32) << 10) | (16 << 5) | 16)
+}
+
+/// The whole expected image of the trampoline at `tramp` whose key slot is
+/// at `slot`, with `head` as its first instruction: head, `brk`, `adrp x16`,
+/// `ldr x16`, `br x16`, `brk`, then the signature `"SCALL"`, version 1 and
+/// two zero bytes. `None` if the slot is out of `adrp` reach or misaligned
+/// (which the linker would have refused).
+pub fn trampoline_image(tramp: usize, slot: usize, head: [u8; INSN_LEN]) -> Option<[u8; TRAMP_SIZE]> {
+    let words = [
+        u32::from_le_bytes(head),
+        BRK_SC,
+        adrp_x16(tramp + TRAMP_FAR_OFFSET, slot)?,
+        ldr_x16_lo12(slot)?,
+        BR_X16,
+        BRK_SC,
+    ];
+    let mut image = [0u8; TRAMP_SIZE];
+    for (i, w) in words.iter().enumerate() {
+        image[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    image[24..32].copy_from_slice(b"SCALL\x01\x00\x00");
+    Some(image)
+}
+
+/// Every instruction is 4-byte aligned on aarch64: every site is well placed.
+pub fn well_placed(site: usize) -> bool {
+    site.is_multiple_of(4)
+}
+
+/// One instruction at `at`, as objdump prints it, if it is one of the forms
+/// this crate writes; otherwise a note that it is not.
+pub fn disassemble(at: usize, bytes: &[u8]) -> String {
+    let Some(word) = bytes.first_chunk::<INSN_LEN>() else { return "(bad)".to_string() };
+    match decode(at, word) {
+        Some(Insn::Call(t)) => format!("bl {t:#x}"),
+        Some(Insn::Jmp(t)) => format!("b {t:#x}"),
+        Some(Insn::Nop) => "nop".to_string(),
+        None => "(not a static_call form)".to_string(),
+    }
+}
+
+/// Assembly templates (see the x86-64 ones). The record format and the
+/// sections are the same on every architecture.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_aarch64_site {
+    // A call site: `bl` to the key's trampoline (always 4 bytes, always
+    // aligned), and a record `{site - ., key - .}` in the site section. The
+    // operands are bound to AAPCS64 registers by the macro.
+    ($key:path; x86_64 { $($_x86_64:tt)* } aarch64 { $($operands:tt)* }) => {
+        ::core::arch::asm!(
+            "2:",
+            "bl {__static_call_key}_sc_tramp",
+            ".pushsection static_call_sites_v1, \"aR\", %progbits",
+            ".balign 4",
+            ".long 2b - .",
+            ".long {__static_call_key} - .",
+            ".popsection",
+            __static_call_key = sym $key,
+            $($operands)*
+            clobber_abi("C"),
+        )
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_aarch64_trampoline {
+    // The trampoline of a key: 32 bytes, 32-aligned, in its own section,
+    // emitted from a naked function as on x86-64. The assembled head is
+    // `b +8`, to the far form through the key's slot, so that a process
+    // that cannot patch runs correctly on the slots alone.
+    ($key:path, $holder:ident, target) => {
+        #[doc(hidden)]
+        #[allow(non_snake_case)]
+        #[unsafe(naked)]
+        extern "C" fn $holder() {
+            ::core::arch::naked_asm!(
+                ".pushsection .text.static_call_tramp, \"ax\", %progbits",
+                ".balign 32",
+                ".globl {k}_sc_tramp",
+                ".hidden {k}_sc_tramp",
+                ".type {k}_sc_tramp, %function",
+                "{k}_sc_tramp:",
+                ".inst 0x14000002",
+                ".inst 0xd42a6860",
+                "adrp x16, {k}",
+                "ldr x16, [x16, :lo12:{k}]",
+                "br x16",
+                ".inst 0xd42a6860",
+                ".ascii \"SCALL\"",
+                ".byte 1, 0, 0",
+                ".size {k}_sc_tramp, 32",
+                ".popsection",
+                ".pushsection static_call_tramps_v1, \"aR\", %progbits",
+                ".balign 4",
+                ".long {k}_sc_tramp - .",
+                ".long {k} - .",
+                ".popsection",
+                "brk #1",
+                k = sym $key,
+            )
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_aarch64_trampoline_addr {
+    // The address of a key's trampoline, for `out_of_line` calls.
+    ($key:path) => {{
+        let t: *const ();
+        // SAFETY: `adrp`/`add` only compute an address.
+        unsafe {
+            ::core::arch::asm!(
+                "adrp {t}, {k}_sc_tramp",
+                "add {t}, {t}, :lo12:{k}_sc_tramp",
+                t = out(reg) t,
+                k = sym $key,
+                options(pure, nomem, nostack, preserves_flags),
+            )
+        };
+        t
+    }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn known_encodings() {
+        // From the Arm ARM and objdump: `bl .+8`, `b .-4`, `nop`, `brk`,
+        // `br x16`.
+        assert_eq!(encode(0x1000, Insn::Call(0x1008)), Some(0x9400_0002u32.to_le_bytes()));
+        assert_eq!(encode(0x1000, Insn::Jmp(0x0ffc)), Some(0x17ff_ffffu32.to_le_bytes()));
+        assert_eq!(encode(0x1000, Insn::Nop), Some(0xd503_201fu32.to_le_bytes()));
+        assert_eq!(BRK_SC, 0xd42a_6860);
+        assert_eq!(far_head(0x4000), 0x1400_0002u32.to_le_bytes());
+        // As aarch64-linux-gnu-as assembled them (objdump): `adrp x16,
+        // 0x412000` at 0x400008, `ldr x16, [x16, #24]`, `adrp x16, 0x3ff000`
+        // at 0x400010.
+        assert_eq!(adrp_x16(0x40_0008, 0x41_2018), Some(0xd000_0090));
+        assert_eq!(ldr_x16_lo12(0x41_2018), Some(0xf940_0e10));
+        assert_eq!(adrp_x16(0x40_0010, 0x3f_f000), Some(0xf0ff_fff0));
+    }
+
+    proptest! {
+        #[test]
+        fn branches_round_trip(at in 0x1000usize..(1usize << 46), off in -(1i64 << 25)..(1i64 << 25), call in any::<bool>()) {
+            let at = at & !3;
+            let target = (at as i64 + off * 4) as usize;
+            let insn = if call { Insn::Call(target) } else { Insn::Jmp(target) };
+            let bytes = encode(at, insn).unwrap();
+            prop_assert_eq!(decode(at, &bytes), Some(insn));
+            let word = u32::from_le_bytes(bytes);
+            prop_assert_eq!(word >> 26, if call { 0b100101 } else { 0b000101 });
+        }
+
+        #[test]
+        fn out_of_reach_targets_are_refused(at in 0x1000usize..(1usize << 40), far in (1u64 << 27)..(1u64 << 44)) {
+            let at = at & !3;
+            prop_assert_eq!(encode(at, Insn::Call(at + far as usize)), None);
+            prop_assert_eq!(encode(at, Insn::Call(at.wrapping_sub(far as usize + 4))), None);
+        }
+
+        #[test]
+        fn far_form_addresses_the_slot(tramp in 0x10_0000usize..(1usize << 46), off in -(1i64 << 31)..(1i64 << 31)) {
+            let tramp = tramp & !31;
+            let slot = ((tramp as i64 + off) as usize) & !7;
+            let image = trampoline_image(tramp, slot, far_head(tramp)).unwrap();
+            let word = |i: usize| u32::from_le_bytes(image[i..i + 4].try_into().unwrap());
+            // Decode adrp and ldr by hand and recompute the slot address.
+            let adrp = word(8);
+            let immlo = ((adrp >> 29) & 3) as i64;
+            let immhi = (((adrp >> 5) & 0x7_ffff) as i64) << 2;
+            let pages = ((immhi | immlo) << 43) >> 43;
+            let page = (((tramp + 8) & !0xfff) as i64 + (pages << 12)) as usize;
+            let lo = (((word(12) >> 10) & 0xfff) * 8) as usize;
+            prop_assert_eq!(page + lo, slot);
+            prop_assert_eq!(word(16), BR_X16);
+            prop_assert_eq!(decode(tramp, &image[..4].try_into().unwrap()), Some(Insn::Jmp(tramp + 8)));
+        }
+    }
+
+    #[test]
+    fn forms() {
+        let (at, tramp, none) = (0x10_0000, 0x10_0400, 0x10_0800);
+        assert_eq!(site_form(at, tramp, 0, none, NoTarget::Nop), NOP.to_le_bytes());
+        assert_eq!(decode(at, &site_form(at, tramp, 0, none, NoTarget::Zero)), Some(Insn::Call(none)));
+        assert_eq!(decode(at, &site_form(at, tramp, 0x20_0000, none, NoTarget::Zero)), Some(Insn::Call(0x20_0000)));
+        let far = 0x7f00_0000_0000;
+        assert_eq!(decode(at, &site_form(at, tramp, far, none, NoTarget::Zero)), Some(Insn::Call(tramp)));
+        assert_eq!(tramp_form(tramp, far, none, NoTarget::Zero), far_head(tramp));
+        assert_eq!(decode(tramp, &tramp_form(tramp, 0, none, NoTarget::Nop)), Some(Insn::Jmp(none)));
+        let bytes = site_form(at, tramp, 0, none, NoTarget::Zero);
+        assert_eq!(site_state(at, &bytes, tramp, none), Some(SiteState::Zero));
+        assert_eq!(site_state(at, &assembled_site(at, tramp).unwrap(), tramp, none), None);
+        assert_eq!(disassemble(at, &bytes), format!("bl {none:#x}"));
+        assert_eq!(disassemble(at, &[0, 0, 0, 0]), "(not a static_call form)");
+    }
+}
