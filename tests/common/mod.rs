@@ -173,7 +173,7 @@ pub fn page_runs(addrs: impl IntoIterator<Item = usize>) -> usize {
 }
 
 /// Maps one page of code at least 4 GiB away from `near`, holding
-/// `lea rax, [rdi + 7]; ret` at offset 0 and `lea rax, [rdi + 9]; ret` at 16.
+/// code returning its first argument plus 7 at offset 0 and plus 9 at 16.
 pub fn far_page(near: usize) -> usize {
     const GIB: usize = 1 << 30;
     for k in 4..64 {
@@ -200,12 +200,23 @@ pub fn far_page(near: usize) -> usize {
                 unsafe { libc::munmap(p, 4096) };
                 continue;
             }
-            let code: [[u8; 5]; 2] = [[0x48, 0x8d, 0x47, 0x07, 0xc3], [0x48, 0x8d, 0x47, 0x09, 0xc3]];
-            // SAFETY: our fresh RW page; then made RX (never W+X).
+            // x86-64: `lea rax, [rdi + 7]; ret`; aarch64: `add x0, x0, #7; ret`.
+            #[cfg(target_arch = "x86_64")]
+            let code: [&[u8]; 2] = [&[0x48, 0x8d, 0x47, 0x07, 0xc3], &[0x48, 0x8d, 0x47, 0x09, 0xc3]];
+            #[cfg(target_arch = "aarch64")]
+            let code: [&[u8]; 2] =
+                [&[0x00, 0x1c, 0x00, 0x91, 0xc0, 0x03, 0x5f, 0xd6], &[0x00, 0x24, 0x00, 0x91, 0xc0, 0x03, 0x5f, 0xd6]];
+            // SAFETY: our fresh RW page; then made RX (never W+X). On
+            // aarch64 the instruction cache is made coherent with what was
+            // written before the page is executed.
             unsafe {
-                std::ptr::copy_nonoverlapping(code[0].as_ptr(), p as *mut u8, 5);
-                std::ptr::copy_nonoverlapping(code[1].as_ptr(), (p as *mut u8).add(16), 5);
+                std::ptr::copy_nonoverlapping(code[0].as_ptr(), p as *mut u8, code[0].len());
+                std::ptr::copy_nonoverlapping(code[1].as_ptr(), (p as *mut u8).add(16), code[1].len());
                 assert_eq!(libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC), 0);
+                #[cfg(target_arch = "aarch64")]
+                for line in (p as usize..p as usize + 64).step_by(16) {
+                    core::arch::asm!("dc cvau, {0}", "dsb ish", "ic ivau, {0}", "dsb ish", "isb", in(reg) line);
+                }
             }
             return hint;
         }
@@ -220,13 +231,16 @@ pub fn deny_syscall(nr: libc::c_long, errno: u32) {
     const LD_W_ABS: u16 = 0x20;
     const JEQ_K: u16 = 0x15;
     const RET_K: u16 = 0x06;
-    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    #[cfg(target_arch = "x86_64")]
+    const AUDIT_ARCH: u32 = 0xc000_003e;
+    #[cfg(target_arch = "aarch64")]
+    const AUDIT_ARCH: u32 = 0xc000_00b7;
     const RET_ALLOW: u32 = 0x7fff_0000;
     const RET_ERRNO: u32 = 0x0005_0000;
     let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     let prog = [
-        ins(LD_W_ABS, 0, 0, 4),              // A = arch
-        ins(JEQ_K, 1, 0, AUDIT_ARCH_X86_64), // not x86-64: allow
+        ins(LD_W_ABS, 0, 0, 4),       // A = arch
+        ins(JEQ_K, 1, 0, AUDIT_ARCH), // another architecture: allow
         ins(RET_K, 0, 0, RET_ALLOW),
         ins(LD_W_ABS, 0, 0, 0), // A = nr
         ins(JEQ_K, 0, 1, nr as u32),
@@ -253,7 +267,61 @@ pub fn install_seccomp(prog: &[libc::sock_filter]) {
     }
 }
 
-/// Whether a five-byte branch at `site` reaches `target` (rel32).
+/// Whether a call at `site` can reach `target` directly: x86-64 `call
+/// rel32` (±2 GiB from the next instruction), aarch64 `bl` (±128 MiB).
 pub fn reaches(site: usize, target: usize) -> bool {
-    i32::try_from(target as i64 - (site as i64 + 5)).is_ok()
+    if cfg!(target_arch = "aarch64") {
+        (-(1i64 << 27)..(1i64 << 27)).contains(&(target as i64 - site as i64))
+    } else {
+        i32::try_from(target as i64 - (site as i64 + 5)).is_ok()
+    }
+}
+
+/// Whether this architecture patches with `int3` and a SIGTRAP handler
+/// (x86-64), so that a test can require `traps_emulated > 0`; on aarch64
+/// instructions are replaced with single stores and no trap ever happens.
+pub const TRAPS: bool = cfg!(target_arch = "x86_64");
+
+/// The length of a patchable instruction.
+pub const INSN_LEN: usize = if cfg!(target_arch = "aarch64") { 4 } else { 5 };
+
+/// The target of the direct call a site's bytes hold (`Site::bytes`):
+/// x86-64 `call rel32` (`e8`), aarch64 `bl`; `None` for anything else.
+pub fn call_target(address: usize, bytes: [u8; 5]) -> Option<usize> {
+    if cfg!(target_arch = "aarch64") {
+        let word = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        (word >> 26 == 0b100101).then(|| address.wrapping_add(((((word << 6) as i32) >> 6) as isize * 4) as usize))
+    } else {
+        (bytes[0] == 0xe8).then(|| {
+            let rel = i32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+            address.wrapping_add(5).wrapping_add(rel as isize as usize)
+        })
+    }
+}
+
+/// The bytes a site holds while its key has no target and returns `()`:
+/// x86-64's five-byte `nop`, aarch64's `nop` (then the zero padding).
+pub const NOP_BYTES: [u8; 5] =
+    if cfg!(target_arch = "aarch64") { [0x1f, 0x20, 0x03, 0xd5, 0] } else { [0x0f, 0x1f, 0x44, 0x00, 0x00] };
+
+/// Whether this process can install seccomp filters. QEMU user mode (the
+/// aarch64 tests' runner) refuses them (`EINVAL`/`ENOSYS`): the tests that
+/// need a filter then say so and skip. Tested in a child process, since a
+/// filter, once installed, cannot be removed.
+pub fn seccomp_works() -> bool {
+    // SAFETY: the child only makes system calls and exits.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let allow = [libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0x7fff_0000 }];
+            let fprog = libc::sock_fprog { len: 1, filter: allow.as_ptr().cast_mut() };
+            let ok = libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+                && libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &fprog as *const _) == 0;
+            libc::_exit(if ok { 0 } else { 1 });
+        }
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+    }
 }

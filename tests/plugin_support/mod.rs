@@ -29,11 +29,16 @@ fn profile_of(dir: &Path) -> String {
 pub fn plugin(name: &str) -> PathBuf {
     let dir = profile_dir();
     let so = dir.join(format!("lib{name}.so"));
-    let target_dir = dir.parent().expect("target dir");
+    // `target/<profile>`, or `target/<triple>/<profile>` when cross-built
+    // (`--target aarch64-unknown-linux-gnu`, run under QEMU): build the
+    // plugin for the same target.
+    let parent = dir.parent().expect("target dir");
+    let triple = parent.file_name().and_then(|n| n.to_str()).filter(|n| n.contains("-linux-"));
+    let target_dir = if triple.is_some() { parent.parent().expect("target dir") } else { parent };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-    let status = Command::new(cargo)
-        .arg("build")
+    let mut cmd = Command::new(cargo);
+    cmd.arg("build")
         .arg("--quiet")
         .arg("--manifest-path")
         .arg(&manifest)
@@ -41,9 +46,11 @@ pub fn plugin(name: &str) -> PathBuf {
         .arg(name)
         .arg("--profile")
         .arg(profile_of(&dir))
-        .env("CARGO_TARGET_DIR", target_dir)
-        .status()
-        .expect("run cargo build");
+        .env("CARGO_TARGET_DIR", target_dir);
+    if let Some(t) = triple {
+        cmd.arg("--target").arg(t);
+    }
+    let status = cmd.status().expect("run cargo build");
     assert!(status.success(), "cargo build -p {name} failed");
     assert!(so.exists(), "{} not built", so.display());
     so
