@@ -7,9 +7,13 @@
 //! place to call the target directly, while other threads keep calling: an
 //! `int3` guards each instruction while it is rewritten, a SIGTRAP handler
 //! emulates the call for any thread that lands on it, and
-//! `membarrier(SYNC_CORE)` serializes all cores between the steps. Everywhere
-//! else (or with the `portable` feature) the same API runs on an atomic
-//! function pointer.
+//! `membarrier(SYNC_CORE)` serializes all cores between the steps. On Linux
+//! aarch64 a site is a `bl`, and every form a site or trampoline takes is a
+//! `B`, `BL` or `NOP`, which the architecture allows to be replaced with one
+//! aligned 32-bit store while other cores execute it: an update is the
+//! stores, one cache-maintenance pass and one `membarrier(SYNC_CORE)`, with
+//! no breakpoint and no signal handler. Everywhere else (or with the
+//! `portable` feature) the same API runs on an atomic function pointer.
 //!
 //! ```
 //! use static_call::static_call;
@@ -29,10 +33,12 @@
 //! # Rules
 //!
 //! - Targets are `extern "C"`: the site passes arguments in registers by the
-//!   System V rules. A panic in a target aborts the process.
+//!   System V rules (x86-64) or AAPCS64 (aarch64). A panic in a target
+//!   aborts the process.
 //! - Inline sites take up to 6 integer-class arguments ([`IntegerRegister`])
 //!   and up to 8 `f32`/`f64`, and return `()`, an integer-class value or a
-//!   float. `#[static_call(out_of_line)]` allows any `extern "C"` signature;
+//!   float (the same limits on both architectures, although AAPCS64 would
+//!   pass 8 integers, so that a key compiles everywhere). `#[static_call(out_of_line)]` allows any `extern "C"` signature;
 //!   its calls go through the patched trampoline only.
 //! - Where patching is impossible (seccomp denying `membarrier`, no way to
 //!   write text, CET shadow stacks, SIGTRAP blocked in the thread that
@@ -40,8 +46,8 @@
 //!   the process runs on the keys' slots ([`Mode::Slots`]): every call goes
 //!   through its trampoline's `jmp [slot]`, every update stores the slot and
 //!   succeeds, results are the same.
-//! - SIGTRAP must not be blocked in a thread that calls a site while an
-//!   update runs (the kernel kills the process when a thread traps with
+//! - x86-64 only (aarch64 writes no breakpoint): SIGTRAP must not be
+//!   blocked in a thread that calls a site while an update runs (the kernel kills the process when a thread traps with
 //!   SIGTRAP blocked). A mask set in `main` is inherited by every thread, so
 //!   no `int3` is written while the updating thread blocks SIGTRAP: such an
 //!   update returns [`Error::SigtrapBlocked`]; call [`init`] before blocking
@@ -124,9 +130,9 @@ pub use key::{Batch, Key, StaticCall};
 pub use mode::{Mode, TextWriter};
 pub use site::{NotDirect, Site, SiteState};
 
-/// Whether this build patches call sites (Linux x86-64 without the
-/// `portable` feature, and not under Miri) rather than calling through an
-/// atomic pointer.
+/// Whether this build patches call sites (Linux x86-64 or aarch64 without
+/// the `portable` feature, and not under Miri) rather than calling through
+/// an atomic pointer.
 pub const PATCHING: bool = cfg!(all(
     any(target_arch = "x86_64", target_arch = "aarch64"),
     target_os = "linux",
@@ -144,7 +150,8 @@ pub struct Stats {
     /// Call sites rewritten (trampolines not counted).
     pub sites_patched: u64,
     /// Calls that landed on the `int3` of an update in progress and were
-    /// emulated by the SIGTRAP handler.
+    /// emulated by the SIGTRAP handler (x86-64; always 0 on aarch64, where
+    /// no breakpoint is written).
     pub traps_emulated: u64,
     /// Calls that landed on the `int3` but reached the handler after the
     /// update had finished, and were run again.

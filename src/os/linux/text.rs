@@ -19,11 +19,34 @@
 //!    A restore that fails (even after retries) is reported as
 //!    [`Error::ProtectionNotRestored`] and refuses every later session.
 //!
+//! On aarch64 every instruction is written with one aligned 32-bit store,
+//! as concurrent modification requires (Arm ARM B2.2.5). The mprotect
+//! writer stores a `u32` (`str w`). The `/proc/self/mem` writer makes one
+//! 4-byte `pwrite` per instruction, at its 4-aligned address: the kernel
+//! (`mem_rw` → `access_remote_vm` → `copy_to_user_page`) copies it from a
+//! page-aligned bounce buffer with arm64's `memcpy`, which for 4 bytes is one
+//! `str w` (Linux 4.16 to 5.13, `copy_template.S`) or two identical ones
+//! (5.14 on, the optimized-routines `memcpy`), then cleans and invalidates
+//! the caches for the executable mapping; it does not context-synchronize
+//! other CPUs, which our `membarrier` does. Longer spans are copied with
+//! 8- and 16-byte stores aligned to the span, which could tear a changing
+//! instruction, so pages are not joined there. Two cases make this writer
+//! refuse itself on aarch64 (the mprotect writer is tried next):
+//!
+//! - the CPU has FEAT_MOPS (`HWCAP2_MOPS`): from Linux 6.13 the kernel's
+//!   `memcpy` is `CPYP/CPYM/CPYE`, whose access sizes are implementation
+//!   defined (`proc_mem_errno` is `EOPNOTSUPP`);
+//! - the probe finds that what it wrote is not what threads execute: it
+//!   flips the branch of a function of ours and calls it (`ESTALE`). QEMU
+//!   user mode 7.2 is such a case: it invalidates the code it translated
+//!   only through its own page protections, which a kernel write bypasses,
+//!   while a store through an `mprotect`ed page goes through them.
+//!
 //! `STATIC_CALL_WRITER=procmem` or `=mprotect` in the environment forces one
 //! for every update (for tests, and for debugging a policy), `=none` refuses
 //! both.
 //!
-//! # One write per page and step
+//! # One write per page and step (x86-64)
 //!
 //! The protocol writes in steps ([`Session::write_step`]: the `int3`s, the
 //! bodies, the first bytes). The `/proc/self/mem` writer makes one `pwrite`
