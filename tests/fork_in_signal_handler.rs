@@ -4,7 +4,7 @@
 //! from the handler is refused with `Reentrant`; once the handler returns, the
 //! interrupted update completes in the child too, and the child's text and
 //! key agree and can be updated.
-#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#![cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 
 mod common;
 

@@ -2,7 +2,7 @@
 //! inherits consistent text (its calls reach exactly the key's current
 //! target), can update and reset the key itself, and exits cleanly; no child
 //! deadlocks on the patch lock.
-#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#![cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 
 mod common;
 

@@ -4,7 +4,7 @@
 //! while callers run, because each recognizes the newer handlers above its own
 //! and verifies that their chain reaches it; a foreign handler on top is still
 //! refused.
-#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#![cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 
 mod plugin_support;
 

@@ -7,7 +7,7 @@
 //! host keeps patching with callers running, a genuine `int3` still reaches
 //! the user's handler, and `fork` still works (no atfork handler left in
 //! unmapped code).
-#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#![cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 
 mod plugin_support;
 

@@ -3,7 +3,7 @@
 //! its destructor has the host's handler relinked past it (to the user's
 //! handler below), so the host keeps patching and a genuine `int3` still
 //! reaches the user's handler.
-#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#![cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 
 mod plugin_support;
 

@@ -2,7 +2,7 @@
 //! a site being patched and attempts an update itself: the calls reach a
 //! valid target, an update from the handler succeeds or (when it interrupted
 //! an update on the same thread) returns `Reentrant`, and nothing deadlocks.
-#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#![cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 
 mod common;
 

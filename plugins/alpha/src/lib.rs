@@ -120,7 +120,9 @@ pub extern "C" fn alpha_update(key: &'static StepKey, f: Option<extern "C" fn(u6
 pub static ALPHA_HOOK: extern "C" fn(u64) -> u64 = alpha_dispatch;
 
 /// Test hook: `hook` runs while this copy rewrites its SIGTRAP chain
-/// (a relink when a copy below it is unloaded, or a re-install).
+/// (a relink when a copy below it is unloaded, or a re-install). x86-64
+/// only: aarch64 has no SIGTRAP handler.
+#[cfg(target_arch = "x86_64")]
 #[unsafe(no_mangle)]
 pub extern "C" fn alpha_set_writer_hook(hook: Option<extern "C" fn()>) {
     static_call::__private::set_writer_hook(hook)
