@@ -98,7 +98,7 @@ fn child_checks() -> ! {
 #[test]
 fn fork_from_a_handler_that_interrupted_an_update() {
     static_call::init().unwrap();
-    let protections = common::page_protections(K.sites().iter().map(|s| s.address()), 5);
+    let protections = common::page_protections(K.sites().iter().map(|s| s.address()), common::INSN_LEN);
     common::watchdog("fork_in_signal_handler", &PROGRESS, std::time::Duration::from_secs(60));
     // SAFETY: installing a handler for SIGUSR1, which nothing else uses.
     unsafe {
