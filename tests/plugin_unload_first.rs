@@ -9,9 +9,9 @@
 
 mod plugin_support;
 
+use plugin_support::{current_sigtrap_handler, fork_ok, install_user_handler, Plugin};
 #[cfg(target_arch = "x86_64")]
 use plugin_support::{genuine_int3, mapping_path, USER_TRAPS};
-use plugin_support::{current_sigtrap_handler, fork_ok, install_user_handler, Plugin};
 use static_call::{static_call, SiteState};
 #[cfg(target_arch = "x86_64")]
 use std::sync::atomic::Ordering::SeqCst;
