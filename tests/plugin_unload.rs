@@ -134,7 +134,7 @@ fn host_updates_under_load() {
         UPDATING.store(false, SeqCst);
         assert_eq!(host(0), if i.is_multiple_of(2) { 2 } else { 1 });
     }
-    assert!(TRAPS, "no call overlapped 100,000 updates");
+    assert!(TRAPS || OVERLAPPED.load(SeqCst) >= overlapped + 5, "calls did not overlap 100,000 updates");
 }
 
 /// x86-64: a genuine `int3` reaches the user's handler, once. aarch64: the
