@@ -4,7 +4,7 @@
 //! from the handler is refused with `Reentrant`; once the handler returns, the
 //! interrupted update completes in the child too, and the child's text and
 //! key agree and can be updated.
-#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#![cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 
 mod common;
 
@@ -98,7 +98,7 @@ fn child_checks() -> ! {
 #[test]
 fn fork_from_a_handler_that_interrupted_an_update() {
     static_call::init().unwrap();
-    let protections = common::page_protections(K.sites().iter().map(|s| s.address()), 5);
+    let protections = common::page_protections(K.sites().iter().map(|s| s.address()), common::INSN_LEN);
     common::watchdog("fork_in_signal_handler", &PROGRESS, std::time::Duration::from_secs(60));
     // SAFETY: installing a handler for SIGUSR1, which nothing else uses.
     unsafe {

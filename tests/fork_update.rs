@@ -2,7 +2,7 @@
 //! inherits consistent text (its calls reach exactly the key's current
 //! target), can update and reset the key itself, and exits cleanly; no child
 //! deadlocks on the patch lock.
-#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#![cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 
 mod common;
 
@@ -65,7 +65,7 @@ fn child() -> i32 {
 #[test]
 fn fork_while_updating_gives_children_consistent_text_and_a_free_lock() {
     static_call::init().unwrap();
-    let protections = common::page_protections(K.sites().iter().map(|s| s.address()), 5);
+    let protections = common::page_protections(K.sites().iter().map(|s| s.address()), common::INSN_LEN);
     common::watchdog("fork_update (a child or the parent is stuck)", &REAPED, std::time::Duration::from_secs(60));
     let updater = std::thread::spawn(move || {
         let targets = [Some(t1 as extern "C" fn(u64) -> u64), Some(t2), None, Some(t3)];

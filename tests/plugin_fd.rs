@@ -1,7 +1,7 @@
 //! Loading, using and unloading a plugin leaves no descriptor behind: its copy
 //! of the crate opens `/proc/self/mem` to patch its own text, and closes it
 //! in its unload destructor.
-#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#![cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 
 mod plugin_support;
 

@@ -4,6 +4,8 @@
 //! disposition is what it really replaced. Many rounds of load, racing
 //! init, checks (each copy updates, so its handler is reachable; a genuine
 //! `int3` reaches the user's handler exactly once), unload.
+//! x86-64 only: what races here is the SIGTRAP handler install, and on
+//! aarch64 no copy installs a handler (updates are single stores, no trap).
 #![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
 
 mod plugin_support;

@@ -5,7 +5,7 @@
 //! those sites are judged after every update. (Before routing, the host's
 //! update of a plugin's key returned `Ok`, `get()` said the new target, and
 //! the plugin's sites kept calling the old one.)
-#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#![cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 
 mod plugin_support;
 

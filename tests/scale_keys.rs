@@ -1,6 +1,6 @@
 //! Scale: 1,000 keys retargeted in one batch: every site of every key is
 //! patched and every call reaches its key's new target.
-#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#![cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 
 mod common;
 
@@ -58,7 +58,7 @@ fn a_thousand_keys_in_one_batch() {
     static_call::init().unwrap();
     let addrs: Vec<usize> = keys.iter().flat_map(|k| (k.sites)()).map(|s| s.address()).collect();
     assert_eq!(addrs.len(), 1000, "one site per key");
-    let protections = common::page_protections(addrs, 5);
+    let protections = common::page_protections(addrs, common::INSN_LEN);
     for round in 0..8usize {
         let state = |i: usize| TARGETS[(i + round) % 4];
         let before = static_call::stats();

@@ -143,6 +143,7 @@ pub fn install_user_handler() {
 }
 
 /// Executes a genuine `int3`.
+#[cfg(target_arch = "x86_64")]
 pub fn genuine_int3() {
     // SAFETY: traps to the SIGTRAP handler, which returns past the int3.
     unsafe { std::arch::asm!("int3") };

@@ -120,8 +120,52 @@ pub extern "C" fn alpha_update(key: &'static StepKey, f: Option<extern "C" fn(u6
 pub static ALPHA_HOOK: extern "C" fn(u64) -> u64 = alpha_dispatch;
 
 /// Test hook: `hook` runs while this copy rewrites its SIGTRAP chain
-/// (a relink when a copy below it is unloaded, or a re-install).
+/// (a relink when a copy below it is unloaded, or a re-install). x86-64
+/// only: aarch64 has no SIGTRAP handler.
+#[cfg(target_arch = "x86_64")]
 #[unsafe(no_mangle)]
 pub extern "C" fn alpha_set_writer_hook(hook: Option<extern "C" fn()>) {
     static_call::__private::set_writer_hook(hook)
 }
+
+/// Test hook (aarch64, where no SIGTRAP chain is relinked during an unload):
+/// the function `alpha_set_unload_hook` stored, run by [`ON_UNLOAD`].
+#[cfg(target_arch = "aarch64")]
+static UNLOAD_HOOK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Test hook (aarch64): `hook` runs inside this library's unload, once its
+/// copy of the crate has shut down and before glibc unregisters that copy's
+/// `pthread_atfork` handlers. Its argument says what an update of `STEP`
+/// from there returned: 0 `Reentrant` (the copy is shut down, as expected),
+/// 1 `Ok`, 2 another error.
+#[cfg(target_arch = "aarch64")]
+#[unsafe(no_mangle)]
+pub extern "C" fn alpha_set_unload_hook(hook: Option<extern "C" fn(i32)>) {
+    UNLOAD_HOOK.store(hook.map_or(0, |f| f as usize), std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Runs the unload hook, if any. A plain `.fini_array` entry of this crate's
+/// own object: the linker places it before the entries of the rlibs linked
+/// after it (`static_call`'s shut-down) and after crtbegin's, and the array
+/// runs last to first, so this runs after the crate's shut-down and before
+/// `__cxa_finalize` (crtbegin's entry), which unregisters the atfork
+/// handlers. The hook's argument checks the first half of that order.
+#[cfg(target_arch = "aarch64")]
+extern "C" fn on_unload() {
+    let hook = UNLOAD_HOOK.load(std::sync::atomic::Ordering::SeqCst);
+    if hook != 0 {
+        let code = match STEP.try_update(step_add) {
+            Err(static_call::Error::Reentrant) => 0,
+            Ok(_) => 1,
+            Err(_) => 2,
+        };
+        // SAFETY: only `alpha_set_unload_hook` stores here, an `extern "C" fn(i32)`.
+        let f: extern "C" fn(i32) = unsafe { std::mem::transmute(hook) };
+        f(code);
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+#[used]
+#[unsafe(link_section = ".fini_array")]
+static ON_UNLOAD: extern "C" fn() = on_unload;

@@ -115,7 +115,9 @@ pub extern "C" fn beta_update(key: &'static StepKey, f: Option<extern "C" fn(u64
 }
 
 /// Test hook: `hook` runs while this copy rewrites its SIGTRAP chain
-/// (a relink when a copy below it is unloaded, or a re-install).
+/// (a relink when a copy below it is unloaded, or a re-install). x86-64
+/// only: aarch64 has no SIGTRAP handler.
+#[cfg(target_arch = "x86_64")]
 #[unsafe(no_mangle)]
 pub extern "C" fn beta_set_writer_hook(hook: Option<extern "C" fn()>) {
     static_call::__private::set_writer_hook(hook)
