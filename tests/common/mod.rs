@@ -352,14 +352,15 @@ pub fn self_command() -> std::process::Command {
 }
 
 /// The errno with which the aarch64 probe refused the `/proc/self/mem`
-/// writer, when `init` failed for that reason alone (the writer forced with
-/// `STATIC_CALL_WRITER=procmem`): `EOPNOTSUPP` (the kernel's copy may tear
-/// an instruction: FEAT_MOPS) or `ESTALE` (the instruction stream does not
-/// see its writes: QEMU user mode). A child that forces that writer then
-/// says so and stops: what it tests does not exist in this process.
+/// writer, when `init` failed because of it (that writer forced with
+/// `STATIC_CALL_WRITER=procmem`, or the other refused too, as under MDWE):
+/// `EOPNOTSUPP` (the kernel's copy may tear an instruction: FEAT_MOPS) or
+/// `ESTALE` (the instruction stream does not see its writes: QEMU user
+/// mode). A child that needs that writer then says so and stops: what it
+/// tests does not exist in this process.
 pub fn proc_mem_refused(init: &Result<(), static_call::Error>) -> Option<i32> {
     match *init {
-        Err(static_call::Error::TextNotWritable { errno: 0, proc_mem_errno, .. })
+        Err(static_call::Error::TextNotWritable { proc_mem_errno, .. })
             if cfg!(target_arch = "aarch64") && [libc::ESTALE, libc::EOPNOTSUPP].contains(&proc_mem_errno) =>
         {
             Some(proc_mem_errno)
