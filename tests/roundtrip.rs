@@ -41,7 +41,6 @@ fn runner() -> TestRunner {
     TestRunner::new(Config { cases: 64, failure_persistence: None, ..Config::default() })
 }
 
-
 /// Asserts what every site of `key` holds in `phase`: `target` is the address
 /// the sites must call once patched; `no_target` the state after `reset`.
 #[track_caller]

@@ -225,8 +225,7 @@ fn write_failure_child() {
     both.extend(trampoline_of(&*K2));
     both.sort_unstable();
     let (b1, b2) = (common::page_runs(both.iter().copied()), common::page_runs(both.iter().map(|a| a + 1)));
-    let failing: Vec<usize> =
-        if ARM { vec![0, writes(&both, b1, b2) - 1] } else { vec![0, b1 - 1, b1, b1 + b2 - 1] };
+    let failing: Vec<usize> = if ARM { vec![0, writes(&both, b1, b2) - 1] } else { vec![0, b1 - 1, b1, b1 + b2 - 1] };
     for n in failing {
         fail_text_write_after(n, 1);
         let e = static_call::batch(|bt| {
