@@ -1,8 +1,14 @@
 //! `sites()`: one entry per `.call` expression, at distinct, well-placed
 //! addresses, in address order, with the instruction each holds (decoded by
-//! `Display`) and the reason it is not direct. Also a target more than 2 GiB
-//! away, which the sites cannot reach: they stay on the trampoline.
+//! `Display`) and the reason it is not direct. Also a target more than 4 GiB
+//! away, which the sites cannot reach (x86-64 `call rel32` reaches ±2 GiB,
+//! aarch64 `bl` ±128 MiB): they stay on the trampoline.
 use static_call::{static_call, NotDirect, Site, SiteState};
+
+mod common;
+
+/// How `Display` spells a direct call.
+const CALL: &str = if cfg!(target_arch = "aarch64") { "bl 0x" } else { "call 0x" };
 
 extern "C" fn inc(x: u32) -> u32 {
     x.wrapping_add(1)
@@ -59,10 +65,10 @@ fn exercise(f: impl Fn(u32) -> u32) {
     unit_site(1);
 }
 
-/// The `call 0x...` target that `Display` shows.
+/// The `call 0x...` (`bl 0x...`) target that `Display` shows.
 fn displayed_call_target(s: &Site) -> Option<usize> {
     let text = s.to_string();
-    let hex = text.split("call 0x").nth(1)?;
+    let hex = text.split(CALL).nth(1)?;
     let hex: String = hex.chars().take_while(|c| c.is_ascii_hexdigit()).collect();
     usize::from_str_radix(&hex, 16).ok()
 }
@@ -78,31 +84,38 @@ fn sites_of_k() -> Vec<Site> {
     assert_eq!(sites.len(), K_CALLS, "one site per `.call` expression: {sites:#?}");
     assert!(sites.windows(2).all(|w| w[0].address() < w[1].address()), "distinct, in address order");
     for s in &sites {
-        assert!((s.address() + 1).is_multiple_of(4), "the rel32 is 4-byte aligned: {s}");
-        // SAFETY: a site is five bytes of mapped, readable text.
-        let live: [u8; 5] = unsafe { std::ptr::read_volatile(s.address() as *const [u8; 5]) };
-        assert_eq!(live, s.bytes(), "`bytes()` is what the site holds");
+        if cfg!(target_arch = "aarch64") {
+            assert!(s.address().is_multiple_of(4), "the instruction is 4-byte aligned: {s}");
+            assert_eq!(s.bytes()[4], 0, "the fifth byte of a 4-byte instruction is zero: {s}");
+        } else {
+            assert!((s.address() + 1).is_multiple_of(4), "the rel32 is 4-byte aligned: {s}");
+        }
+        let live = common::read_bytes(s.address(), common::INSN_LEN);
+        assert_eq!(live, s.bytes()[..common::INSN_LEN], "`bytes()` is what the site holds");
         assert!(s.to_string().starts_with(&format!("{:#x}: ", s.address())), "{s}");
     }
     sites
 }
 
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#[cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 fn trampoline_of_k() -> usize {
     use static_call::StaticCall;
     static_call::__private::trampoline_of(K.key()).expect("K has a trampoline")
 }
 
-#[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"))))]
+#[cfg(not(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable"))))]
 fn trampoline_of_k() -> usize {
     unreachable!("no trampolines on the portable backend")
 }
 
-/// A copy of `dec`'s behaviour in a page mapped more than 2 GiB away from
+/// A copy of `dec`'s behaviour in a page mapped more than 4 GiB away from
 /// this executable's text.
 fn far_function() -> extern "C" fn(u32) -> u32 {
-    // lea eax, [rdi - 1]; ret
-    const CODE: [u8; 4] = [0x8d, 0x47, 0xff, 0xc3];
+    // x86-64: `lea eax, [rdi - 1]; ret`; aarch64: `sub w0, w0, #1; ret`.
+    #[cfg(not(target_arch = "aarch64"))]
+    const CODE: &[u8] = &[0x8d, 0x47, 0xff, 0xc3];
+    #[cfg(target_arch = "aarch64")]
+    const CODE: &[u8] = &[0x00, 0x04, 0x00, 0x51, 0xc0, 0x03, 0x5f, 0xd6];
     let text = one as fn(u32) -> u32 as usize;
     for hint in [1usize << 40, 1 << 44, 1 << 36] {
         // SAFETY: a fresh anonymous private mapping; the hint is only a hint.
@@ -129,6 +142,10 @@ fn far_function() -> extern "C" fn(u32) -> u32 {
         unsafe {
             std::ptr::copy_nonoverlapping(CODE.as_ptr(), p as *mut u8, CODE.len());
             assert_eq!(libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC), 0);
+            // aarch64: the instruction cache is made coherent with what was
+            // written before the page is executed.
+            #[cfg(target_arch = "aarch64")]
+            core::arch::asm!("dc cvau, {0}", "dsb ish", "ic ivau, {0}", "dsb ish", "isb", in(reg) p as usize);
             return std::mem::transmute::<*mut libc::c_void, extern "C" fn(u32) -> u32>(p);
         }
     }
@@ -170,19 +187,27 @@ fn sites_states_reasons_and_disassembly() {
         assert_eq!(displayed_call_target(s), K.get().map(|f| f as usize), "{s}");
     }
 
-    // No target: `mov eax, 0`, calls return zero.
+    // No target: `mov eax, 0` (aarch64: `bl` to the key's zeroing stub,
+    // neither the trampoline nor a target), calls return zero.
     K.reset();
     exercise(|_| 0);
     for s in sites_of_k() {
         assert_eq!((s.state(), s.reason()), (SiteState::Zero, Some(NotDirect::NoTarget)), "{s}");
-        assert_eq!(s.bytes(), [0xb8, 0, 0, 0, 0], "{s}");
-        assert!(s.to_string().contains("mov eax, 0"), "{s}");
+        if cfg!(target_arch = "aarch64") {
+            let stub = common::call_target(s.address(), s.bytes()).expect("a bl");
+            assert!(![trampoline_of_k(), inc as *const () as usize, dec as *const () as usize].contains(&stub), "{s}");
+            assert_eq!(displayed_call_target(&s), Some(stub), "{s}");
+        } else {
+            assert_eq!(s.bytes(), [0xb8, 0, 0, 0, 0], "{s}");
+            assert!(s.to_string().contains("mov eax, 0"), "{s}");
+        }
     }
-    // A key returning `()` with no target: a five-byte nop.
+    // A key returning `()` with no target: a `nop` (five bytes on x86-64).
     let unit_sites = UNIT.sites();
     if static_call::PATCHING {
         assert_eq!(unit_sites.len(), 1);
         assert_eq!((unit_sites[0].state(), unit_sites[0].reason()), (SiteState::Nop, Some(NotDirect::NoTarget)));
+        assert_eq!(unit_sites[0].bytes(), common::NOP_BYTES, "{}", unit_sites[0]);
         assert!(unit_sites[0].to_string().contains("nop"), "{}", unit_sites[0]);
     }
     UNIT.update(sink);

@@ -12,7 +12,7 @@
 //!   naming a page that is indeed still writable, and every later update is
 //!   refused with it without touching text or protections; the same when the
 //!   restore after a failed open keeps failing.
-#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#![cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 
 mod common;
 

@@ -5,7 +5,7 @@
 //!
 //! Runs in a child process (this binary re-executed with the `#[ignore]`d
 //! test selected), because the writer is chosen once per process.
-#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#![cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 
 mod common;
 mod plugin_support;

@@ -6,7 +6,9 @@ use static_call::static_call;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Mutex;
 
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+mod common;
+
+#[cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 use static_call::StaticCall;
 
 /// Larger than 16 bytes: passed on the stack, returned through `sret`.
@@ -131,15 +133,33 @@ fn check_unwind(phase: &str, target: extern "C-unwind" fn(u32) -> u32, unlucky: 
     assert_eq!(UNWIND.call(2), target(2), "{phase}");
 }
 
-/// The five bytes at the head of a key's trampoline, decoded as a `jmp`
-/// target (`None` for anything else).
-#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+/// The five bytes at the head of a key's trampoline (on aarch64 its first
+/// instruction, then a zero), decoded as a jump target: `jmp rel32`, `b`
+/// (`None` for anything else).
+#[cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 fn trampoline_jump<F: Copy, R>(key: &'static static_call::Key<F, R>) -> (Option<usize>, [u8; 5]) {
     let at = static_call::__private::trampoline_of(key).expect("every key has a trampoline");
-    // SAFETY: the trampoline is 32 bytes of mapped, readable text.
-    let b: [u8; 5] = unsafe { std::ptr::read_volatile(at as *const [u8; 5]) };
+    let mut b = [0u8; 5];
+    b[..common::INSN_LEN].copy_from_slice(&common::read_bytes(at, common::INSN_LEN));
+    if cfg!(target_arch = "aarch64") {
+        let word = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let target = at.wrapping_add(((((word << 6) as i32) >> 6) as isize * 4) as usize);
+        return ((word >> 26 == 0b000101).then_some(target), b);
+    }
     let rel = i32::from_le_bytes([b[1], b[2], b[3], b[4]]);
     ((b[0] == 0xe9).then(|| at.wrapping_add(5).wrapping_add(rel as isize as usize)), b)
+}
+
+/// aarch64: a trampoline head of a key without a target branches to the
+/// key's stub (`ret`, or zero `x0` and `ret`): not to its own far form
+/// (8 bytes on), and to none of `targets`.
+#[cfg(all(target_arch = "aarch64", target_os = "linux", not(feature = "portable")))]
+#[track_caller]
+fn assert_head_on_stub<F: Copy, R>(key: &'static static_call::Key<F, R>, targets: &[usize]) {
+    let at = static_call::__private::trampoline_of(key).unwrap();
+    let (to, b) = trampoline_jump(key);
+    let to = to.unwrap_or_else(|| panic!("the head is a `b`: {b:02x?}"));
+    assert!(to != at + 8 && !targets.contains(&to), "the head branches to the stub: {to:#x}");
 }
 
 #[test]
@@ -153,12 +173,15 @@ fn out_of_line_keys_through_every_trampoline_form() {
     static_call::init().unwrap();
     check_all("after init");
     check_unwind("after init", may_panic, 13);
-    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+    #[cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
     {
         // Patched: each trampoline jumps straight to its target.
         assert_eq!(trampoline_jump(BIG.key()).0, BIG.get().map(|f| f as usize));
         assert_eq!(trampoline_jump(TEN.key()).0, TEN.get().map(|f| f as usize));
+        #[cfg(target_arch = "x86_64")]
         assert_eq!(trampoline_jump(EVENT.key()).1[0], 0xc3, "no target, `()` return: `ret`");
+        #[cfg(target_arch = "aarch64")]
+        assert_head_on_stub(EVENT.key(), &[log_event as *const () as usize]);
     }
 
     // Compared by behaviour: a function may have a copy per codegen unit.
@@ -173,7 +196,7 @@ fn out_of_line_keys_through_every_trampoline_form() {
     // SAFETY: as above.
     unsafe { EVENT.call(sample(5)) };
     assert_eq!(log(), vec![sample(5).a]);
-    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+    #[cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
     assert_eq!(trampoline_jump(BIG.key()).0, BIG.get().map(|f| f as usize));
 
     // Reset: zero from an integer return, nothing from a `()` return.
@@ -187,6 +210,11 @@ fn out_of_line_keys_through_every_trampoline_form() {
     {
         assert_eq!(trampoline_jump(TEN.key()).1, [0xb8, 0, 0, 0, 0], "mov eax, 0");
         assert_eq!(trampoline_jump(EVENT.key()).1[0], 0xc3, "ret");
+    }
+    #[cfg(all(target_arch = "aarch64", target_os = "linux", not(feature = "portable")))]
+    {
+        assert_head_on_stub(TEN.key(), &[ten_a as *const () as usize, ten_b as *const () as usize]);
+        assert_head_on_stub(EVENT.key(), &[log_event as *const () as usize]);
     }
     assert!(TEN.get().is_none() && EVENT.get().is_none());
     // And back.
@@ -237,7 +265,7 @@ fn a_panic_in_an_extern_c_target_aborts() {
         return;
     }
     for which in ["inline", "inline patched", "out_of_line", "out_of_line patched"] {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
+        let out = common::self_command()
             .args(["--exact", "panic_child", "--nocapture", "--test-threads=1"])
             .env(CHILD, which)
             .output()

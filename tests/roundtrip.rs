@@ -5,7 +5,13 @@
 //! 2. after `init`: the site calls the target directly;
 //! 3. after `update` to a second target that transforms values differently;
 //! 4. after `reset`, where the return type allows it: the site is `xor eax,
-//!    eax` (or a `nop`) and the call returns zero (or does nothing).
+//!    eax` on x86-64, a `bl` to a zeroing stub on aarch64 (or a `nop`), and
+//!    the call returns zero (or does nothing).
+//!
+//! The targets written in assembly (registers as the callee sees them,
+//! garbage above narrow return values, a callee that destroys every
+//! caller-saved register, the stack alignment on entry) exist for x86-64
+//! (System V) and aarch64 (AAPCS64).
 //!
 //! The oracle is the target itself, called as a plain function pointer; the
 //! site states are asserted at each phase so that the test proves which path
@@ -20,6 +26,9 @@ use static_call::{static_call, IntegerRegister, SiteState, StaticCall, Zeroable}
 use std::cell::RefCell;
 use std::ptr::NonNull;
 
+mod common;
+use common::call_target;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     BeforeInit,
@@ -30,14 +39,6 @@ enum Phase {
 
 fn runner() -> TestRunner {
     TestRunner::new(Config { cases: 64, failure_persistence: None, ..Config::default() })
-}
-
-/// The target of a direct `call rel32` at `address`.
-fn call_target(address: usize, bytes: [u8; 5]) -> Option<usize> {
-    (bytes[0] == 0xe8).then(|| {
-        let rel = i32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
-        address.wrapping_add(5).wrapping_add(rel as isize as usize)
-    })
 }
 
 /// Asserts what every site of `key` holds in `phase`: `target` is the address
@@ -718,9 +719,10 @@ fn regs() -> [u64; 6] {
 }
 
 /// A target that stores the six integer argument registers, whole, in
-/// `REGS`, and returns `rdi`.
+/// `REGS`, and returns the first (`rdi`, `x0`).
 macro_rules! raw_regs_target {
     ($name:ident: fn($($t:ty),*)) => {
+        #[cfg(target_arch = "x86_64")]
         #[unsafe(naked)]
         extern "C" fn $name($(_: $t),*) -> u64 {
             core::arch::naked_asm!(
@@ -731,6 +733,19 @@ macro_rules! raw_regs_target {
                 "mov qword ptr [rip + {regs} + 32], r8",
                 "mov qword ptr [rip + {regs} + 40], r9",
                 "mov rax, rdi",
+                "ret",
+                regs = sym REGS,
+            )
+        }
+        #[cfg(target_arch = "aarch64")]
+        #[unsafe(naked)]
+        extern "C" fn $name($(_: $t),*) -> u64 {
+            core::arch::naked_asm!(
+                "adrp x9, {regs}",
+                "add x9, x9, :lo12:{regs}",
+                "stp x0, x1, [x9]",
+                "stp x2, x3, [x9, #16]",
+                "stp x4, x5, [x9, #32]",
                 "ret",
                 regs = sym REGS,
             )
@@ -805,27 +820,61 @@ mod extension {
 
 // ---------------------------------------------------------------- garbage above a narrow return value
 
-/// Targets that return their argument with garbage in the bits of `rax` the
-/// C ABI leaves unspecified: the site must ignore them. With the portable
-/// backend, Rust's own call reads the value; only bits 32..64 are garbage
-/// there (what any caller must ignore).
+/// Targets that return their argument with garbage in the bits of the return
+/// register (`rax`, `x0`) the C ABI leaves unspecified: the site must ignore
+/// them. With the portable backend, Rust's own call reads the value; only
+/// bits 32..64 are garbage there (what any caller must ignore). `$extend`
+/// names how the argument is first put in the return register: `zext32`,
+/// `zext16`, `zext8` or `sext8` (to 32 bits).
 macro_rules! garbage_target {
-    ($name:ident: fn($t:ty) -> $r:ty, $extend:literal, $garbage:literal) => {
+    ($name:ident: fn($t:ty) -> $r:ty, $extend:ident, $garbage:literal) => {
+        #[cfg(target_arch = "x86_64")]
         #[unsafe(naked)]
         extern "C" fn $name(_: $t) -> $r {
-            core::arch::naked_asm!($extend, concat!("movabs rcx, ", $garbage), "or rax, rcx", "ret",)
+            core::arch::naked_asm!(
+                garbage_target!(@x86_64 $extend),
+                "movabs rcx, {garbage}",
+                "or rax, rcx",
+                "ret",
+                garbage = const $garbage,
+            )
+        }
+        #[cfg(target_arch = "aarch64")]
+        #[unsafe(naked)]
+        extern "C" fn $name(_: $t) -> $r {
+            core::arch::naked_asm!(
+                garbage_target!(@aarch64 $extend),
+                "movz x9, #{g0}",
+                "movk x9, #{g1}, lsl #16",
+                "movk x9, #{g2}, lsl #32",
+                "movk x9, #{g3}, lsl #48",
+                "orr x0, x0, x9",
+                "ret",
+                g0 = const $garbage & 0xffff,
+                g1 = const ($garbage >> 16) & 0xffff,
+                g2 = const ($garbage >> 32) & 0xffff,
+                g3 = const ($garbage >> 48) & 0xffff,
+            )
         }
     };
+    (@x86_64 zext32) => { "mov eax, edi" };
+    (@x86_64 zext16) => { "movzx eax, di" };
+    (@x86_64 zext8) => { "movzx eax, dil" };
+    (@x86_64 sext8) => { "movsx eax, dil" };
+    (@aarch64 zext32) => { "mov w0, w0" };
+    (@aarch64 zext16) => { "and x0, x0, #0xffff" };
+    (@aarch64 zext8) => { "and x0, x0, #0xff" };
+    (@aarch64 sext8) => { "sxtb w0, w0" };
 }
 
-garbage_target!(g_u32_a: fn(u32) -> u32, "mov eax, edi", "0xdeadbeef00000000");
-garbage_target!(g_u32_b: fn(u32) -> u32, "mov eax, edi", "0x0123456700000000");
-garbage_target!(g_bool_a: fn(bool) -> bool, "movzx eax, dil", "0xdeadbeefcafe5a00");
-garbage_target!(g_bool_b: fn(bool) -> bool, "movzx eax, dil", "0x7777777700000000");
-garbage_target!(g_i8_a: fn(i8) -> i8, "movzx eax, dil", "0xfedcba9876543200");
-garbage_target!(g_i8_b: fn(i8) -> i8, "movsx eax, dil", "0x1111111100000000");
-garbage_target!(g_u16_a: fn(u16) -> u16, "movzx eax, di", "0xabababababab0000");
-garbage_target!(g_u16_b: fn(u16) -> u16, "movzx eax, di", "0x2222222200000000");
+garbage_target!(g_u32_a: fn(u32) -> u32, zext32, 0xdeadbeef00000000u64);
+garbage_target!(g_u32_b: fn(u32) -> u32, zext32, 0x0123456700000000u64);
+garbage_target!(g_bool_a: fn(bool) -> bool, zext8, 0xdeadbeefcafe5a00u64);
+garbage_target!(g_bool_b: fn(bool) -> bool, zext8, 0x7777777700000000u64);
+garbage_target!(g_i8_a: fn(i8) -> i8, zext8, 0xfedcba9876543200u64);
+garbage_target!(g_i8_b: fn(i8) -> i8, sext8, 0x1111111100000000u64);
+garbage_target!(g_u16_a: fn(u16) -> u16, zext16, 0xabababababab0000u64);
+garbage_target!(g_u16_b: fn(u16) -> u16, zext16, 0x2222222200000000u64);
 
 mod garbage {
     use super::*;
@@ -899,12 +948,14 @@ mod abi_contract {
     //! A target may overwrite every caller-saved register and the flags:
     //! values the caller keeps live across the site must survive (the site
     //! declares the C clobbers). And the target finds the stack aligned as a
-    //! call requires (`rsp` = 8 mod 16 on entry).
+    //! call requires (`rsp` = 8 mod 16 on entry on x86-64, `sp` = 0 mod 16
+    //! on aarch64).
     use super::*;
     use std::hint::black_box;
 
     /// Returns `x + 1` after overwriting every caller-saved general-purpose
     /// and SSE register, and the flags.
+    #[cfg(target_arch = "x86_64")]
     #[unsafe(naked)]
     extern "C" fn trash(_: u64) -> u64 {
         core::arch::naked_asm!(
@@ -938,11 +989,85 @@ mod abi_contract {
         )
     }
 
-    /// `rsp` mod 16 on entry.
+    /// Returns `x + 1` after overwriting every caller-saved general-purpose
+    /// register (`x1`..`x18`), every caller-saved SIMD register (`v0`..`v7`,
+    /// `v16`..`v31` whole; the upper halves of `v8`..`v15`, whose lower
+    /// halves AAPCS64 makes callee-saved), and the flags.
+    #[cfg(target_arch = "aarch64")]
+    #[unsafe(naked)]
+    extern "C" fn trash(_: u64) -> u64 {
+        core::arch::naked_asm!(
+            "add x0, x0, #1",
+            "mov x1, #-1",
+            "mov x2, #-1",
+            "mov x3, #-1",
+            "mov x4, #-1",
+            "mov x5, #-1",
+            "mov x6, #-1",
+            "mov x7, #-1",
+            "mov x8, #-1",
+            "mov x9, #-1",
+            "mov x10, #-1",
+            "mov x11, #-1",
+            "mov x12, #-1",
+            "mov x13, #-1",
+            "mov x14, #-1",
+            "mov x15, #-1",
+            "mov x16, #-1",
+            "mov x17, #-1",
+            "mov x18, #-1",
+            "movi v0.2d, #0xffffffffffffffff",
+            "movi v1.2d, #0xffffffffffffffff",
+            "movi v2.2d, #0xffffffffffffffff",
+            "movi v3.2d, #0xffffffffffffffff",
+            "movi v4.2d, #0xffffffffffffffff",
+            "movi v5.2d, #0xffffffffffffffff",
+            "movi v6.2d, #0xffffffffffffffff",
+            "movi v7.2d, #0xffffffffffffffff",
+            "mov v8.d[1], x1",
+            "mov v9.d[1], x1",
+            "mov v10.d[1], x1",
+            "mov v11.d[1], x1",
+            "mov v12.d[1], x1",
+            "mov v13.d[1], x1",
+            "mov v14.d[1], x1",
+            "mov v15.d[1], x1",
+            "movi v16.2d, #0xffffffffffffffff",
+            "movi v17.2d, #0xffffffffffffffff",
+            "movi v18.2d, #0xffffffffffffffff",
+            "movi v19.2d, #0xffffffffffffffff",
+            "movi v20.2d, #0xffffffffffffffff",
+            "movi v21.2d, #0xffffffffffffffff",
+            "movi v22.2d, #0xffffffffffffffff",
+            "movi v23.2d, #0xffffffffffffffff",
+            "movi v24.2d, #0xffffffffffffffff",
+            "movi v25.2d, #0xffffffffffffffff",
+            "movi v26.2d, #0xffffffffffffffff",
+            "movi v27.2d, #0xffffffffffffffff",
+            "movi v28.2d, #0xffffffffffffffff",
+            "movi v29.2d, #0xffffffffffffffff",
+            "movi v30.2d, #0xffffffffffffffff",
+            "movi v31.2d, #0xffffffffffffffff",
+            "cmp x1, #0",
+            "ret",
+        )
+    }
+
+    /// The stack pointer mod 16 on entry: 8 on x86-64 (the call pushed the
+    /// return address onto a 16-aligned stack), 0 on aarch64 (`sp` is
+    /// 16-aligned at every call).
+    #[cfg(target_arch = "x86_64")]
     #[unsafe(naked)]
     extern "C" fn entry_alignment(_: u64) -> u64 {
         core::arch::naked_asm!("mov rax, rsp", "and rax, 15", "ret")
     }
+    #[cfg(target_arch = "aarch64")]
+    #[unsafe(naked)]
+    extern "C" fn entry_alignment(_: u64) -> u64 {
+        core::arch::naked_asm!("mov x0, sp", "and x0, x0, #15", "ret")
+    }
+    /// What [`entry_alignment`] returns when the site aligned the stack.
+    const ENTRY_SP_MOD_16: u64 = if cfg!(target_arch = "x86_64") { 8 } else { 0 };
 
     extern "C" fn plain(x: u64) -> u64 {
         x + 1
@@ -1016,7 +1141,11 @@ mod abi_contract {
             })
             .unwrap();
         for n in 0..4 {
-            assert_eq!((aligned_small(), aligned_odd_frame(n), aligned_big_frame(n)), (8, 8, 8), "rsp on entry");
+            assert_eq!(
+                (aligned_small(), aligned_odd_frame(n), aligned_big_frame(n)),
+                (ENTRY_SP_MOD_16, ENTRY_SP_MOD_16, ENTRY_SP_MOD_16),
+                "stack pointer on entry"
+            );
         }
     }
 }

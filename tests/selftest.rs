@@ -6,6 +6,8 @@
 //! every step.
 use static_call::{static_call, SiteState};
 
+mod common;
+
 extern "C" fn func_a(x: i32) -> i32 {
     x + 1
 }
@@ -49,9 +51,7 @@ fn assert_direct_to(f: extern "C" fn(i32) -> i32) {
     assert!(!sites.is_empty());
     for s in sites {
         assert_eq!(s.state(), SiteState::Direct, "{s}");
-        let b = s.bytes();
-        let rel = i32::from_le_bytes([b[1], b[2], b[3], b[4]]);
-        assert_eq!((b[0], s.address().wrapping_add(5).wrapping_add(rel as isize as usize)), (0xe8, addr(f)), "{s}");
+        assert_eq!(common::call_target(s.address(), s.bytes()), Some(addr(f)), "{s}");
     }
 }
 

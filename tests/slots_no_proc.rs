@@ -3,7 +3,7 @@
 //! computes the same results (DESIGN 3.10). The child runs in a private
 //! mount namespace with `/proc` unmounted (the tests run as root; where
 //! `unshare` is refused, the test says so and skips).
-#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#![cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 
 mod common;
 mod plugin_support;
@@ -20,11 +20,18 @@ fn no_proc_and_no_wx_run_on_the_slots() {
         eprintln!("skipped: cannot unshare the mount namespace here ({probe:?})");
         return;
     }
+    if !slots_support::mdwe_works() {
+        eprintln!("skipped: prctl(PR_SET_MDWE) is refused here (QEMU user mode, or Linux before 6.3)");
+        return;
+    }
+    // This binary, through the emulator where the kernel cannot execute it.
+    let me = common::self_command();
     let alpha = plugin_support::plugin("alpha");
     let test = "no_proc_child";
     let out = Command::new("unshare")
         .args(["--mount", "--propagation", "private", "sh", "-c", "umount -l /proc && exec \"$0\" \"$@\""])
-        .arg(std::env::current_exe().unwrap())
+        .arg(me.get_program())
+        .args(me.get_args())
         .args(["--ignored", "--exact", test, "--nocapture", "--test-threads=1"])
         .env("STATIC_CALL_TEST_CHILD", test)
         .env("STATIC_CALL_TEST_ALPHA", &alpha)

@@ -1,7 +1,7 @@
 //! Bytes changed behind our back (a debugger's breakpoint, another patcher):
 //! the update is refused with an error naming that address, and nothing of it
 //! is written: no site, no trampoline, no target of any key in the batch.
-#![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#![cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 
 mod common;
 
@@ -36,14 +36,32 @@ fn other(x: u64) -> u64 {
     OTHER.call(x)
 }
 
-/// Every byte this test's keys may change: each site's five, each
-/// trampoline's thirty-two.
+/// A debugger's breakpoint: `int3` on the first byte (x86-64), `brk #0`
+/// in place of the instruction (aarch64).
+const BREAKPOINT: &[u8] = if cfg!(target_arch = "aarch64") { &[0x00, 0x00, 0x20, 0xd4] } else { &[0xcc] };
+
+/// A direct call (`call rel32`, `bl`) at `at` to `to`; or a jump (`jmp
+/// rel32`, `b`).
+fn branch(at: usize, to: usize, call: bool) -> Vec<u8> {
+    if cfg!(target_arch = "aarch64") {
+        let words = ((to as i64 - at as i64) >> 2) as u32 & 0x03ff_ffff;
+        ((if call { 0x9400_0000u32 } else { 0x1400_0000 }) | words).to_le_bytes().to_vec()
+    } else {
+        let rel = (to as i64 - (at as i64 + 5)) as i32;
+        let mut v = vec![if call { 0xe8 } else { 0xe9 }];
+        v.extend_from_slice(&rel.to_le_bytes());
+        v
+    }
+}
+
+/// Every byte this test's keys may change: each site's instruction (five
+/// bytes on x86-64, four on aarch64), each trampoline's thirty-two.
 fn snapshot() -> Vec<(usize, Vec<u8>)> {
     let mut v: Vec<_> = K
         .sites()
         .iter()
         .chain(OTHER.sites().iter())
-        .map(|s| (s.address(), common::read_bytes(s.address(), 5)))
+        .map(|s| (s.address(), common::read_bytes(s.address(), common::INSN_LEN)))
         .collect();
     for t in [static_call::__private::trampoline_of(&K), static_call::__private::trampoline_of(&OTHER)] {
         let t = t.expect("trampoline");
@@ -61,7 +79,9 @@ fn assert_refused(r: Result<(), Error>, at: usize, before: &[(usize, Vec<u8>)]) 
     match r {
         Err(Error::UnexpectedBytes { address, found, expected }) => {
             assert_eq!(address, at, "the error names the changed instruction");
-            assert_eq!(found.to_vec(), common::read_bytes(at, 5), "it reports what is there");
+            let n = common::INSN_LEN;
+            assert_eq!(found[..n], common::read_bytes(at, n), "it reports what is there");
+            assert!(found[n..].iter().chain(&expected[n..]).all(|&b| b == 0), "{found:02x?} {expected:02x?}");
             assert_ne!(found, expected);
         }
         other => panic!("expected UnexpectedBytes at {at:#x}, got {other:?}"),
@@ -77,10 +97,10 @@ fn changed_bytes_refuse_the_whole_update_and_nothing_is_written() {
     assert_eq!(OTHER.sites().len(), 1);
     let protections = common::page_protections(all_addrs(), 32);
     let site = sites[1].address();
-    let original = common::read_bytes(site, 5);
+    let original = common::read_bytes(site, common::INSN_LEN);
 
-    // 1. A debugger's breakpoint on the first byte of one site.
-    common::poke_text(site, &[0xcc]);
+    // 1. A debugger's breakpoint on one site.
+    common::poke_text(site, BREAKPOINT);
     let before = snapshot();
     assert_refused(K.try_update(t2).map(drop), site, &before);
     common::assert_text_protected(&protections);
@@ -105,10 +125,7 @@ fn changed_bytes_refuse_the_whole_update_and_nothing_is_written() {
 
     // 2. Another patcher retargeted the site to a function of its own (a
     // valid call: calling it is fine, and reaches the intruder).
-    let mut call = [0xe8u8; 5];
-    let rel = (intruder as *const () as i64 - (site as i64 + 5)) as i32;
-    call[1..].copy_from_slice(&rel.to_le_bytes());
-    common::poke_text(site, &call);
+    common::poke_text(site, &branch(site, intruder as *const () as usize, true));
     assert_eq!(k_b(5), intruder(5 ^ 1) ^ 1);
     let before = snapshot();
     assert_refused(K.try_update(t2).map(drop), site, &before);
@@ -124,11 +141,8 @@ fn changed_bytes_refuse_the_whole_update_and_nothing_is_written() {
 
     // 3. The trampoline's head changed behind our back.
     let tramp = static_call::__private::trampoline_of(&K).unwrap();
-    let head = common::read_bytes(tramp, 5);
-    let mut jmp = [0xe9u8; 5];
-    let rel = (intruder as *const () as i64 - (tramp as i64 + 5)) as i32;
-    jmp[1..].copy_from_slice(&rel.to_le_bytes());
-    common::poke_text(tramp, &jmp);
+    let head = common::read_bytes(tramp, common::INSN_LEN);
+    common::poke_text(tramp, &branch(tramp, intruder as *const () as usize, false));
     let before = snapshot();
     assert_refused(K.try_update(t1).map(drop), tramp, &before);
     common::assert_text_protected(&protections);

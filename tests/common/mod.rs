@@ -119,7 +119,7 @@ pub fn watchdog(what: &'static str, progress: &'static std::sync::atomic::Atomic
 /// Runs `test` (an ignored test of this binary) in a child process with
 /// `env` added, and returns its output; panics unless it passed.
 pub fn run_child(test: &str, env: &[(&str, &str)]) -> String {
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    let mut cmd = self_command();
     cmd.args(["--ignored", "--exact", test, "--nocapture", "--test-threads=1"])
         .env("STATIC_CALL_TEST_CHILD", test)
         .env_remove("STATIC_CALL_WRITER");
@@ -323,5 +323,48 @@ pub fn seccomp_works() -> bool {
         let mut status = 0;
         assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+    }
+}
+
+/// A command that runs this test binary again. Where the kernel cannot
+/// execute it (QEMU user mode, the aarch64 tests' runner, with no
+/// `binfmt_misc` entry for aarch64: the exec fails and the spawned child
+/// exits 127 without a word), the command runs it through the emulator that
+/// `.cargo/config.toml` names, `STATIC_CALL_TEST_EMULATOR` overriding it.
+/// Found out once, by running the binary with `--list`.
+pub fn self_command() -> std::process::Command {
+    use std::process::{Command, Stdio};
+    static EMULATED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let exe = std::env::current_exe().expect("the test binary");
+    let emulated = *EMULATED.get_or_init(|| {
+        let out = Command::new(&exe).arg("--list").stdin(Stdio::null()).output().expect("spawn");
+        out.status.code() == Some(127) && out.stdout.is_empty() && out.stderr.is_empty()
+    });
+    if !emulated {
+        return Command::new(exe);
+    }
+    let emulator =
+        std::env::var("STATIC_CALL_TEST_EMULATOR").unwrap_or_else(|_| "qemu-aarch64 -L /usr/aarch64-linux-gnu".into());
+    let mut words = emulator.split_whitespace();
+    let mut cmd = Command::new(words.next().expect("an emulator"));
+    cmd.args(words).arg(exe);
+    cmd
+}
+
+/// The errno with which the aarch64 probe refused the `/proc/self/mem`
+/// writer, when `init` failed because of it (that writer forced with
+/// `STATIC_CALL_WRITER=procmem`, or the other refused too, as under MDWE):
+/// `EOPNOTSUPP` (the kernel's copy may tear an instruction: FEAT_MOPS) or
+/// `ESTALE` (the instruction stream does not see its writes: QEMU user
+/// mode). A child that needs that writer then says so and stops: what it
+/// tests does not exist in this process.
+pub fn proc_mem_refused(init: &Result<(), static_call::Error>) -> Option<i32> {
+    match *init {
+        Err(static_call::Error::TextNotWritable { proc_mem_errno, .. })
+            if cfg!(target_arch = "aarch64") && [libc::ESTALE, libc::EOPNOTSUPP].contains(&proc_mem_errno) =>
+        {
+            Some(proc_mem_errno)
+        }
+        _ => None,
     }
 }

@@ -200,3 +200,21 @@ pub fn run(what: &str, forbid: impl FnOnce(), reason: impl Fn(&Error) -> bool, a
     let _ = K.key();
     e
 }
+
+/// Whether this process may set `prctl(PR_SET_MDWE)` (Linux 6.3 and later;
+/// QEMU 7.2 user mode refuses the option with `EINVAL`). Tried in a `fork()`
+/// child, since MDWE cannot be unset.
+pub fn mdwe_works() -> bool {
+    // SAFETY: the child makes one system call and exits.
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            let r = libc::prctl(libc::PR_SET_MDWE, libc::PR_MDWE_REFUSE_EXEC_GAIN as libc::c_ulong, 0, 0, 0);
+            libc::_exit(if r == 0 { 0 } else { 1 });
+        }
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+    }
+}
