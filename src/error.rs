@@ -192,6 +192,9 @@ const ENOENT: i32 = 2;
 const EIO: i32 = 5;
 const ENOMEM: i32 = 12;
 const EACCES: i32 = 13;
+/// Linux's value on every supported architecture.
+const EOPNOTSUPP: i32 = 95;
+const ESTALE: i32 = 116;
 
 /// A writer's outcome: its reason, and its errno unless it was not tried.
 struct Why(i32, &'static str);
@@ -211,6 +214,14 @@ fn proc_mem_reason(errno: i32) -> &'static str {
         ENOENT => "found no /proc/self/mem (/proc is not mounted)",
         EPERM | EACCES => "was denied by a security policy (seccomp, or an LSM: SELinux, AppArmor, Landlock)",
         EIO => "failed to write (EIO: the kernel refuses forced writes, e.g. proc_mem.force_override=never)",
+        EOPNOTSUPP => {
+            "was not used: on this aarch64 CPU (FEAT_MOPS) the kernel's copy may not write an instruction \
+             with one 32-bit store"
+        }
+        ESTALE => {
+            "was not used: what it wrote was not what threads then executed (an emulator such as QEMU \
+             user mode 7.2 keeps running the code it translated before)"
+        }
         _ => "failed",
     }
 }
@@ -239,6 +250,7 @@ fn remedy(proc_mem_errno: i32) -> &'static str {
             "allow this process to open and write its own /proc/self/mem (the W^X policy can stay), \
              or allow it write+execute mappings"
         }
+        EOPNOTSUPP | ESTALE => "allow write+execute mappings for the mprotect writer",
         _ => "allow writes to /proc/self/mem, or write+execute mappings for the mprotect writer",
     }
 }
@@ -288,5 +300,19 @@ impl From<RawError> for Error {
             12 => Error::ProtectionNotRestored { address: r.address, errno: r.errno },
             _ => Error::ForeignKey,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aarch64_refusals_say_why_and_what_to_do() {
+        let stale = Error::TextNotWritable { address: 0x1000, errno: EACCES, proc_mem_errno: ESTALE }.to_string();
+        assert!(stale.contains("not what threads then executed") && stale.contains("QEMU"), "{stale}");
+        assert!(stale.contains("allow write+execute mappings"), "{stale}");
+        let mops = Error::TextNotWritable { address: 0x1000, errno: EACCES, proc_mem_errno: EOPNOTSUPP }.to_string();
+        assert!(mops.contains("FEAT_MOPS") && !mops.contains("allow writes to /proc/self/mem"), "{mops}");
     }
 }
