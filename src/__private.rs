@@ -98,30 +98,20 @@ pub fn sync_core_once() -> Result<(), crate::Error> {
     crate::backend::sync_core_once()
 }
 
+patching! {
 /// Test hook (failure injection): the next `after` writes of machine code
 /// succeed, then `times` writes fail with `EIO` before writing anything
 /// (`usize::MAX`: every later write; `0` disarms). An update whose write
 /// fails rolls back (see `patch::apply`), so tests can prove that an update
 /// is all or nothing.
-#[cfg(all(
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    target_os = "linux",
-    not(feature = "portable"),
-    not(miri)
-))]
 pub fn fail_text_write_after(after: usize, times: usize) {
     crate::os::linux::text::fail_writes(after, times)
 }
 
 /// How many writes of machine code were attempted so far (a write is one
 /// page-run of one protocol step: the `int3`s, the bodies or the first bytes
-/// of the instructions that start on one page; see `Session::write_step`).
-#[cfg(all(
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    target_os = "linux",
-    not(feature = "portable"),
-    not(miri)
-))]
+/// of the instructions that start on one page; see `Session::write_step`;
+/// on aarch64 one write per instruction).
 pub fn text_writes() -> usize {
     crate::os::linux::text::writes()
 }
@@ -130,25 +120,14 @@ pub fn text_writes() -> usize {
 /// protection changes of its sessions (adding write to each range, then
 /// restoring each) succeed, then `times` fail with `ENOMEM` without changing
 /// anything (`usize::MAX`: every later one; `0` disarms).
-#[cfg(all(
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    target_os = "linux",
-    not(feature = "portable"),
-    not(miri)
-))]
 pub fn fail_text_protect_after(after: usize, times: usize) {
     crate::os::linux::text::fail_protects(after, times)
 }
 
 /// How many protection changes the `mprotect` writer's sessions attempted.
-#[cfg(all(
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    target_os = "linux",
-    not(feature = "portable"),
-    not(miri)
-))]
 pub fn text_protects() -> usize {
     crate::os::linux::text::protects()
+}
 }
 
 /// Test hook: from now on this copy believes the process runs with CET

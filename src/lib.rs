@@ -80,49 +80,44 @@ mod site;
 #[cfg_attr(not(all(target_os = "linux", not(feature = "portable"), not(miri))), allow(dead_code))]
 mod arch;
 
-#[cfg(all(
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    target_os = "linux",
-    not(feature = "portable"),
-    not(miri)
-))]
-mod os;
-#[cfg(all(
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    target_os = "linux",
-    not(feature = "portable"),
-    not(miri)
-))]
-mod patch;
-#[cfg(all(
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    target_os = "linux",
-    not(feature = "portable"),
-    not(miri)
-))]
-mod registry;
-#[cfg(all(
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    target_os = "linux",
-    not(feature = "portable"),
-    not(miri)
-))]
-use patch as backend;
+/// Items of the patching backend (Linux x86-64 or aarch64, without the
+/// `portable` feature, not under Miri), or, after `else`, of the portable
+/// one: the one place that spells the condition for this crate's modules.
+/// (The `backend!` macro and `PATCHING` spell it too: an exported macro and
+/// a `cfg!` cannot come from here.)
+macro_rules! patching {
+    (else $($item:item)*) => {$(
+        #[cfg(not(all(
+            any(target_arch = "x86_64", target_arch = "aarch64"),
+            target_os = "linux",
+            not(feature = "portable"),
+            not(miri)
+        )))]
+        $item
+    )*};
+    ($($item:item)*) => {$(
+        #[cfg(all(
+            any(target_arch = "x86_64", target_arch = "aarch64"),
+            target_os = "linux",
+            not(feature = "portable"),
+            not(miri)
+        ))]
+        $item
+    )*};
+}
 
-#[cfg(not(all(
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    target_os = "linux",
-    not(feature = "portable"),
-    not(miri)
-)))]
-mod portable;
-#[cfg(not(all(
-    any(target_arch = "x86_64", target_arch = "aarch64"),
-    target_os = "linux",
-    not(feature = "portable"),
-    not(miri)
-)))]
-use portable as backend;
+patching! {
+    mod os;
+    mod patch;
+    mod registry;
+    use patch as backend;
+}
+
+patching! {
+    else
+    mod portable;
+    use portable as backend;
+}
 
 pub use abi::{FloatRegister, IntegerRegister, Zeroable};
 pub use error::Error;

@@ -16,9 +16,11 @@
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 #[cfg(target_arch = "x86_64")]
+#[cfg_attr(not(all(target_os = "linux", not(feature = "portable"), not(miri))), allow(unused_imports))]
 pub use x86_64 as native;
 
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 #[cfg(target_arch = "aarch64")]
+#[cfg_attr(not(all(target_os = "linux", not(feature = "portable"), not(miri))), allow(unused_imports))]
 pub use aarch64 as native;
