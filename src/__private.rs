@@ -9,7 +9,8 @@
 #![allow(unsafe_code)]
 
 pub use crate::abi::{FloatRegister, IntegerRegister, Zeroable};
-pub use crate::key::{Key, NoTarget, RawKey, StaticCall};
+pub use crate::key::{Key, StaticCall};
+pub use crate::raw::{NoTarget, RawKey};
 pub use crate::Error;
 pub use core;
 

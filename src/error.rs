@@ -90,11 +90,16 @@ pub enum Error {
     /// A key was given to a copy of this crate that does not own it (an
     /// internal routing error between copies).
     ForeignKey,
-    /// The key belongs to a copy of this crate (in another module) built
-    /// with an incompatible version of it.
+    /// The key was built by a copy of this crate (in another module, or a
+    /// second version linked into this one) whose key layout this copy does
+    /// not know, or the reference does not point to a key at all: nothing
+    /// in it was followed.
     IncompatibleCopy {
-        /// The version of the other copy's key table.
-        version: u32,
+        /// This copy's versions.
+        ours: CopyVersion,
+        /// The versions the key (or its owner table) carries; `None` when
+        /// it carries no key prefix at all.
+        theirs: Option<CopyVersion>,
     },
 }
 
@@ -160,11 +165,17 @@ impl fmt::Display for Error {
                  through the keys' slots"
             ),
             Error::ForeignKey => write!(f, "static_call: a key was routed to a copy of the crate that does not own it"),
-            Error::IncompatibleCopy { version } => write!(
+            Error::IncompatibleCopy { ours, theirs: Some(theirs) } => write!(
                 f,
-                "static_call: the key belongs to a module whose copy of static_call has key-table \
-                 version {version}, incompatible with this one; update it from that module, or build \
-                 both with the same static_call"
+                "static_call: the key was built by static_call {theirs}, whose key layout this copy \
+                 ({ours}) does not know; nothing in it was followed. Update it from the module that \
+                 declared it, or build both with versions that share the key layout"
+            ),
+            Error::IncompatibleCopy { ours, theirs: None } => write!(
+                f,
+                "static_call: the reference given as a key does not start with a key prefix (this copy \
+                 is {ours}): it is not a key of any version of static_call, or it was corrupted; \
+                 nothing in it was followed"
             ),
             Error::Poisoned { address, errno } => write!(
                 f,
@@ -184,6 +195,25 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// The versions a copy of this crate stamps into every key it builds, so
+/// that another copy can tell before it follows any pointer in the key
+/// whether it understands it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CopyVersion {
+    /// The layout of the key after its prefix (and of what the copies
+    /// exchange): copies with the same `abi` interoperate.
+    pub abi: u32,
+    /// The crate version, `major << 16 | minor << 8 | patch`.
+    pub version: u32,
+}
+
+impl fmt::Display for CopyVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.version;
+        write!(f, "{}.{}.{} (key layout {})", v >> 16, (v >> 8) & 0xff, v & 0xff, self.abi)
+    }
+}
 
 // Linux errno values that the text-writer message explains (written out:
 // this module builds on every target, `libc` is a Linux dependency).
@@ -277,7 +307,11 @@ impl From<Error> for RawError {
             Error::ShadowStack => r.tag = 8,
             Error::SigtrapBlocked => r.tag = 9,
             Error::ForeignKey => r.tag = 10,
-            Error::IncompatibleCopy { version } => (r.tag, r.errno) = (11, version as i32),
+            Error::IncompatibleCopy { ours, theirs } => {
+                r.tag = 11;
+                r.address = ((ours.abi as usize) << 32) | ours.version as usize;
+                (r.errno, r.errno2) = theirs.map_or((-1, 0), |t| (t.abi as i32, t.version as i32));
+            }
             Error::ProtectionNotRestored { address, errno } => (r.tag, r.address, r.errno) = (12, address, errno),
         }
         r
@@ -296,7 +330,10 @@ impl From<RawError> for Error {
             7 => Error::Poisoned { address: r.address, errno: r.errno },
             8 => Error::ShadowStack,
             9 => Error::SigtrapBlocked,
-            11 => Error::IncompatibleCopy { version: r.errno as u32 },
+            11 => Error::IncompatibleCopy {
+                ours: CopyVersion { abi: (r.address >> 32) as u32, version: r.address as u32 },
+                theirs: (r.errno >= 0).then_some(CopyVersion { abi: r.errno as u32, version: r.errno2 as u32 }),
+            },
             12 => Error::ProtectionNotRestored { address: r.address, errno: r.errno },
             _ => Error::ForeignKey,
         }

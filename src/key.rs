@@ -9,86 +9,12 @@
 //! conversion back to `F` below relies on that.
 #![allow(unsafe_code)]
 
-use crate::owner::{self, Change, Owner};
+use crate::owner::{self, Change};
+use crate::raw::{KeyPrefix, CRATE_VERSION, KEY_ABI, KEY_MAGIC};
+pub use crate::raw::{NoTarget, RawKey};
 use crate::{Error, Site, Zeroable};
 use core::marker::PhantomData;
-use core::sync::atomic::{AtomicPtr, Ordering};
-
-/// What calls return while the key has no target.
-#[doc(hidden)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum NoTarget {
-    /// Return type `()`: sites become a 5-byte `nop`, the trampoline `ret`.
-    Nop = 0,
-    /// A zeroable return type: `xor eax, eax`.
-    Zero = 1,
-}
-
-/// The untyped part of a key, which the patcher and the trampoline see. The
-/// slot comes first: a trampoline's far form jumps through it
-/// (`jmp [rip + key]`).
-///
-/// The slot is never null: a key without a target holds `none`, a stub of
-/// the owning copy of this crate that does what "no target" means (returns,
-/// or returns zero), so that a thread loading the slot at any instant of any
-/// update jumps to a valid target of the key's type.
-#[doc(hidden)]
-#[repr(C)]
-pub struct RawKey {
-    pub(crate) slot: AtomicPtr<()>,
-    /// The stub the slot holds while the key has no target.
-    pub(crate) none: *mut (),
-    pub(crate) no_target: NoTarget,
-    /// The copy of this crate that owns the key's trampoline and sites.
-    pub(crate) owner: &'static Owner,
-}
-
-// SAFETY: `none` and `owner` are never written after construction, and
-// point to code and to an immutable static; the slot is atomic.
-unsafe impl Sync for RawKey {}
-// SAFETY: as above.
-unsafe impl Send for RawKey {}
-
-impl RawKey {
-    /// The current target, null for none.
-    #[inline(always)]
-    pub fn load(&self) -> *mut () {
-        let p = self.slot.load(Ordering::Acquire);
-        if p == self.none {
-            core::ptr::null_mut()
-        } else {
-            p
-        }
-    }
-
-    /// Makes `target` (null: none) the slot's value. The slot then holds
-    /// `target`, or the key's no-target stub: never null. (The portable
-    /// backend swaps the slot instead, to read the old value.)
-    #[cfg_attr(
-        not(all(
-            any(target_arch = "x86_64", target_arch = "aarch64"),
-            target_os = "linux",
-            not(feature = "portable"),
-            not(miri)
-        )),
-        allow(dead_code)
-    )]
-    #[inline]
-    pub(crate) fn store(&self, target: *mut ()) {
-        self.slot.store(self.slot_value(target), Ordering::Release);
-    }
-
-    /// What the slot holds for `target` (null: none).
-    #[inline]
-    pub(crate) fn slot_value(&self, target: *mut ()) -> *mut () {
-        if target.is_null() {
-            self.none
-        } else {
-            target
-        }
-    }
-}
+use core::sync::atomic::AtomicPtr;
 
 /// The no-target stubs a key's slot holds. They are called only through a
 /// trampoline's `jmp [rip + slot]`, with the arguments of the key's type in
@@ -135,7 +61,13 @@ impl<F: Copy, R> Key<F, R> {
         };
         let slot = if target.is_null() { none } else { target };
         Key {
-            raw: RawKey { slot: AtomicPtr::new(slot), none, no_target, owner: &owner::OWNER },
+            raw: RawKey {
+                prefix: KeyPrefix { magic: KEY_MAGIC, abi: KEY_ABI, version: CRATE_VERSION, owner: &owner::OWNER },
+                slot: AtomicPtr::new(slot),
+                target: AtomicPtr::new(target),
+                none,
+                no_target,
+            },
             _trampoline: trampoline,
             _f: PhantomData,
         }
@@ -166,6 +98,9 @@ impl<F: Copy, R> Key<F, R> {
     /// what they do rather than by address, since a function may have a copy
     /// per codegen unit and so more than one address.
     pub fn get(&self) -> Option<F> {
+        // A key this copy cannot read (another copy's, of another layout)
+        // has no target this copy could name.
+        owner::owner_of(&self.raw).ok()?;
         Self::from_ptr(self.raw.load())
     }
 

@@ -72,6 +72,7 @@ mod error;
 mod key;
 mod mode;
 mod owner;
+mod raw;
 mod site;
 
 // Pure encodings: compiled on every x86-64 and aarch64 target so that their
@@ -120,7 +121,7 @@ patching! {
 }
 
 pub use abi::{FloatRegister, IntegerRegister, Zeroable};
-pub use error::Error;
+pub use error::{CopyVersion, Error};
 pub use key::{Batch, Key, StaticCall};
 pub use mode::{Mode, TextWriter};
 pub use site::{NotDirect, Site, SiteState};

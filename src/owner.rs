@@ -21,18 +21,25 @@
 //!
 //! The owner table of a key is the `OWNER` static of the copy that built the
 //! key (`Key::__new` is `const` and evaluated where the key is declared), so
-//! it stays mapped as long as the key does. A table is used only if its
-//! `version` is ours: the entry points then have exactly the signatures
-//! below. The pointers passed across are to live `repr(C)` values of the
-//! caller, valid for the call.
+//! it stays mapped as long as the key does. Before following any pointer in
+//! a key, a copy checks the key's prefix (`KeyPrefix`: magic and layout
+//! version, the same in every version of this crate), and before calling an
+//! owner table it checks the table's own magic and version: the entry
+//! points then have exactly the signatures below. A mismatch is
+//! [`Error::IncompatibleCopy`], naming both versions, never a call. The
+//! pointers passed across are to live `repr(C)` values of the caller, valid
+//! for the call.
 #![allow(unsafe_code)]
 
-use crate::key::RawKey;
+use crate::raw::{KeyPrefix, RawKey, CRATE_VERSION, KEY_ABI, KEY_MAGIC};
 use crate::site::RawSite;
-use crate::{backend, Error, Site};
+use crate::{backend, CopyVersion, Error, Site};
 
-/// The version of [`Owner`] and of everything its entry points exchange.
-const VERSION: u32 = 1;
+/// "SCALLOWN": the magic of every owner table.
+const OWNER_MAGIC: [u8; 8] = *b"SCALLOWN";
+/// The version of [`Owner`] and of everything its entry points exchange
+/// (`Change`, `RawSite`, `RawError`, the key layout after its prefix).
+const OWNER_ABI: u32 = 2;
 
 /// One change of a batch: make `new` (null: none) the target of `key`.
 #[doc(hidden)]
@@ -58,6 +65,10 @@ type SitesFn = unsafe extern "C" fn(*const RawKey, *mut RawSite, usize) -> usize
 #[doc(hidden)]
 #[repr(C)]
 pub struct Owner {
+    /// [`OWNER_MAGIC`]; these three fields keep their place in every version.
+    magic: [u8; 8],
+    abi: u32,
+    /// The crate version, packed as in `KeyPrefix::version`.
     version: u32,
     /// Applies `n` changes of keys this copy owns, writing each key's
     /// previous target to `old[i]`; false with `*err` filled on failure.
@@ -69,10 +80,48 @@ pub struct Owner {
 
 /// This copy's table. Every key built by this copy points here.
 #[doc(hidden)]
-pub static OWNER: Owner = Owner { version: VERSION, update: serve_update, sites: serve_sites };
+pub static OWNER: Owner =
+    Owner { magic: OWNER_MAGIC, abi: OWNER_ABI, version: CRATE_VERSION, update: serve_update, sites: serve_sites };
 
 fn is_ours(owner: &'static Owner) -> bool {
     core::ptr::eq(owner, &OWNER)
+}
+
+/// This copy's versions, as an error names them.
+fn ours() -> CopyVersion {
+    CopyVersion { abi: KEY_ABI, version: CRATE_VERSION }
+}
+
+/// The owner of `key`, once the key's prefix and the owner table's header
+/// say both were built by a copy whose layout is ours. Reads only the
+/// prefix (the same in every version) before it knows that.
+pub(crate) fn owner_of(key: &RawKey) -> Result<&'static Owner, Error> {
+    let p = key.prefix;
+    if p.magic != KEY_MAGIC {
+        return Err(Error::IncompatibleCopy { ours: ours(), theirs: None });
+    }
+    if p.abi != KEY_ABI {
+        return Err(Error::IncompatibleCopy {
+            ours: ours(),
+            theirs: Some(CopyVersion { abi: p.abi, version: p.version }),
+        });
+    }
+    let owner = key.owner();
+    if is_ours(owner) {
+        return Ok(owner);
+    }
+    if owner.magic != OWNER_MAGIC || owner.abi != OWNER_ABI {
+        let theirs = (owner.magic == OWNER_MAGIC).then_some(CopyVersion { abi: owner.abi, version: owner.version });
+        return Err(Error::IncompatibleCopy { ours: ours(), theirs });
+    }
+    Ok(owner)
+}
+
+/// Whether `key` is one of this copy's (its prefix ours, its owner this
+/// copy's table): what the registry keeps of the records in the sections,
+/// which every copy of this crate linked into the module fills.
+pub(crate) fn owned_here(prefix: &KeyPrefix) -> bool {
+    prefix.magic == KEY_MAGIC && prefix.abi == KEY_ABI && core::ptr::eq(prefix.owner, &OWNER)
 }
 
 /// An [`Error`] as it crosses between copies.
@@ -99,7 +148,7 @@ pub struct RawError {
 unsafe extern "C" fn serve_update(changes: *const Change, n: usize, old: *mut *mut (), err: *mut RawError) -> bool {
     // SAFETY: the caller's contract.
     let (changes, old) = unsafe { (core::slice::from_raw_parts(changes, n), core::slice::from_raw_parts_mut(old, n)) };
-    let r = if changes.iter().all(|c| is_ours(c.key().owner)) {
+    let r = if changes.iter().all(|c| owned_here(&c.key().prefix)) {
         backend::update_many(changes, old)
     } else {
         Err(Error::ForeignKey)
@@ -122,7 +171,7 @@ unsafe extern "C" fn serve_update(changes: *const Change, n: usize, old: *mut *m
 unsafe extern "C" fn serve_sites(key: *const RawKey, out: *mut RawSite, cap: usize) -> usize {
     // SAFETY: the caller's contract.
     let key = unsafe { &*key };
-    if !is_ours(key.owner) {
+    if !owned_here(&key.prefix) {
         return 0;
     }
     let sites = backend::sites(key);
@@ -136,9 +185,6 @@ unsafe extern "C" fn serve_sites(key: *const RawKey, out: *mut RawSite, cap: usi
 // ---------------------------------------------------------------- routing
 
 fn remote_update(owner: &'static Owner, changes: &[Change], old: &mut [*mut ()]) -> Result<(), Error> {
-    if owner.version != VERSION {
-        return Err(Error::IncompatibleCopy { version: owner.version });
-    }
     let mut err = RawError::default();
     // SAFETY: a table of our version; the slices are valid for the call.
     let ok = unsafe { (owner.update)(changes.as_ptr(), changes.len(), old.as_mut_ptr(), &mut err) };
@@ -162,27 +208,31 @@ fn apply(owner: &'static Owner, changes: &[Change], old: &mut [*mut ()]) -> Resu
 /// previous target. Allocates nothing.
 pub fn update_one(key: &RawKey, new: *mut ()) -> Result<*mut (), Error> {
     let mut old = [core::ptr::null_mut()];
-    apply(key.owner, &[Change { key, new }], &mut old)?;
+    apply(owner_of(key)?, &[Change { key, new }], &mut old)?;
     Ok(old[0])
 }
 
 /// Applies a batch: the last change of each key wins; keys of each owner
 /// together.
 pub fn update_many(changes: &mut Vec<Change>) -> Result<(), Error> {
+    for c in changes.iter() {
+        owner_of(c.key())?;
+    }
     changes.reverse();
-    changes.sort_by_key(|c| (c.key().owner as *const Owner as usize, c.key as usize));
+    changes.sort_by_key(|c| (c.key().owner() as *const Owner as usize, c.key as usize));
     changes.dedup_by_key(|c| c.key as usize);
     let mut old = vec![core::ptr::null_mut(); changes.len()];
     let mut done = 0;
     while done < changes.len() {
-        let owner = changes[done].key().owner;
-        let end = done + changes[done..].iter().take_while(|c| core::ptr::eq(c.key().owner, owner)).count();
+        let owner = changes[done].key().owner();
+        let end = done + changes[done..].iter().take_while(|c| core::ptr::eq(c.key().owner(), owner)).count();
         if let Err(e) = apply(owner, &changes[done..end], &mut old[done..end]) {
             // Put back the parts already applied, owner by owner.
             let mut start = 0;
             while start < done {
-                let o = changes[start].key().owner;
-                let stop = start + changes[start..done].iter().take_while(|c| core::ptr::eq(c.key().owner, o)).count();
+                let o = changes[start].key().owner();
+                let stop =
+                    start + changes[start..done].iter().take_while(|c| core::ptr::eq(c.key().owner(), o)).count();
                 let back: Vec<Change> = changes[start..stop]
                     .iter()
                     .zip(&old[start..stop])
@@ -203,12 +253,9 @@ pub fn update_many(changes: &mut Vec<Change>) -> Result<(), Error> {
 
 /// The sites of `key`, from its owner.
 pub fn sites(key: &RawKey) -> Vec<Site> {
-    let owner = key.owner;
+    let Ok(owner) = owner_of(key) else { return Vec::new() };
     if is_ours(owner) {
         return backend::sites(key);
-    }
-    if owner.version != VERSION {
-        return Vec::new();
     }
     let mut buf: Vec<RawSite> = Vec::new();
     loop {

@@ -31,7 +31,7 @@
 #![allow(unsafe_code)]
 
 use crate::arch::native::{self as arch, protocol, INSN_LEN, TRAMP_SIZE};
-use crate::key::RawKey;
+use crate::raw::RawKey;
 use crate::os::linux::text::{self, Session};
 use crate::os::linux::{futex_wait, futex_wake, membarrier, thread_id};
 use crate::owner::Change;
@@ -516,7 +516,7 @@ pub fn sites(key: &RawKey) -> Vec<Site> {
         .iter()
         .map(|s| {
             let bytes = registry::current_bytes(s.at);
-            let (state, reason) = match arch::site_state(s.at, &bytes, s.tramp, s.key.none as usize) {
+            let (state, reason) = match arch::site_state(s.at, &bytes, s.tramp, s.key.none as usize, !s.key.load().is_null()) {
                 Some(SiteState::Direct) => (SiteState::Direct, None),
                 Some(state) => (state, Some(NotDirect::NoTarget)),
                 None => {

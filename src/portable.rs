@@ -2,7 +2,7 @@
 //! loads it and calls through it. Same API, same guarantees (an update is
 //! one atomic store), nothing patched.
 
-use crate::key::RawKey;
+use crate::raw::RawKey;
 use crate::owner::Change;
 use crate::{Error, Mode, Site, Stats};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,13 +21,13 @@ pub fn mode() -> Mode {
     Mode::Portable
 }
 
-/// Stores each key's slot (never null: "no target" is the key's stub) and
-/// returns the previous targets in `old`.
+/// Swaps each key's target (null: none) and returns the previous targets
+/// in `old`.
 pub fn update_many(changes: &[Change], old: &mut [*mut ()]) -> Result<(), Error> {
     for (c, o) in changes.iter().zip(old.iter_mut()) {
-        let key = c.key();
-        let prev = key.slot.swap(key.slot_value(c.new), Ordering::AcqRel);
-        *o = if prev == key.none { core::ptr::null_mut() } else { prev };
+        // Calls read `target` (null: no target); nothing here reads the
+        // slot, which keeps what the key was built with.
+        *o = c.key().target.swap(c.new, Ordering::AcqRel);
     }
     UPDATES.fetch_add(changes.len() as u64, Ordering::Relaxed);
     Ok(())

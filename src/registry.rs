@@ -4,17 +4,29 @@
 //!
 //! # Safety
 //!
-//! The records are written only by this crate's assembly templates
-//! (`arch::native`): each holds 32-bit offsets, relative to the record
-//! field itself, to an instruction in this module's text and to a `RawKey`
-//! static. The linker defines `__start_`/`__stop_` around each section, and
-//! the crate itself contributes one sentinel record (offset 0) so that the
+//! The records are written only by the assembly templates of this crate
+//! (`arch::native`), in this version or another: each holds 32-bit offsets,
+//! relative to the record field itself, to an instruction in this module's
+//! text and to a key static, whose first bytes are a `KeyPrefix` in every
+//! version. The linker defines `__start_`/`__stop_` around each section, and
+//! every copy contributes one sentinel record (offset 0) so that the
 //! sections always exist. Resolving a record is pointer arithmetic within
 //! this module; the key pointers it yields are `'static`.
+//!
+//! # Two copies in one module
+//!
+//! Cargo links two semver-incompatible versions of this crate into one
+//! executable when two dependencies want different majors. Both copies'
+//! records land in the same sections (the section names and the record
+//! layout are part of the crate's ABI across versions), so each copy keeps
+//! only the records whose key it built: the key's prefix names its owner
+//! table (`owner::owned_here`). A copy never reads past the prefix of a key
+//! it did not build, and never patches another copy's instruction.
 #![allow(unsafe_code)]
 
 use crate::arch::native::{assembled_site, trampoline_image, well_placed, INSN_LEN, TRAMP_SIZE};
-use crate::key::RawKey;
+use crate::owner::owned_here;
+use crate::raw::{RawKey, SLOT_OFFSET};
 use crate::site::NotDirect;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::OnceLock;
@@ -81,7 +93,13 @@ fn key_addr(k: &RawKey) -> usize {
     k as *const RawKey as usize
 }
 
-/// Reads a section into (instruction address, key) pairs, sentinels dropped.
+/// Where a trampoline's far form reads the key's slot.
+fn slot_addr(k: &RawKey) -> usize {
+    key_addr(k) + SLOT_OFFSET
+}
+
+/// Reads a section into (instruction address, key) pairs of this copy's
+/// keys: sentinels and other copies' records dropped.
 ///
 /// # Safety
 ///
@@ -101,9 +119,15 @@ unsafe fn records(start: *const Record, stop: *const Record) -> Vec<(usize, &'st
         let base_key = base_at + 4;
         let at = base_at.wrapping_add(at as isize as usize);
         let key = base_key.wrapping_add(key as isize as usize);
-        // SAFETY: the macro records only `Key` statics, whose first field is
-        // the `RawKey` (both `repr(C)`).
-        out.push((at, unsafe { &*(key as *const RawKey) }));
+        // SAFETY: the templates of every version record only key statics,
+        // which start with a `KeyPrefix` (`repr(C)`, the same layout in every
+        // version): reading it is in bounds.
+        let prefix = unsafe { &*(key as *const crate::raw::KeyPrefix) };
+        if owned_here(prefix) {
+            // SAFETY: the prefix says this copy built the key: it is a
+            // `Key`, whose first field is the `RawKey` (both `repr(C)`).
+            out.push((at, unsafe { &*(key as *const RawKey) }));
+        }
     }
     out
 }
@@ -141,7 +165,7 @@ fn build() -> Registry {
                 // SAFETY: a trampoline is TRAMP_SIZE bytes of our text.
                 *x = unsafe { std::ptr::read_volatile((at + i) as *const u8) };
             }
-            let expected = trampoline_image(at, key_addr(key), [0; INSN_LEN]);
+            let expected = trampoline_image(at, slot_addr(key), [0; INSN_LEN]);
             let tail_ok = expected.is_some_and(|e| e[INSN_LEN..] == image[INSN_LEN..]);
             TrampEntry { at, key, damaged: !tail_ok || at % TRAMP_SIZE != 0 }
         })
@@ -215,7 +239,7 @@ pub fn tramp_damage(t: &TrampEntry) -> Option<(usize, [u8; INSN_LEN], [u8; INSN_
     if !t.damaged {
         return None;
     }
-    let expected = trampoline_image(t.at, key_addr(t.key), [0; INSN_LEN])?;
+    let expected = trampoline_image(t.at, slot_addr(t.key), [0; INSN_LEN])?;
     let start = (INSN_LEN..TRAMP_SIZE - INSN_LEN)
         .find(|&i| {
             // SAFETY: within the trampoline.

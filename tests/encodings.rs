@@ -29,9 +29,12 @@ fn sites() -> u64 {
     WITH_TARGET.call(1) + ZERO.call() as u64
 }
 
-/// The key's slot: the first word of the key static.
+/// The key's slot: the word after the key's 24-byte versioned prefix
+/// (magic, layout, crate version, owner).
 fn slot_of<K: StaticCall>(k: &K) -> usize {
-    k.key() as *const _ as usize
+    let key = k.key() as *const _ as usize;
+    assert_eq!(common::read_bytes(key, 8), b"SCALLKEY", "the key starts with its prefix");
+    key + 24
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -24,7 +24,7 @@
 #[cfg(all(target_os = "linux", not(feature = "portable"), not(miri)))]
 pub mod protocol;
 
-use crate::key::NoTarget;
+use crate::raw::NoTarget;
 use crate::site::SiteState;
 
 /// Length of every patchable instruction.
@@ -121,11 +121,13 @@ pub fn far_head(tramp: usize) -> [u8; INSN_LEN] {
     encode(tramp, Insn::Jmp(tramp + TRAMP_FAR_OFFSET)).expect("a trampoline reaches itself")
 }
 
-/// What a site's bytes say it does, if it does not call its trampoline.
-pub fn site_state(at: usize, bytes: &[u8; INSN_LEN], tramp: usize, none: usize) -> Option<SiteState> {
+/// What a site's bytes say it does, if it does not call its trampoline. A
+/// `bl` to the no-target stub is the zero form only while the key has no
+/// target (a target may be the stub's very address: folded code).
+pub fn site_state(at: usize, bytes: &[u8; INSN_LEN], tramp: usize, none: usize, has_target: bool) -> Option<SiteState> {
     match decode(at, bytes)? {
         Insn::Nop => Some(SiteState::Nop),
-        Insn::Call(t) if t == none => Some(SiteState::Zero),
+        Insn::Call(t) if t == none && !has_target => Some(SiteState::Zero),
         Insn::Call(t) if t != tramp => Some(SiteState::Direct),
         _ => None,
     }
@@ -231,8 +233,9 @@ macro_rules! __static_call_aarch64_trampoline {
                 "{k}_sc_tramp:",
                 ".inst 0x14000002",
                 ".inst 0xd42a6860",
-                "adrp x16, {k}",
-                "ldr x16, [x16, :lo12:{k}]",
+                // The slot, at `raw::SLOT_OFFSET` in the key.
+                "adrp x16, {k} + 24",
+                "ldr x16, [x16, :lo12:{k} + 24]",
                 "br x16",
                 ".inst 0xd42a6860",
                 ".ascii \"SCALL\"",
@@ -342,8 +345,9 @@ mod tests {
         assert_eq!(tramp_form(tramp, far, none, NoTarget::Zero), far_head(tramp));
         assert_eq!(decode(tramp, &tramp_form(tramp, 0, none, NoTarget::Nop)), Some(Insn::Jmp(none)));
         let bytes = site_form(at, tramp, 0, none, NoTarget::Zero);
-        assert_eq!(site_state(at, &bytes, tramp, none), Some(SiteState::Zero));
-        assert_eq!(site_state(at, &assembled_site(at, tramp).unwrap(), tramp, none), None);
+        assert_eq!(site_state(at, &bytes, tramp, none, false), Some(SiteState::Zero));
+        assert_eq!(site_state(at, &bytes, tramp, none, true), Some(SiteState::Direct), "a target folded onto the stub");
+        assert_eq!(site_state(at, &assembled_site(at, tramp).unwrap(), tramp, none, false), None);
         assert_eq!(disassemble(at, &bytes), format!("bl {none:#x}"));
         assert_eq!(disassemble(at, &[0, 0, 0, 0]), "(not a static_call form)");
     }

@@ -14,7 +14,7 @@
 #[cfg(all(target_os = "linux", not(feature = "portable"), not(miri)))]
 pub mod protocol;
 
-use crate::key::NoTarget;
+use crate::raw::NoTarget;
 use crate::site::SiteState;
 
 /// Length of every patchable instruction (a site, or the head of a trampoline).
@@ -140,7 +140,13 @@ pub fn assembled_site(at: usize, tramp: usize) -> Option<[u8; INSN_LEN]> {
 }
 
 /// What a site's bytes say it does, if it does not call its trampoline.
-pub fn site_state(at: usize, bytes: &[u8; INSN_LEN], tramp: usize, _none: usize) -> Option<SiteState> {
+pub fn site_state(
+    at: usize,
+    bytes: &[u8; INSN_LEN],
+    tramp: usize,
+    _none: usize,
+    _has_target: bool,
+) -> Option<SiteState> {
     match decode(at, bytes)? {
         Insn::Call(t) if t != tramp => Some(SiteState::Direct),
         Insn::Nop => Some(SiteState::Nop),
@@ -275,7 +281,8 @@ macro_rules! __static_call_x86_64_trampoline {
                 "{k}_sc_tramp:",
                 $head,
                 ".byte 0xc3, 0xcc, 0xcc",
-                "jmp qword ptr [rip + {k}]",
+                // The slot, at `raw::SLOT_OFFSET` in the key.
+                "jmp qword ptr [rip + {k} + 24]",
                 ".byte 0x0f, 0xb9, 0xcc",
                 ".ascii \"SCALL\"",
                 ".byte 1",

@@ -1,0 +1,142 @@
+//! The untyped part of a key: its versioned prefix, the slot, the recorded
+//! target. What the patcher, the trampolines, the registry and other copies
+//! of this crate see of a key.
+//!
+//! # Safety
+//!
+//! `RawKey` is `Sync`: everything but the slot and the target is written
+//! only at construction (a `const` in the key's static), and those two are
+//! atomic. The prefix's owner pointer is set at construction to the owner
+//! table of the copy that built the key, a static of that copy's module.
+#![allow(unsafe_code)]
+
+use crate::owner::Owner;
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+/// What calls return while the key has no target.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum NoTarget {
+    /// Return type `()`: sites become a 5-byte `nop`, the trampoline `ret`.
+    Nop = 0,
+    /// A zeroable return type: `xor eax, eax`.
+    Zero = 1,
+}
+
+/// The first bytes of every key, in every version of this crate: what a copy
+/// checks before it follows any pointer in a key that another copy built (a
+/// host reading a plugin's key through an exported reference, DESIGN 3.8).
+/// Its layout never changes; `abi` names the layout of everything after it.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct KeyPrefix {
+    /// [`KEY_MAGIC`].
+    pub(crate) magic: [u8; 8],
+    /// The layout of the rest of the key ([`KEY_ABI`]).
+    pub(crate) abi: u32,
+    /// The crate version that built the key (`major << 16 | minor << 8 |
+    /// patch`, each saturated at 255).
+    pub(crate) version: u32,
+    /// The copy of this crate that owns the key's trampoline and sites.
+    pub(crate) owner: *const Owner,
+}
+
+/// "SCALLKEY": the magic of every key.
+pub(crate) const KEY_MAGIC: [u8; 8] = *b"SCALLKEY";
+/// The layout of [`RawKey`] after its prefix. Version 1 (no prefix, the slot
+/// first) is never recognized.
+pub(crate) const KEY_ABI: u32 = 2;
+
+/// This copy's crate version, packed as in [`KeyPrefix::version`].
+pub(crate) const CRATE_VERSION: u32 = {
+    const fn num(s: &str) -> u32 {
+        let b = s.as_bytes();
+        let mut i = 0;
+        let mut n = 0u32;
+        while i < b.len() {
+            n = n * 10 + (b[i] - b'0') as u32;
+            i += 1;
+        }
+        if n > 255 {
+            255
+        } else {
+            n
+        }
+    }
+    num(env!("CARGO_PKG_VERSION_MAJOR")) << 16
+        | num(env!("CARGO_PKG_VERSION_MINOR")) << 8
+        | num(env!("CARGO_PKG_VERSION_PATCH"))
+};
+
+/// The untyped part of a key, which the patcher and the trampoline see: the
+/// prefix, then the slot that a trampoline's far form jumps through
+/// (`jmp [rip + key + SLOT_OFFSET]`).
+///
+/// The slot is never null: a key without a target holds `none`, a stub of
+/// the owning copy of this crate that does what "no target" means (returns,
+/// or returns zero), so that a thread loading the slot at any instant of any
+/// update jumps to a valid target of the key's type. Whether the key has a
+/// target is what `target` records (null: none), never inferred from the
+/// slot: the optimizer may give a user's function the stub's very address
+/// (identical-code folding, MergeFunctions).
+#[doc(hidden)]
+#[repr(C)]
+pub struct RawKey {
+    pub(crate) prefix: KeyPrefix,
+    pub(crate) slot: AtomicPtr<()>,
+    /// The target, null for none: what `get()` returns.
+    pub(crate) target: AtomicPtr<()>,
+    /// The stub the slot holds while the key has no target.
+    pub(crate) none: *mut (),
+    pub(crate) no_target: NoTarget,
+}
+
+/// Where the slot lies in a key: the assembly templates spell this number
+/// (`arch::*`), checked here.
+pub const SLOT_OFFSET: usize = 24;
+const _: () = assert!(core::mem::offset_of!(RawKey, slot) == SLOT_OFFSET);
+const _: () = assert!(core::mem::offset_of!(RawKey, prefix) == 0);
+const _: () = assert!(core::mem::size_of::<KeyPrefix>() == 24);
+
+// SAFETY: `prefix`, `none` and `no_target` are never written after
+// construction and point to code and to an immutable static; the slot and
+// the target are atomic.
+unsafe impl Sync for RawKey {}
+// SAFETY: as above.
+unsafe impl Send for RawKey {}
+
+impl RawKey {
+    /// The current target, null for none.
+    #[inline(always)]
+    pub fn load(&self) -> *mut () {
+        self.target.load(Ordering::Acquire)
+    }
+
+    /// The owner table of this key (its prefix was checked to be ours, or
+    /// the key is one of this copy's).
+    pub(crate) fn owner(&self) -> &'static Owner {
+        // SAFETY: the prefix's owner is set at construction to a static
+        // owner table of the copy that built the key.
+        unsafe { &*self.prefix.owner }
+    }
+
+    /// Makes `target` (null: none) the key's target: the slot then holds
+    /// `target`, or the key's no-target stub (never null). Only the
+    /// patcher's lock holder stores (the portable backend swaps `target`).
+    #[cfg_attr(
+        not(all(
+            any(target_arch = "x86_64", target_arch = "aarch64"),
+            target_os = "linux",
+            not(feature = "portable"),
+            not(miri)
+        )),
+        allow(dead_code)
+    )]
+    #[inline]
+    pub(crate) fn store(&self, target: *mut ()) {
+        self.slot.store(if target.is_null() { self.none } else { target }, Ordering::Release);
+        self.target.store(target, Ordering::Release);
+    }
+}
