@@ -62,7 +62,12 @@ impl<F: Copy, R> Key<F, R> {
         let slot = if target.is_null() { none } else { target };
         Key {
             raw: RawKey {
-                prefix: KeyPrefix { magic: KEY_MAGIC, abi: KEY_ABI, version: CRATE_VERSION, owner: &owner::OWNER },
+                prefix: KeyPrefix {
+                    magic: KEY_MAGIC,
+                    abi: KEY_ABI,
+                    version: CRATE_VERSION,
+                    owner: &owner::OWNER as *const owner::Owner as *const (),
+                },
                 slot: AtomicPtr::new(slot),
                 target: AtomicPtr::new(target),
                 none,

@@ -87,6 +87,15 @@ fn is_ours(owner: &'static Owner) -> bool {
     core::ptr::eq(owner, &OWNER)
 }
 
+/// The owner table a key names. Only for a key whose prefix was checked
+/// ([`owner_of`]), or one of this copy's.
+fn owner_table(key: &RawKey) -> &'static Owner {
+    // SAFETY: the prefix's owner is set at construction to the static owner
+    // table of the copy that built the key; its magic and layout are
+    // checked before anything past them is read.
+    unsafe { &*(key.prefix.owner as *const Owner) }
+}
+
 /// This copy's versions, as an error names them.
 fn ours() -> CopyVersion {
     CopyVersion { abi: KEY_ABI, version: CRATE_VERSION }
@@ -106,7 +115,7 @@ pub(crate) fn owner_of(key: &RawKey) -> Result<&'static Owner, Error> {
             theirs: Some(CopyVersion { abi: p.abi, version: p.version }),
         });
     }
-    let owner = key.owner();
+    let owner = owner_table(key);
     if is_ours(owner) {
         return Ok(owner);
     }
@@ -121,7 +130,9 @@ pub(crate) fn owner_of(key: &RawKey) -> Result<&'static Owner, Error> {
 /// copy's table): what the registry keeps of the records in the sections,
 /// which every copy of this crate linked into the module fills.
 pub(crate) fn owned_here(prefix: &KeyPrefix) -> bool {
-    prefix.magic == KEY_MAGIC && prefix.abi == KEY_ABI && core::ptr::eq(prefix.owner, &OWNER)
+    prefix.magic == KEY_MAGIC
+        && prefix.abi == KEY_ABI
+        && core::ptr::eq(prefix.owner, &OWNER as *const Owner as *const ())
 }
 
 /// An [`Error`] as it crosses between copies.
@@ -219,20 +230,20 @@ pub fn update_many(changes: &mut Vec<Change>) -> Result<(), Error> {
         owner_of(c.key())?;
     }
     changes.reverse();
-    changes.sort_by_key(|c| (c.key().owner() as *const Owner as usize, c.key as usize));
+    changes.sort_by_key(|c| (owner_table(c.key()) as *const Owner as usize, c.key as usize));
     changes.dedup_by_key(|c| c.key as usize);
     let mut old = vec![core::ptr::null_mut(); changes.len()];
     let mut done = 0;
     while done < changes.len() {
-        let owner = changes[done].key().owner();
-        let end = done + changes[done..].iter().take_while(|c| core::ptr::eq(c.key().owner(), owner)).count();
+        let owner = owner_table(changes[done].key());
+        let end = done + changes[done..].iter().take_while(|c| core::ptr::eq(owner_table(c.key()), owner)).count();
         if let Err(e) = apply(owner, &changes[done..end], &mut old[done..end]) {
             // Put back the parts already applied, owner by owner.
             let mut start = 0;
             while start < done {
-                let o = changes[start].key().owner();
+                let o = owner_table(changes[start].key());
                 let stop =
-                    start + changes[start..done].iter().take_while(|c| core::ptr::eq(c.key().owner(), o)).count();
+                    start + changes[start..done].iter().take_while(|c| core::ptr::eq(owner_table(c.key()), o)).count();
                 let back: Vec<Change> = changes[start..stop]
                     .iter()
                     .zip(&old[start..stop])

@@ -10,7 +10,6 @@
 //! table of the copy that built the key, a static of that copy's module.
 #![allow(unsafe_code)]
 
-use crate::owner::Owner;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
 /// What calls return while the key has no target.
@@ -39,8 +38,10 @@ pub struct KeyPrefix {
     /// The crate version that built the key (`major << 16 | minor << 8 |
     /// patch`, each saturated at 255).
     pub(crate) version: u32,
-    /// The copy of this crate that owns the key's trampoline and sites.
-    pub(crate) owner: *const Owner,
+    /// The owner table (`owner::Owner`) of the copy of this crate that owns
+    /// the key's trampoline and sites; read only once `magic` and `abi`
+    /// were checked (`owner::owner_of`).
+    pub(crate) owner: *const (),
 }
 
 /// "SCALLKEY": the magic of every key.
@@ -112,14 +113,6 @@ impl RawKey {
     #[inline(always)]
     pub fn load(&self) -> *mut () {
         self.target.load(Ordering::Acquire)
-    }
-
-    /// The owner table of this key (its prefix was checked to be ours, or
-    /// the key is one of this copy's).
-    pub(crate) fn owner(&self) -> &'static Owner {
-        // SAFETY: the prefix's owner is set at construction to a static
-        // owner table of the copy that built the key.
-        unsafe { &*self.prefix.owner }
     }
 
     /// Makes `target` (null: none) the key's target: the slot then holds
