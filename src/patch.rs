@@ -33,6 +33,7 @@
 use crate::arch::native::{self as arch, protocol, INSN_LEN, TRAMP_SIZE};
 use crate::raw::RawKey;
 use crate::os::linux::text::{self, Session};
+use crate::os::linux::text_lock::TextLock;
 use crate::os::linux::{futex_wait, futex_wake, membarrier, thread_id};
 use crate::owner::Change;
 use crate::registry::{self, Registry, SiteEntry, TrampEntry};
@@ -314,6 +315,9 @@ fn apply(st: &mut State, reg: &Registry, commit: impl FnOnce(), revert: impl FnO
         return Ok(());
     }
     protocol::may_write()?;
+    // Every copy of this crate in this module writes its text under the
+    // module's text lock (see `text_lock`); held until the session closed.
+    let _text = TextLock::take()?;
     let writer = text::for_update(plan[0].at)?;
     let session = Session::open(writer, plan.iter().map(|p| p.at), INSN_LEN).inspect_err(|e| {
         if let Error::ProtectionNotRestored { .. } = e {
@@ -380,7 +384,12 @@ fn prepare(st: &mut State, reg: &Registry) -> Result<(), Error> {
     protocol::requirements()?;
     membarrier::register()?;
     let probe_at = reg.tramps.first().map_or(probe_address(), |t| t.at + TRAMP_SIZE - 1);
-    text::probe(probe_at)?;
+    // The probe writes (and the mprotect one changes a page's protection):
+    // under the module's text lock, as every write.
+    {
+        let _text = TextLock::take()?;
+        text::probe(probe_at)?;
+    }
     protocol::install()?;
     register_atfork();
     st.plan.reserve_exact(reg.sites.len() + reg.tramps.len());

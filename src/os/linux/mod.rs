@@ -11,6 +11,7 @@ pub mod membarrier;
 #[cfg(target_arch = "x86_64")]
 pub mod signal;
 pub mod text;
+pub mod text_lock;
 
 use std::sync::atomic::AtomicU32;
 

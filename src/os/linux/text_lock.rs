@@ -1,0 +1,152 @@
+//! The text lock: one per module, shared by every copy of this crate linked
+//! into it.
+//!
+//! Two copies of the crate can sit in one module (cargo links two
+//! semver-incompatible versions into one executable), and their sites may
+//! share a page. Each copy's own patch lock serializes only its own updates;
+//! this lock serializes every copy's writes of that module's text: the
+//! `/proc/self/mem` writer's page spans put back the bytes between the
+//! changed ones with the values read just before, which would undo a write
+//! of the other copy in that microsecond, and the `mprotect` writer of one
+//! copy would give a page back its protection while the other still writes
+//! it. Modules never share a page, so a lock per module is enough.
+//!
+//! # The lock's ABI (every version of this crate keeps it)
+//!
+//! A 64-byte, 64-aligned object named `static_call_text_lock_v1`, hidden,
+//! defined weak in a COMDAT group of the same name, so the linker keeps one
+//! per module however many copies define it (and the assembler one per
+//! object, `.ifndef`, when fat LTO joins the copies' module assembly). Word
+//! 0 (`u32`): 0 when free, else the kernel thread id of its holder. Word 1
+//! (`u32`): how many threads wait or are about to wait (a futex on word 0,
+//! private); the holder wakes them when it releases. A holder that is not a
+//! thread of this process (a `fork()` child inherited the lock from a parent
+//! thread in the middle of an update) is taken over: the bytes it was
+//! writing are its own copy's, which repairs them (`crate::patch`).
+//!
+//! # Safety
+//!
+//! The object is defined by the `global_asm!` below in every copy, with the
+//! size and alignment of `Words`; the two words are only accessed
+//! atomically. The system calls (`futex`, `tgkill` with signal 0, which
+//! only checks that the thread exists) take integer arguments or a pointer
+//! to that object.
+#![allow(unsafe_code)]
+
+use super::{futex_wait, futex_wake, thread_id};
+use crate::Error;
+use std::sync::atomic::{AtomicU32, Ordering::*};
+
+#[repr(C, align(64))]
+struct Words {
+    owner: AtomicU32,
+    waiters: AtomicU32,
+}
+
+core::arch::global_asm!(
+    ".ifndef static_call_text_lock_v1",
+    ".pushsection .bss.static_call_text_lock_v1, \"awG\", %nobits, static_call_text_lock_v1, comdat",
+    ".balign 64",
+    ".weak static_call_text_lock_v1",
+    ".hidden static_call_text_lock_v1",
+    ".type static_call_text_lock_v1, %object",
+    ".size static_call_text_lock_v1, 64",
+    "static_call_text_lock_v1:",
+    ".zero 64",
+    ".popsection",
+    ".endif",
+);
+
+extern "C" {
+    static static_call_text_lock_v1: Words;
+}
+
+fn words() -> &'static Words {
+    // SAFETY: the object above, zero-initialized, 64 bytes, 64-aligned.
+    unsafe { &*(&raw const static_call_text_lock_v1) }
+}
+
+/// Whether the kernel thread `tid` belongs to this process.
+fn alive(tid: u32) -> bool {
+    // SAFETY: getpid has no preconditions; tgkill with signal 0 sends
+    // nothing, it only reports whether the thread exists in the group.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid as libc::c_int, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// Holds the module's text lock; releases it on drop.
+#[must_use]
+pub struct TextLock(());
+
+impl TextLock {
+    /// Takes the lock, waiting for another copy's (or this copy's, from
+    /// another thread) write of this module's text to finish. `Reentrant`
+    /// if this thread holds it already (a signal handler that interrupted
+    /// an update of another copy). Async-signal-safe; no allocation.
+    pub fn take() -> Result<TextLock, Error> {
+        let w = words();
+        let me = thread_id();
+        if w.owner.compare_exchange(0, me, Acquire, Relaxed).is_ok() {
+            return Ok(TextLock(()));
+        }
+        w.waiters.fetch_add(1, SeqCst);
+        let r = loop {
+            match w.owner.compare_exchange(0, me, Acquire, Relaxed) {
+                Ok(_) => break Ok(TextLock(())),
+                Err(o) if o == me => break Err(Error::Reentrant),
+                Err(o) if !alive(o) => {
+                    if w.owner.compare_exchange(o, me, Acquire, Relaxed).is_ok() {
+                        break Ok(TextLock(()));
+                    }
+                }
+                Err(o) => futex_wait(&w.owner, o),
+            }
+        };
+        w.waiters.fetch_sub(1, SeqCst);
+        r
+    }
+}
+
+impl Drop for TextLock {
+    fn drop(&mut self) {
+        let w = words();
+        w.owner.store(0, SeqCst);
+        if w.waiters.load(SeqCst) > 0 {
+            futex_wake(&w.owner);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tests share the lock word with each other.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    #[test]
+    fn one_holder_and_reentry_refused() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let g = TextLock::take().unwrap();
+        assert_eq!(words().owner.load(SeqCst), thread_id());
+        assert!(matches!(TextLock::take(), Err(Error::Reentrant)));
+        let t = std::thread::spawn(|| TextLock::take().map(drop).is_ok());
+        // The other thread waits until we release.
+        while words().waiters.load(SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        drop(g);
+        assert!(t.join().unwrap());
+        assert_eq!(words().owner.load(SeqCst), 0);
+    }
+
+    #[test]
+    fn a_holder_that_is_not_a_thread_of_this_process_is_taken_over() {
+        let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        // pid 1's thread is never one of ours.
+        words().owner.store(1, SeqCst);
+        let g = TextLock::take().expect("taken over");
+        assert_eq!(words().owner.load(SeqCst), thread_id());
+        drop(g);
+    }
+}
