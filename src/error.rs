@@ -90,6 +90,12 @@ pub enum Error {
     /// A key was given to a copy of this crate that does not own it (an
     /// internal routing error between copies).
     ForeignKey,
+    /// The copy of this crate that owns the key was shut down for good: its
+    /// module (a plugin) is being unloaded with `dlclose`, or the process is
+    /// exiting and its destructors ran. Nothing was changed. The copy in the
+    /// executable itself never shuts down: its keys can be updated until the
+    /// process ends.
+    ShutDown,
     /// The key was built by a copy of this crate (in another module, or a
     /// second version linked into this one) whose key layout this copy does
     /// not know, or the reference does not point to a key at all: nothing
@@ -165,6 +171,12 @@ impl fmt::Display for Error {
                  through the keys' slots"
             ),
             Error::ForeignKey => write!(f, "static_call: a key was routed to a copy of the crate that does not own it"),
+            Error::ShutDown => write!(
+                f,
+                "static_call: the key belongs to a module (a plugin) whose copy of static_call has shut \
+                 down: the module is being unloaded, or the process is exiting and its destructors \
+                 ran; nothing was changed (the executable's own keys keep working until the end)"
+            ),
             Error::IncompatibleCopy { ours, theirs: Some(theirs) } => write!(
                 f,
                 "static_call: the key was built by static_call {theirs}, whose key layout this copy \
@@ -313,6 +325,7 @@ impl From<Error> for RawError {
                 (r.errno, r.errno2) = theirs.map_or((-1, 0), |t| (t.abi as i32, t.version as i32));
             }
             Error::ProtectionNotRestored { address, errno } => (r.tag, r.address, r.errno) = (12, address, errno),
+            Error::ShutDown => r.tag = 13,
         }
         r
     }
@@ -335,6 +348,7 @@ impl From<RawError> for Error {
                 theirs: (r.errno >= 0).then_some(CopyVersion { abi: r.errno as u32, version: r.errno2 as u32 }),
             },
             12 => Error::ProtectionNotRestored { address: r.address, errno: r.errno },
+            13 => Error::ShutDown,
             _ => Error::ForeignKey,
         }
     }

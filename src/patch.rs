@@ -34,13 +34,13 @@ use crate::arch::native::{self as arch, protocol, INSN_LEN, TRAMP_SIZE};
 use crate::raw::RawKey;
 use crate::os::linux::text::{self, Session};
 use crate::os::linux::text_lock::TextLock;
-use crate::os::linux::{futex_wait, futex_wake, membarrier, thread_id};
+use crate::os::linux::{fork, futex_wait, futex_wake, membarrier, thread_id};
 use crate::owner::Change;
 use crate::registry::{self, Registry, SiteEntry, TrampEntry};
 use crate::site::{NotDirect, Site, SiteState};
 use crate::{Error, Mode, Stats};
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 
 // ---------------------------------------------------------------- counters
 
@@ -65,9 +65,14 @@ pub fn stats() -> Stats {
 
 /// A mutex that knows its owner, so that an update from a signal handler that
 /// interrupted an update on the same thread is refused instead of
-/// deadlocking, and that a `fork()` child can reset. Allocation-free.
+/// deadlocking, and that a `fork()` child can take over. Allocation-free.
 struct PatchLock {
+    /// 0 when free, else the holder's kernel thread id (with [`SHUT`] once
+    /// this copy shut down for good): the futex word.
     owner: AtomicU32,
+    /// The holder's `pthread_self()`: what survives a `fork()` of the
+    /// forking thread (its kernel thread id does not).
+    holder: AtomicUsize,
     state: UnsafeCell<State>,
 }
 
@@ -82,11 +87,67 @@ struct State {
     /// Capacity for every site and trampoline is reserved at init, so that
     /// updates allocate nothing.
     plan: Vec<Patch>,
+    /// Where the update in progress is, for a `fork()` child that inherits
+    /// it half-done from another thread of its parent (see "Fork").
+    phase: Phase,
+    pending: Option<Pending>,
+}
+
+/// How far the update in progress got.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing to finish: no update, or one that has written nothing yet.
+    Idle,
+    /// The new targets are being (or were) stored and the plan is being
+    /// written: a child finishes writing it.
+    Forward,
+    /// A write failed and the old instructions are back: the old targets
+    /// are being stored back, which a child finishes.
+    Backward,
+}
+
+/// The changes of the update in progress, in the updating thread's memory
+/// (which a `fork()` child inherits, like all of it).
+#[derive(Clone, Copy)]
+struct Pending {
+    changes: *const Change,
+    old: *const *mut (),
+    n: usize,
+    /// The update is `init`'s (its plan leads from the assembled forms).
+    init: bool,
+}
+
+impl Pending {
+    fn none(init: bool) -> Pending {
+        Pending { changes: std::ptr::null(), old: std::ptr::null(), n: 0, init }
+    }
+
+    fn of(changes: &[Change], old: &[*mut ()]) -> Pending {
+        Pending { changes: changes.as_ptr(), old: old.as_ptr(), n: changes.len().min(old.len()), init: false }
+    }
+
+    /// Stores each key's new target (`forward`) or its old one.
+    fn store(&self, forward: bool) {
+        for i in 0..self.n {
+            // SAFETY: `n` changes and `n` old targets, alive while the
+            // update that recorded them runs, or in a `fork()` child that
+            // inherited that thread's memory; the keys are statics.
+            let (c, old) = unsafe { (*self.changes.add(i), *self.old.add(i)) };
+            c.key().store(if forward { c.new } else { old });
+        }
+    }
 }
 
 static LOCK: PatchLock = PatchLock {
     owner: AtomicU32::new(0),
-    state: UnsafeCell::new(State { initialized: false, poisoned: None, plan: Vec::new() }),
+    holder: AtomicUsize::new(0),
+    state: UnsafeCell::new(State {
+        initialized: false,
+        poisoned: None,
+        plan: Vec::new(),
+        phase: Phase::Idle,
+        pending: None,
+    }),
 };
 /// `init` has completed (a fast path that skips the lock).
 static INITIALIZED: AtomicBool = AtomicBool::new(false);
@@ -94,20 +155,68 @@ static INITIALIZED: AtomicBool = AtomicBool::new(false);
 /// process then runs on the keys' slots for good (DESIGN 3.10).
 static SLOTS: std::sync::OnceLock<Error> = std::sync::OnceLock::new();
 
+/// Set in `LOCK.owner`, with the owner's thread id, once the copy is shut
+/// down for good (thread ids are below 2^22).
+const SHUT: u32 = 1 << 31;
+
 struct Guard;
+
+/// The calling thread's `pthread_self()`. Async-signal-safe (a read of the
+/// thread pointer).
+fn self_thread() -> usize {
+    // SAFETY: no preconditions.
+    unsafe { libc::pthread_self() as usize }
+}
 
 impl PatchLock {
     fn lock(&'static self) -> Result<Guard, Error> {
+        self.catch_up();
         let me = thread_id();
         loop {
             match self.owner.compare_exchange(0, me, Acquire, Relaxed) {
-                Ok(_) => return Ok(Guard),
-                Err(o) if o == me || o == me | SHUT => return Err(Error::Reentrant),
+                Ok(_) => {
+                    self.holder.store(self_thread(), Release);
+                    return Ok(Guard);
+                }
+                Err(o) if o & SHUT != 0 => return Err(Error::ShutDown),
+                Err(o) if o == me => return Err(Error::Reentrant),
                 Err(o) => futex_wait(&self.owner, o),
             }
         }
     }
+
+    /// In a `fork()` child, the first time this copy is entered: see "Fork".
+    fn catch_up(&'static self) {
+        let gen = fork::generation();
+        if LOCK_GENERATION.load(Acquire) == gen || LOCK_GENERATION.swap(gen, AcqRel) == gen {
+            return;
+        }
+        protocol::after_fork_child();
+        text::after_fork_child();
+        let o = self.owner.load(Acquire);
+        if o == 0 || o & SHUT != 0 {
+            return;
+        }
+        if self.holder.load(Acquire) == self_thread() {
+            // This thread forked from a signal handler that interrupted its
+            // own update: it still holds the lock, under its new thread id,
+            // and the interrupted update finishes in this child's text.
+            self.owner.store(thread_id(), Release);
+            return;
+        }
+        // The holder was another thread of the parent, which this child
+        // does not have: take the lock over and finish what it was doing.
+        if crate::os::linux::thread_alive(o) || self.owner.compare_exchange(o, thread_id(), AcqRel, Relaxed).is_err() {
+            return;
+        }
+        self.holder.store(self_thread(), Release);
+        let mut g = Guard;
+        finish_inherited(g.state());
+    }
 }
+
+/// The fork generation this copy's lock state belongs to.
+static LOCK_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 impl Guard {
     fn state(&mut self) -> &mut State {
@@ -118,6 +227,7 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        LOCK.holder.store(0, Relaxed);
         LOCK.owner.store(0, Release);
         futex_wake(&LOCK.owner);
     }
@@ -125,20 +235,36 @@ impl Drop for Guard {
 
 // ---------------------------------------------------------------- fork
 
+// Only the copy in the main program registers `pthread_atfork` handlers: it
+// is never unloaded. Its `prepare` waits for an update in progress, so its
+// children never inherit half-patched text of its keys. A copy in a plugin
+// registers none: it can be unloaded, and glibc calls each handler with its
+// lock dropped, so a fork racing the `dlclose` would call into unmapped
+// text (`os::linux::fork`). A fork does not wait for such a copy's update
+// in progress, then. The child inherits its
+// parent's memory at one instant: the text half-patched, perhaps, and this
+// copy's state as the updating thread had left it, the published plan
+// included, so the SIGTRAP handler keeps emulating every `int3` of it and
+// every call stays right. The first time the child enters this copy
+// (`PatchLock::catch_up`: every update, `init`, `sites`, unload) it notices
+// the new fork generation and resets what belongs to the parent's threads
+// (the handler's counts, the `/proc/self/mem` descriptor, the membarrier
+// registration), then finishes the update the lock's holder was making,
+// from the phase it had reached (`finish_inherited`): forward (the plan
+// written again from the start, which is valid from any mixture of old,
+// guarded and new instructions, and the new targets stored), or backward
+// (the old targets stored back). A fork from a signal handler that
+// interrupted an update of the forking thread itself leaves the lock with
+// that thread, which finishes its update in the child.
+
 /// Whether the forking thread took the lock in `prepare` (it did not if it
 /// already held it: a fork from a signal handler that interrupted an update;
 /// nor if this copy is shut down).
 static FORK_LOCKED: AtomicBool = AtomicBool::new(false);
 
-/// Set in `LOCK.owner`, with the owner's thread id, once the copy is shut
-/// down for good (thread ids are below 2^22).
-const SHUT: u32 = 1 << 31;
-
 extern "C" fn fork_prepare() {
     // Wait for any update to finish, so the child never inherits
-    // half-patched text. A shut-down copy (its module being unloaded, its
-    // atfork handlers about to be unregistered) never makes a fork wait:
-    // `shut_down` marks the owner word and wakes us.
+    // half-patched text.
     let me = thread_id();
     let locked = loop {
         match LOCK.owner.compare_exchange(0, me, Acquire, Relaxed) {
@@ -147,6 +273,9 @@ extern "C" fn fork_prepare() {
             Err(o) => futex_wait(&LOCK.owner, o),
         }
     };
+    if locked {
+        LOCK.holder.store(self_thread(), Release);
+    }
     FORK_LOCKED.store(locked, Relaxed);
 }
 
@@ -161,32 +290,83 @@ extern "C" fn fork_child() {
     // progress: the lock is free. If it could not, the forking thread is
     // inside an update (a fork from a signal handler that interrupted it):
     // the child's only thread still is, so it keeps the lock (a further
-    // update from it is `Reentrant`), and the interrupted update finishes in
-    // the child's own text. The `/proc/self/mem` descriptor is made to
-    // name the child's memory (the interrupted update may hold its number),
-    // and the membarrier registration is redone by process id.
-    // A shut-down copy stays shut down. The protocol's own bookkeeping
-    // (x86-64: the SIGTRAP handler's) is reset the same way.
-    let owner = LOCK.owner.load(Relaxed);
-    let owner = if owner & SHUT != 0 {
-        owner
-    } else if FORK_LOCKED.load(Relaxed) {
-        0
-    } else {
-        thread_id()
-    };
-    LOCK.owner.store(owner, Release);
+    // update from it is `Reentrant`), under its new thread id, and the
+    // interrupted update finishes in the child's own text. What belongs to
+    // the parent's threads is reset now, rather than on the first entry.
+    LOCK_GENERATION.store(fork::generation(), Release);
     protocol::after_fork_child();
     text::after_fork_child();
+    let owner = LOCK.owner.load(Relaxed);
+    if owner & SHUT == 0 {
+        if FORK_LOCKED.load(Relaxed) {
+            LOCK.holder.store(0, Relaxed);
+            LOCK.owner.store(0, Release);
+        } else {
+            LOCK.owner.store(thread_id(), Release);
+        }
+    }
 }
 
+/// Registers the atfork handlers, once, if this copy is in the main
+/// program (see "Fork").
 fn register_atfork() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        // SAFETY: the three handlers are async-signal-safe functions with
-        // the expected signature.
-        unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+        if crate::os::linux::in_main_program(register_atfork as fn() as usize) {
+            // SAFETY: the three handlers are async-signal-safe functions of
+            // a module that is never unloaded.
+            unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
+        }
     });
+}
+
+/// A `fork()` child took over the lock from a thread of its parent: finish
+/// that thread's update (see "Fork").
+fn finish_inherited(st: &mut State) {
+    let pending = st.pending.take();
+    match st.phase {
+        Phase::Idle => {}
+        Phase::Backward => {
+            if let Some(p) = pending {
+                p.store(false);
+            }
+        }
+        Phase::Forward => {
+            if let Some(p) = pending {
+                p.store(true);
+            }
+            if !st.plan.is_empty() {
+                if let Err(e) = rewrite(&st.plan) {
+                    st.poisoned = Some(e);
+                }
+            }
+            if pending.is_some_and(|p| p.init) && st.poisoned.is_none() {
+                st.initialized = true;
+                INITIALIZED.store(true, Release);
+            }
+        }
+    }
+    st.phase = Phase::Idle;
+    st.plan.clear();
+}
+
+/// Writes a verified plan again from the start (a `fork()` child finishing
+/// an inherited update), then retires it. Any failure poisons.
+fn rewrite(plan: &[Patch]) -> Result<(), Error> {
+    let _text = TextLock::take()?;
+    let writer = text::for_update(plan[0].at)?;
+    let session = Session::open(writer, plan.iter().map(|p| p.at), INSN_LEN)?;
+    let written = protocol::resume(&session, plan);
+    let restored = session.close();
+    let poisoned = |e: Error| match e {
+        Error::TextNotWritable { address, proc_mem_errno, errno } => {
+            Error::Poisoned { address, errno: proc_mem_errno.max(errno) }
+        }
+        e => e,
+    };
+    written.map_err(|(e, _)| poisoned(e))?;
+    protocol::retire();
+    restored
 }
 
 // ---------------------------------------------------------------- the plan
@@ -211,13 +391,12 @@ pub enum ShutDown {
     Busy,
 }
 
-/// This copy's module is being unloaded, or the process exits: waits for an
-/// update in progress to finish, then keeps the lock for good (marked
-/// `SHUT`), so that no update of this copy starts again (from another
-/// thread it would block; from this one it returns `Reentrant`), and wakes
-/// any `fork()` waiting in `fork_prepare`, which then returns without the
-/// lock: a fork during the unload never waits for it.
+/// This copy's module is being unloaded: waits for an update in progress to
+/// finish, then keeps the lock for good (marked `SHUT`), so that no update
+/// of this copy starts again: every later one, from any thread, returns
+/// [`Error::ShutDown`] at once, and wakes those that were waiting.
 pub fn shut_down() -> ShutDown {
+    LOCK.catch_up();
     let me = thread_id();
     loop {
         match LOCK.owner.compare_exchange(0, me, Acquire, Relaxed) {
@@ -292,52 +471,58 @@ fn push(plan: &mut Vec<Patch>, at: usize, old: [u8; INSN_LEN], new: [u8; INSN_LE
 
 // ---------------------------------------------------------------- applying
 
-/// Verifies and writes `plan`. `commit` stores the new targets in the keys'
-/// slots once nothing can fail any more but the writes themselves; `revert`
-/// puts the old ones back if a write fails and the text could be restored.
-fn apply(st: &mut State, reg: &Registry, commit: impl FnOnce(), revert: impl FnOnce()) -> Result<(), Error> {
-    let plan = &mut st.plan;
-    plan.retain(|p| p.old != p.new);
-    for p in plan.iter() {
+/// Verifies and writes the plan. Once nothing can fail any more but the
+/// writes themselves, stores the new targets of `pending`'s keys; puts the
+/// old ones back if a write fails and the text could be restored.
+fn apply(st: &mut State, reg: &Registry, pending: Pending) -> Result<(), Error> {
+    st.plan.retain(|p| p.old != p.new);
+    for p in st.plan.iter() {
         let found = registry::current_bytes(p.at);
         if found != p.old {
             return Err(Error::UnexpectedBytes { address: p.at, found: pad(found), expected: pad(p.old) });
         }
     }
-    for t in reg.tramps.iter().filter(|t| t.damaged && plan.iter().any(|p| p.at == t.at)) {
+    for t in reg.tramps.iter().filter(|t| t.damaged && st.plan.iter().any(|p| p.at == t.at)) {
         if let Some((address, found, expected)) = registry::tramp_damage(t) {
             return Err(Error::UnexpectedBytes { address, found: pad(found), expected: pad(expected) });
         }
     }
-    plan.sort_unstable_by_key(|p| p.at);
-    if plan.is_empty() {
-        commit();
+    st.plan.sort_unstable_by_key(|p| p.at);
+    if st.plan.is_empty() {
+        pending.store(true);
         return Ok(());
     }
     protocol::may_write()?;
     // Every copy of this crate in this module writes its text under the
     // module's text lock (see `text_lock`); held until the session closed.
     let _text = TextLock::take()?;
-    let writer = text::for_update(plan[0].at)?;
-    let session = Session::open(writer, plan.iter().map(|p| p.at), INSN_LEN).inspect_err(|e| {
+    let writer = text::for_update(st.plan[0].at)?;
+    let session = Session::open(writer, st.plan.iter().map(|p| p.at), INSN_LEN).inspect_err(|e| {
         if let Error::ProtectionNotRestored { .. } = e {
             st.poisoned = Some(*e);
         }
     })?;
-    commit();
-    let written = protocol::write(&session, plan);
+    // From here on a `fork()` child that inherits this update finishes it
+    // (see "Fork").
+    st.pending = Some(pending);
+    st.phase = Phase::Forward;
+    std::sync::atomic::fence(SeqCst);
+    pending.store(true);
+    let written = protocol::write(&session, &st.plan);
     // The mprotect writer's pages get their protection back on every path;
     // if one cannot, that outranks whatever else happened.
     let restored = session.close();
     let r = match written {
         Ok(()) => {
             protocol::retire();
-            let sites = plan.iter().filter(|p| p.is_site).count() as u64;
+            let sites = st.plan.iter().filter(|p| p.is_site).count() as u64;
             SITES_PATCHED.fetch_add(sites, Relaxed);
             Ok(())
         }
-        Err((e, repair)) => fail(st, e, repair, revert),
+        Err((e, repair)) => fail(st, e, repair, pending),
     };
+    st.phase = Phase::Idle;
+    st.pending = None;
     if let Err(e) = restored {
         st.poisoned = Some(e);
         return Err(e);
@@ -360,11 +545,13 @@ pub fn pad(bytes: [u8; INSN_LEN]) -> [u8; 5] {
 /// emulated (as the new instructions, whose targets are stored), and no
 /// further update runs; on aarch64 each instruction holds its old or its
 /// new form, both valid, and no further update runs either.
-fn fail(st: &mut State, e: Error, repair: Result<(), Error>, revert: impl FnOnce()) -> Result<(), Error> {
+fn fail(st: &mut State, e: Error, repair: Result<(), Error>, pending: Pending) -> Result<(), Error> {
     if repair.is_ok() {
         membarrier::sync_core();
         protocol::retire();
-        revert();
+        st.phase = Phase::Backward;
+        std::sync::atomic::fence(SeqCst);
+        pending.store(false);
         return Err(e);
     }
     let (address, errno) = match e {
@@ -391,6 +578,7 @@ fn prepare(st: &mut State, reg: &Registry) -> Result<(), Error> {
         text::probe(probe_at)?;
     }
     protocol::install()?;
+    fork::arm();
     register_atfork();
     st.plan.reserve_exact(reg.sites.len() + reg.tramps.len());
     Ok(())
@@ -425,7 +613,7 @@ fn init_locked(st: &mut State) -> Result<(), Error> {
         plan_key(&mut st.plan, reg, t.key, From::Assembled, t.key.load());
     }
     // A write that fails here is undone (or poisons): init can be retried.
-    let r = apply(st, reg, || (), || ());
+    let r = apply(st, reg, Pending::none(true));
     st.plan.clear();
     r?;
     st.initialized = true;
@@ -483,8 +671,14 @@ fn update_locked(st: &mut State, changes: &[Change], old: &mut [*mut ()]) -> Res
     }
     if slots {
         // Nothing is patched: every call jumps through the slot, so one
-        // store per key is the whole update, correct at once.
-        changes.iter().for_each(|c| c.key().store(c.new));
+        // store per key is the whole update, correct at once (and finished
+        // by a `fork()` child that inherits it half-done).
+        st.pending = Some(Pending::of(changes, old));
+        st.phase = Phase::Forward;
+        std::sync::atomic::fence(SeqCst);
+        Pending::of(changes, old).store(true);
+        st.phase = Phase::Idle;
+        st.pending = None;
         UPDATES.fetch_add(changes.len() as u64, Relaxed);
         return Ok(());
     }
@@ -497,12 +691,7 @@ fn update_locked(st: &mut State, changes: &[Change], old: &mut [*mut ()]) -> Res
     for c in changes {
         plan_key(&mut st.plan, reg, c.key(), From::Target(c.key().load()), c.new);
     }
-    let r = apply(
-        st,
-        reg,
-        || changes.iter().for_each(|c| c.key().store(c.new)),
-        || changes.iter().zip(old.iter()).for_each(|(c, &o)| c.key().store(o)),
-    );
+    let r = apply(st, reg, Pending::of(changes, old));
     st.plan.clear();
     r?;
     UPDATES.fetch_add(changes.len() as u64, Relaxed);

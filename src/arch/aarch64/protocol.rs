@@ -89,6 +89,13 @@ extern "C" fn unload_at_exit() {
 #[unsafe(link_section = ".fini_array")]
 static UNLOAD: extern "C" fn() = unload_at_exit;
 
+/// Writes a plan again (a `fork()` child finishing an update a thread of its
+/// parent was making): every instruction holds its old or its new form, and
+/// writing all of them again is the same update.
+pub fn resume(session: &Session, plan: &[Patch]) -> Result<(), (Error, Result<(), Error>)> {
+    write(session, plan)
+}
+
 /// Writes `plan` (sorted by address; every `old` verified), then the cache
 /// maintenance and the sync. On failure: the error, and whether putting
 /// back the old instructions (for every write that may have happened)

@@ -101,6 +101,17 @@ pub fn write(session: &Session, plan: &[Patch]) -> Result<(), (Error, Result<(),
     write_protocol(session, plan)
 }
 
+/// Writes a plan again from step 1 (a `fork()` child finishing an update
+/// that a thread of its parent was making): publishes it unless it still is
+/// (the child inherited it published), then steps 1 to 3. Valid from any
+/// mixture of old, guarded and new instructions.
+pub fn resume(session: &Session, plan: &[Patch]) -> Result<(), (Error, Result<(), Error>)> {
+    if SEQ.load(SeqCst) % 2 == 0 {
+        publish(plan);
+    }
+    write_protocol(session, plan)
+}
+
 /// Odd while a plan is published; bumped on publish and on retire.
 static SEQ: AtomicUsize = AtomicUsize::new(0);
 static PLAN_PTR: AtomicUsize = AtomicUsize::new(0);

@@ -7,15 +7,16 @@
 #![allow(unsafe_code)]
 
 use crate::Error;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 const CMD_QUERY: libc::c_int = 0;
 const CMD_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_int = 1 << 5;
 const CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE: libc::c_int = 1 << 6;
 
-/// The process id that registered: a `fork()` child starts unregistered (its
-/// address space is new), so registration is per process id.
-static REGISTERED_PID: AtomicI32 = AtomicI32::new(0);
+/// The fork generation that registered (0: none): a `fork()` child starts
+/// unregistered (its address space is new), so registration is per
+/// generation (`super::fork`).
+static REGISTERED: AtomicU64 = AtomicU64::new(0);
 
 fn membarrier(cmd: libc::c_int) -> Result<libc::c_long, i32> {
     // SAFETY: membarrier takes three integers and touches no user memory.
@@ -31,9 +32,8 @@ fn membarrier(cmd: libc::c_int) -> Result<libc::c_long, i32> {
 /// Registration is slow once a process has many threads, which is why
 /// [`crate::init`] exists. Idempotent; async-signal-safe.
 pub fn register() -> Result<(), Error> {
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
-    if REGISTERED_PID.load(Ordering::Acquire) == pid {
+    let generation = super::fork::generation();
+    if REGISTERED.load(Ordering::Acquire) == generation {
         return Ok(());
     }
     let supported = membarrier(CMD_QUERY).map_err(|errno| Error::NoCoreSync { errno })?;
@@ -41,7 +41,7 @@ pub fn register() -> Result<(), Error> {
         return Err(Error::NoCoreSync { errno: libc::EINVAL });
     }
     membarrier(CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE).map_err(|errno| Error::NoCoreSync { errno })?;
-    REGISTERED_PID.store(pid, Ordering::Release);
+    REGISTERED.store(generation, Ordering::Release);
     Ok(())
 }
 
@@ -53,7 +53,7 @@ pub fn sync_core() {
     // returns an error only for unregistered processes or bad flags), and the
     // patch protocol never runs before registration succeeded. A `fork()`
     // child that finishes an update its parent's thread was in the middle of
-    // registers here (a no-op otherwise: the process id matches).
+    // registers here (a no-op otherwise: the fork generation matches).
     let _ = register();
     let r = membarrier(CMD_PRIVATE_EXPEDITED_SYNC_CORE);
     debug_assert!(r.is_ok(), "membarrier sync_core failed after registration: {r:?}");

@@ -7,6 +7,7 @@
 //! aligned word; the submodules state their own rules.
 #![allow(unsafe_code)]
 
+pub mod fork;
 pub mod membarrier;
 #[cfg(target_arch = "x86_64")]
 pub mod signal;
@@ -51,6 +52,43 @@ pub fn shadow_stack_enabled() -> bool {
     // kernels fail with EINVAL and write nothing.
     let r = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_SHSTK_STATUS, &mut status as *mut u64) };
     r == 0 && status & ARCH_SHSTK_SHSTK != 0
+}
+
+/// Whether the kernel thread `tid` belongs to this process (a lock word
+/// inherited by a `fork()` child names a thread of its parent).
+/// Async-signal-safe.
+pub fn thread_alive(tid: u32) -> bool {
+    // SAFETY: getpid has no preconditions; tgkill with signal 0 sends
+    // nothing, it only reports whether the thread exists in the group.
+    let r = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid as libc::c_int, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
+/// Whether `addr` lies in the main program (the executable, never
+/// unloaded), not in a shared object. Takes the loader's lock: not for
+/// signal handlers.
+pub fn in_main_program(addr: usize) -> bool {
+    unsafe extern "C" fn first(info: *mut libc::dl_phdr_info, _: libc::size_t, data: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: the loader passes a valid `dl_phdr_info` whose `dlpi_phdr`
+        // points to `dlpi_phnum` program headers; `data` is the pair below.
+        let (info, data) = unsafe { (&*info, &mut *data.cast::<(usize, bool)>()) };
+        if !info.dlpi_phdr.is_null() {
+            // SAFETY: as above.
+            let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+            let base = info.dlpi_addr as usize;
+            data.1 = phdrs.iter().filter(|p| p.p_type == libc::PT_LOAD).any(|p| {
+                let lo = base.wrapping_add(p.p_vaddr as usize);
+                (lo..lo.wrapping_add(p.p_memsz as usize)).contains(&data.0)
+            });
+        }
+        // The first object is the main program: stop there.
+        1
+    }
+    let mut data = (addr, false);
+    // SAFETY: a valid callback reading only what the loader passes it;
+    // `data` outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(first), (&raw mut data).cast()) };
+    data.1
 }
 
 /// Sleeps while `word` holds `val` (or until woken). Async-signal-safe.

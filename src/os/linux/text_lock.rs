@@ -33,7 +33,7 @@
 //! to that object.
 #![allow(unsafe_code)]
 
-use super::{futex_wait, futex_wake, thread_id};
+use super::{futex_wait, futex_wake, thread_id, thread_alive as alive};
 use crate::Error;
 use std::sync::atomic::{AtomicU32, Ordering::*};
 
@@ -64,14 +64,6 @@ extern "C" {
 fn words() -> &'static Words {
     // SAFETY: the object above, zero-initialized, 64 bytes, 64-aligned.
     unsafe { &*(&raw const static_call_text_lock_v1) }
-}
-
-/// Whether the kernel thread `tid` belongs to this process.
-fn alive(tid: u32) -> bool {
-    // SAFETY: getpid has no preconditions; tgkill with signal 0 sends
-    // nothing, it only reports whether the thread exists in the group.
-    let r = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid as libc::c_int, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// Holds the module's text lock; releases it on drop.
