@@ -106,7 +106,7 @@ pub fn write(session: &Session, plan: &[Patch]) -> Result<(), (Error, Result<(),
 /// (the child inherited it published), then steps 1 to 3. Valid from any
 /// mixture of old, guarded and new instructions.
 pub fn resume(session: &Session, plan: &[Patch]) -> Result<(), (Error, Result<(), Error>)> {
-    if SEQ.load(SeqCst) % 2 == 0 {
+    if SEQ.load(SeqCst).is_multiple_of(2) {
         publish(plan);
     }
     write_protocol(session, plan)

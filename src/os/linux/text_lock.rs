@@ -63,7 +63,7 @@ extern "C" {
 
 fn words() -> &'static Words {
     // SAFETY: the object above, zero-initialized, 64 bytes, 64-aligned.
-    unsafe { &*(&raw const static_call_text_lock_v1) }
+    unsafe { &static_call_text_lock_v1 }
 }
 
 /// Holds the module's text lock; releases it on drop.
