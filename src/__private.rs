@@ -131,6 +131,21 @@ pub fn text_protects() -> usize {
 }
 }
 
+patching! {
+/// Test hook: call before `init`. This copy registers no atfork handlers,
+/// as a copy in a plugin, so that a `fork()` can land in the middle of its
+/// updates and the child must finish them.
+pub fn no_atfork() {
+    crate::patch::NO_ATFORK.store(true, core::sync::atomic::Ordering::SeqCst)
+}
+
+/// How many updates this process (a `fork()` child) inherited half-done
+/// from another thread of its parent and finished.
+pub fn inherited_updates_finished() -> u64 {
+    crate::patch::INHERITED.load(core::sync::atomic::Ordering::SeqCst)
+}
+}
+
 /// Test hook: from now on this copy believes the process runs with CET
 /// shadow stacks (as `arch_prctl(ARCH_SHSTK_STATUS)` would report), so that
 /// `init` chooses the slots. Call before `init`.

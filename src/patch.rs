@@ -312,7 +312,7 @@ extern "C" fn fork_child() {
 fn register_atfork() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        if crate::os::linux::in_main_program(register_atfork as fn() as usize) {
+        if !NO_ATFORK.load(Relaxed) && crate::os::linux::in_main_program(register_atfork as fn() as usize) {
             // SAFETY: the three handlers are async-signal-safe functions of
             // a module that is never unloaded.
             unsafe { libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child)) };
@@ -320,9 +320,19 @@ fn register_atfork() {
     });
 }
 
+/// Updates a `fork()` child found half-done and finished (tests).
+pub(crate) static INHERITED: AtomicU64 = AtomicU64::new(0);
+
+/// Test hook: behave as a copy in a plugin (no atfork handlers), so that a
+/// test can fork in the middle of this copy's updates.
+pub(crate) static NO_ATFORK: AtomicBool = AtomicBool::new(false);
+
 /// A `fork()` child took over the lock from a thread of its parent: finish
 /// that thread's update (see "Fork").
 fn finish_inherited(st: &mut State) {
+    if st.phase != Phase::Idle {
+        INHERITED.fetch_add(1, Relaxed);
+    }
     let pending = st.pending.take();
     match st.phase {
         Phase::Idle => {}
