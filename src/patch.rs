@@ -320,6 +320,22 @@ fn register_atfork() {
     });
 }
 
+/// Whether this copy shuts down when its module's destructors run (its
+/// `.fini_array` hook). A copy in a plugin does, when the plugin is
+/// unloaded (`dlclose`) or the process exits: its text may be unmapped
+/// next, so no update of it may start again (they return
+/// [`Error::ShutDown`]) and its SIGTRAP handler leaves the chain. The copy
+/// in the main program never does: its text is never unmapped, and the
+/// process's last destructors, `atexit` handlers and threads still running
+/// while `main` returns may update its keys until the end. Its hook also
+/// runs after every other destructor of its module (priority 100: after
+/// those with priority 101 and up, the lowest a program may use, and those
+/// with none), so a plugin's own destructors may still update its keys.
+/// Takes the loader's lock: not for signal handlers.
+pub fn unloadable() -> bool {
+    !crate::os::linux::in_main_program(unloadable as fn() -> bool as usize)
+}
+
 /// Updates a `fork()` child found half-done and finished (tests).
 pub(crate) static INHERITED: AtomicU64 = AtomicU64::new(0);
 

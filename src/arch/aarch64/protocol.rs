@@ -78,15 +78,17 @@ pub fn installed() -> bool {
 /// (waiting for one in progress) and closes its `/proc/self/mem`
 /// descriptor (one per load of a plugin would leak otherwise).
 extern "C" fn unload_at_exit() {
-    if crate::patch::initialized() {
+    if crate::patch::initialized() && crate::patch::unloadable() {
         if let crate::patch::ShutDown::Done = crate::patch::shut_down() {
             crate::os::linux::text::close();
         }
     }
 }
 
+/// Priority 100: after every other destructor of the module (see
+/// `patch::unloadable`).
 #[used]
-#[unsafe(link_section = ".fini_array")]
+#[unsafe(link_section = ".fini_array.00100")]
 static UNLOAD: extern "C" fn() = unload_at_exit;
 
 /// Writes a plan again (a `fork()` child finishing an update a thread of its

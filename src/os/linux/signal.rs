@@ -772,11 +772,15 @@ pub fn unload() -> Unloaded {
 }
 
 extern "C" fn unload_at_exit() {
-    unload();
+    if crate::patch::unloadable() {
+        unload();
+    }
 }
 
+/// Priority 100: after every destructor of the module with a priority of
+/// its own (101 and up) or none (see `patch::unloadable`).
 #[used]
-#[unsafe(link_section = ".fini_array")]
+#[unsafe(link_section = ".fini_array.00100")]
 static UNLOAD: extern "C" fn() = unload_at_exit;
 
 // ---------------------------------------------------------------- the handler
