@@ -594,6 +594,9 @@ fn fail(st: &mut State, e: Error, repair: Result<(), Error>, pending: Pending) -
 /// Everything patching needs from the process, in order; the first that is
 /// missing is the reason the process runs on the slots.
 fn prepare(st: &mut State, reg: &Registry) -> Result<(), Error> {
+    // First, so that a fork child is told without a system call on the
+    // slots too.
+    fork::arm();
     protocol::requirements()?;
     membarrier::register()?;
     let probe_at = reg.tramps.first().map_or(probe_address(), |t| t.at + TRAMP_SIZE - 1);
@@ -604,7 +607,6 @@ fn prepare(st: &mut State, reg: &Registry) -> Result<(), Error> {
         text::probe(probe_at)?;
     }
     protocol::install()?;
-    fork::arm();
     register_atfork();
     st.plan.reserve_exact(reg.sites.len() + reg.tramps.len());
     Ok(())
