@@ -23,11 +23,11 @@
 //! at addresses from the registry, and only after their bytes were
 //! verified.
 //!
-//! Once this copy shuts down (its module is unloaded, or the process exits)
-//! the lock is held for good and its owner word carries `SHUT`: a `fork()`
-//! then never waits for it (`fork_prepare` returns without the lock), since
-//! glibc unregisters this copy's atfork handlers only after the destructor
-//! that shut it down.
+//! Once this copy shuts down (a plugin's, when it is unloaded or the
+//! process exits; see [`unloadable`]) the lock is held for good and its
+//! owner word carries `SHUT`: every later update returns `ShutDown` at
+//! once. `fork()` is handled without atfork handlers but in the main
+//! program's copy (see "Fork" below).
 #![allow(unsafe_code)]
 
 use crate::arch::native::{self as arch, protocol, INSN_LEN, TRAMP_SIZE};

@@ -4,8 +4,9 @@
 //! A copy of this crate in a plugin can be unloaded, and glibc runs each
 //! atfork handler with its own lock dropped, so a handler registered by a
 //! copy that is then `dlclose`d can be called after its text is unmapped (a
-//! fork racing the end of a `dlclose` crashed 5 of 5 runs). So no copy
-//! registers one. Instead each copy maps one page with `MADV_WIPEONFORK`
+//! fork racing the end of a `dlclose` crashed 5 of 5 runs). So only the copy
+//! in the main program, which is never unloaded, registers one
+//! (`crate::patch`). Every copy maps one page with `MADV_WIPEONFORK`
 //! (Linux 4.14): the kernel gives a child that page zeroed, so a copy that
 //! finds it zero knows it runs in a child that has not caught up yet, and
 //! bumps [`generation`]. Whatever depends on the process (the
