@@ -73,21 +73,10 @@ pub fn installed() -> bool {
     false
 }
 
-/// Runs when this copy's module is unloaded (`dlclose`) or the process
-/// exits: once this copy has initialized, stops its updates for good
-/// (waiting for one in progress) and closes its `/proc/self/mem`
-/// descriptor (one per load of a plugin would leak otherwise).
-extern "C" fn unload_at_exit() {
-    if crate::patch::initialized() {
-        if let crate::patch::ShutDown::Done = crate::patch::shut_down() {
-            crate::os::linux::text::close();
-        }
-    }
+/// No signal handler to take out when this copy's module is unloaded.
+pub fn take_out() -> bool {
+    true
 }
-
-#[used]
-#[unsafe(link_section = ".fini_array")]
-static UNLOAD: extern "C" fn() = unload_at_exit;
 
 /// Writes `plan` (sorted by address; every `old` verified), then the cache
 /// maintenance and the sync. On failure: the error, and whether putting
