@@ -34,6 +34,8 @@ fn host(x: u64) -> u64 {
     HOST.call(x)
 }
 
+type F = extern "C" fn(u64) -> u64;
+
 static USER_TRAPS: AtomicU64 = AtomicU64::new(0);
 
 extern "C" fn user_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
@@ -76,13 +78,13 @@ fn child_three_copies_longjmp() {
     static THREAD_GENUINE: AtomicU64 = AtomicU64::new(0);
     static ALPHA_WORK: AtomicUsize = AtomicUsize::new(0);
     static BETA_WORK: AtomicUsize = AtomicUsize::new(0);
-    ALPHA_WORK.store(alpha.func::<extern "C" fn(u64) -> u64>("alpha_work") as usize, SeqCst);
-    BETA_WORK.store(beta.func::<extern "C" fn(u64) -> u64>("beta_work") as usize, SeqCst);
+    ALPHA_WORK.store(alpha.func::<F>("alpha_work") as usize, SeqCst);
+    BETA_WORK.store(beta.func::<F>("beta_work") as usize, SeqCst);
     let caller = std::thread::spawn(|| {
         // SAFETY: the plugins' exported `extern "C" fn(u64) -> u64`s, loaded
         // until after this thread is joined.
-        let (alpha_work, beta_work): (extern "C" fn(u64) -> u64, extern "C" fn(u64) -> u64) =
-            unsafe { (std::mem::transmute(ALPHA_WORK.load(SeqCst)), std::mem::transmute(BETA_WORK.load(SeqCst))) };
+        let [alpha_work, beta_work] =
+            [&ALPHA_WORK, &BETA_WORK].map(|f| unsafe { std::mem::transmute::<usize, F>(f.load(SeqCst)) });
         let mut n = 0u64;
         while !STOP.load(SeqCst) {
             let ok = matches!(host(100), 101 | 102)
