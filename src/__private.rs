@@ -190,5 +190,5 @@ pub fn signal_bookkeeping() -> (isize, [isize; 2], bool) {
 /// the handler gave up), `KeptPoisoned` or `Busy`.
 #[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
 pub fn unload_now() -> String {
-    format!("{:?}", crate::os::linux::signal::unload())
+    format!("{:?}", crate::patch::unload())
 }

@@ -668,7 +668,6 @@ pub fn init() -> Result<(), Error> {
 }
 
 /// Whether `init` has completed in this copy.
-#[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 pub fn initialized() -> bool {
     INITIALIZED.load(Acquire)
 }
@@ -776,3 +775,63 @@ pub fn trampoline(key: &RawKey) -> Option<usize> {
 pub fn disassemble(at: usize, bytes: &[u8]) -> String {
     arch::disassemble(at, bytes)
 }
+
+// ---------------------------------------------------------------- unload
+
+/// What [`unload`] did, for tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unloaded {
+    /// Never initialized (and no handler installed): nothing to do.
+    Nothing,
+    /// Shut down; the handler (x86-64) taken out of the chain, and every
+    /// wait ended with its condition met.
+    Clean,
+    /// As `Clean`, but a wait for threads in the handler gave up after a
+    /// second.
+    GaveUp,
+    /// An update poisoned this copy: the handler stays (its `int3`s may
+    /// still be in the text).
+    KeptPoisoned,
+    /// The unloading thread is inside an update of this copy.
+    Busy,
+}
+
+/// Runs when this copy's module is unloaded (`dlclose`) or the process
+/// exits, once this copy initialized or installed its handler: stops its
+/// updates for good (waiting for one in progress: [`shut_down`]), takes the
+/// protocol's SIGTRAP handler out of the chain (x86-64), so that nothing
+/// in the process still refers to this module's memory through SIGTRAP,
+/// and closes the `/proc/self/mem` descriptor, which no update can use any
+/// more (one per load of a plugin would leak). While this copy is
+/// poisoned, its `int3`s may still be in the text: the handler stays.
+pub fn unload() -> Unloaded {
+    if !protocol::installed() && !initialized() {
+        return Unloaded::Nothing;
+    }
+    match shut_down() {
+        ShutDown::Done => {
+            let clean = protocol::take_out();
+            text::close();
+            if clean {
+                Unloaded::Clean
+            } else {
+                Unloaded::GaveUp
+            }
+        }
+        ShutDown::Poisoned => Unloaded::KeptPoisoned,
+        ShutDown::Busy => Unloaded::Busy,
+    }
+}
+
+extern "C" fn unload_at_exit() {
+    if (protocol::installed() || initialized()) && unloadable() {
+        unload();
+    }
+}
+
+/// Priority 100: after every destructor of the module with a priority of
+/// its own (101 and up, the lowest a program may use) or none (see
+/// [`unloadable`]).
+#[used]
+#[unsafe(link_section = ".fini_array.00100")]
+static UNLOAD: extern "C" fn() = unload_at_exit;

@@ -1,11 +1,13 @@
 //! A `fork()` child does not inherit the SIGTRAP handler's bookkeeping of
 //! threads that do not exist in it: one thread of the parent is inside our
-//! handler (a genuine `int3` chained to a user handler that holds it there),
-//! another holds our `WRITER` (a relink held by the test hook). The child
-//! then relinks (it would spin forever on the inherited `WRITER`) and runs
-//! the unload path (it would wait a second for the inherited `IN_FLIGHT`
-//! and report that it gave up). Judged by the child's exit status, with a
-//! watchdog for a hang.
+//! handler, counted in `IN_FLIGHT` and as a reader of our previous
+//! disposition (a genuine `int3` passed on to the `dispatch` of what our
+//! handler takes for another copy of the crate, a v2 header made up here,
+//! which holds it there), another holds our `WRITER` (a relink held by the
+//! test hook). The child then relinks (it would spin forever on the
+//! inherited `WRITER`) and runs the unload path (it would wait a second for
+//! the inherited `IN_FLIGHT` and report that it gave up). Judged by the
+//! child's exit status, with a watchdog for a hang.
 #![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
 
 mod common;
@@ -39,10 +41,10 @@ fn futex(word: &AtomicU32, op: i32, val: u32) {
 }
 
 /// 0: let through; 1: hold; 2: a thread is held; 3: released.
-static USER_GATE: AtomicU32 = AtomicU32::new(0);
+static PEER_GATE: AtomicU32 = AtomicU32::new(0);
 static WRITER_GATE: AtomicU32 = AtomicU32::new(0);
 static WRITER_TID: AtomicI32 = AtomicI32::new(0);
-static USER_TRAPS: AtomicU64 = AtomicU64::new(0);
+static PEER_TRAPS: AtomicU64 = AtomicU64::new(0);
 
 /// Parks the calling thread at `gate` (async-signal-safe: atomics, futex).
 fn park(gate: &AtomicU32) {
@@ -65,9 +67,49 @@ fn wait_parked(gate: &AtomicU32) {
     }
 }
 
-extern "C" fn user_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    USER_TRAPS.fetch_add(1, SeqCst);
-    park(&USER_GATE);
+// A handler with the v2 header of a copy of static_call: what our handler
+// passes a trap on to through the header's `dispatch`, counted as a reader
+// of its previous disposition meanwhile.
+core::arch::global_asm!(
+    ".pushsection .text.fake_peer, \"ax\", @progbits",
+    ".balign 64, 0xcc",
+    ".ascii \"SCALLSIG\"",
+    ".long 2",
+    ".long 32",
+    ".long {chains_to} - .",
+    ".long {relink} - .",
+    ".long {dispatch} - .",
+    ".long 0",
+    "fake_peer_entry:",
+    "ret",
+    ".popsection",
+    chains_to = sym peer_chains_to,
+    relink = sym peer_relink,
+    dispatch = sym peer_dispatch,
+);
+
+extern "C" fn peer_chains_to(_: usize, _: u32) -> bool {
+    false
+}
+
+extern "C" fn peer_relink(_: usize, _: *const libc::sigaction, _: u32) -> bool {
+    false
+}
+
+/// Holds the thread when asked; answers "dealt with".
+extern "C" fn peer_dispatch(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void, _: u32) -> usize {
+    PEER_TRAPS.fetch_add(1, SeqCst);
+    park(&PEER_GATE);
+    0
+}
+
+fn fake_peer_entry() -> usize {
+    let a: usize;
+    // SAFETY: `lea` only computes an address.
+    unsafe {
+        core::arch::asm!("lea {}, [rip + fake_peer_entry]", out(reg) a, options(nomem, nostack, preserves_flags))
+    };
+    a
 }
 
 extern "C" fn writer_hook() {
@@ -85,7 +127,7 @@ fn current_action() -> libc::sigaction {
 }
 
 /// Calls `relink(dying, replacement, 64)` of the copy whose handler is
-/// current, through its v1 header (as another copy's unload would).
+/// current, through its v2 header (as another copy's unload would).
 fn relink_current(dying: usize, replacement: &libc::sigaction) -> bool {
     let h = current_action().sa_sigaction;
     assert_eq!(h % 64, 32, "our entry is current");
@@ -102,11 +144,13 @@ fn relink_current(dying: usize, replacement: &libc::sigaction) -> bool {
 #[test]
 fn a_fork_child_resets_the_handler_bookkeeping_it_cannot_own() {
     common::watchdog("fork bookkeeping", &PROGRESS, std::time::Duration::from_secs(60));
-    // A user handler below ours, which holds a thread when asked.
-    // SAFETY: a valid SA_SIGINFO handler.
-    let user = unsafe {
+    // The made-up copy's handler below ours, which holds a thread when asked.
+    assert_eq!(fake_peer_entry() % 64, 32);
+    // SAFETY: a valid SA_SIGINFO handler (never run by the kernel: ours is
+    // installed over it before any trap).
+    let peer = unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = user_handler as *const () as usize;
+        sa.sa_sigaction = fake_peer_entry();
         sa.sa_flags = libc::SA_SIGINFO;
         libc::sigemptyset(&mut sa.sa_mask);
         assert_eq!(libc::sigaction(libc::SIGTRAP, &sa, std::ptr::null_mut()), 0);
@@ -116,18 +160,19 @@ fn a_fork_child_resets_the_handler_bookkeeping_it_cannot_own() {
     assert_eq!(K.call(1), t1(1));
     set_writer_hook(Some(writer_hook));
 
-    // Thread T: inside our handler (chained to the user's, which holds it).
-    USER_GATE.store(1, SeqCst);
+    // Thread T: inside our handler (in the made-up copy's dispatch, which
+    // holds it).
+    PEER_GATE.store(1, SeqCst);
     let t = std::thread::spawn(|| {
-        // SAFETY: a genuine breakpoint; the user handler returns past it.
+        // SAFETY: a genuine breakpoint; dealt with, it resumes past it.
         unsafe { core::arch::asm!("int3", options(nomem, nostack)) };
     });
-    wait_parked(&USER_GATE);
-    // Thread D: holds WRITER (a relink of the user handler onto itself).
+    wait_parked(&PEER_GATE);
+    // Thread D: holds WRITER (a relink of the made-up copy onto itself).
     WRITER_GATE.store(1, SeqCst);
     let d = std::thread::spawn(move || {
         WRITER_TID.store(gettid(), SeqCst);
-        assert!(relink_current(user.sa_sigaction, &user));
+        assert!(relink_current(peer.sa_sigaction, &peer));
     });
     wait_parked(&WRITER_GATE);
     let (in_flight, readers, writer) = signal_bookkeeping();
@@ -145,7 +190,7 @@ fn a_fork_child_resets_the_handler_bookkeeping_it_cannot_own() {
         if signal_bookkeeping() != (0, [0, 0], false) {
             code |= 1;
         }
-        if !relink_current(user.sa_sigaction, &user) {
+        if !relink_current(peer.sa_sigaction, &peer) {
             code |= 2;
         }
         if unload_now() != "Clean" {
@@ -162,11 +207,11 @@ fn a_fork_child_resets_the_handler_bookkeeping_it_cannot_own() {
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "child status {status:#x} ({codes})");
 
     // The parent's own threads finish normally.
+    release(&PEER_GATE);
     release(&WRITER_GATE);
-    release(&USER_GATE);
-    d.join().unwrap();
     t.join().unwrap();
-    assert_eq!(USER_TRAPS.load(SeqCst), 1);
+    d.join().unwrap();
+    assert_eq!(PEER_TRAPS.load(SeqCst), 1);
     assert_eq!(signal_bookkeeping(), (0, [0, 0], false));
     set_writer_hook(None);
 }

@@ -11,7 +11,9 @@
 //! `site_form`, `tramp_form`, `assembled_site`, `far_head`, `site_state`,
 //! `trampoline_image`, `well_placed`, `disassemble`, and `protocol` with
 //! `requirements`, `install`, `check_handler`, `installed`, `may_write`,
-//! `write`, `retire`, `after_fork_child`.
+//! `write`, `retire`, `take_out`, `after_fork_child`. x86-64 also has
+//! `trap`: what its SIGTRAP handler does about an `int3` (the plan's lookup
+//! and the emulation), handed to `os::linux::signal` when it is installed.
 
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;

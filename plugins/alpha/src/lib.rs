@@ -128,6 +128,23 @@ pub extern "C" fn alpha_set_writer_hook(hook: Option<extern "C" fn()>) {
     static_call::__private::set_writer_hook(hook)
 }
 
+/// Test hook: 1 if this copy's SIGTRAP bookkeeping is idle (no thread
+/// counted in its handler or as a reader of its previous disposition, its
+/// writer lock free), else 0. x86-64 only.
+#[cfg(target_arch = "x86_64")]
+#[unsafe(no_mangle)]
+pub extern "C" fn alpha_signal_idle() -> i32 {
+    i32::from(static_call::__private::signal_bookkeeping() == (0, [0, 0], false))
+}
+
+/// Test hook: runs this copy's unload path now (what `dlclose` runs); 1 if
+/// it reported `Clean`, else 0. x86-64 only.
+#[cfg(target_arch = "x86_64")]
+#[unsafe(no_mangle)]
+pub extern "C" fn alpha_unload_now() -> i32 {
+    i32::from(static_call::__private::unload_now() == "Clean")
+}
+
 /// Test hook (aarch64, where no SIGTRAP chain is relinked during an unload):
 /// the function `alpha_set_unload_hook` stored, run by [`ON_UNLOAD`].
 #[cfg(target_arch = "aarch64")]

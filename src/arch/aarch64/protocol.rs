@@ -73,29 +73,16 @@ pub fn installed() -> bool {
     false
 }
 
-/// Runs when this copy's module is unloaded (`dlclose`) or the process
-/// exits: once this copy has initialized, stops its updates for good
-/// (waiting for one in progress) and closes its `/proc/self/mem`
-/// descriptor (one per load of a plugin would leak otherwise).
-extern "C" fn unload_at_exit() {
-    if crate::patch::initialized() && crate::patch::unloadable() {
-        if let crate::patch::ShutDown::Done = crate::patch::shut_down() {
-            crate::os::linux::text::close();
-        }
-    }
-}
-
-/// Priority 100: after every other destructor of the module (see
-/// `patch::unloadable`).
-#[used]
-#[unsafe(link_section = ".fini_array.00100")]
-static UNLOAD: extern "C" fn() = unload_at_exit;
-
 /// Writes a plan again (a `fork()` child finishing an update a thread of its
 /// parent was making): every instruction holds its old or its new form, and
 /// writing all of them again is the same update.
 pub fn resume(session: &Session, plan: &[Patch]) -> Result<(), (Error, Result<(), Error>)> {
     write(session, plan)
+}
+
+/// No signal handler to take out when this copy's module is unloaded.
+pub fn take_out() -> bool {
+    true
 }
 
 /// Writes `plan` (sorted by address; every `old` verified), then the cache

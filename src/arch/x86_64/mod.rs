@@ -13,6 +13,8 @@
 
 #[cfg(all(target_os = "linux", not(feature = "portable"), not(miri)))]
 pub mod protocol;
+#[cfg(all(target_os = "linux", not(feature = "portable"), not(miri)))]
+pub mod trap;
 
 use crate::raw::NoTarget;
 use crate::site::SiteState;

@@ -1,5 +1,6 @@
-//! Linux system interfaces: core serialization, writing text, futexes, and
-//! (x86-64) the SIGTRAP handler.
+//! Linux system interfaces: core serialization, writing text, futexes,
+//! counters of threads inside a section ([`StackCounters`]), and (x86-64)
+//! the SIGTRAP handler.
 //!
 //! # Safety
 //!
@@ -8,13 +9,19 @@
 #![allow(unsafe_code)]
 
 pub mod fork;
+#[cfg(target_arch = "x86_64")]
+mod counters;
 pub mod membarrier;
 #[cfg(target_arch = "x86_64")]
 pub mod signal;
 pub mod text;
 pub mod text_lock;
 
+#[cfg(target_arch = "x86_64")]
+pub use counters::{StackCounters, STACK_SLOT_MASK};
+
 use std::sync::atomic::AtomicU32;
+
 
 /// The kernel's id of the calling thread. Async-signal-safe.
 pub fn thread_id() -> u32 {

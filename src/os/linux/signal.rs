@@ -1,40 +1,77 @@
-//! The SIGTRAP handler: emulates the instruction being patched for a thread
-//! that lands on the guarding `int3`, and passes every other trap on.
+//! The SIGTRAP handler, as Linux signal plumbing: installing it, passing
+//! the traps that are not ours on down the chain of handlers, with their
+//! flags and mask, dying as the kernel would, relinking and taking the
+//! handler out when its module is unloaded. What a trap is ours, and what
+//! to do about it, is the business of the function the handler was
+//! installed with ([`install`]: x86-64's `arch::x86_64::trap::handle`),
+//! which it asks first about every trap the kernel raised for an `int3`.
+//!
+//! # Passing a trap on: a tail call
+//!
+//! The handler never calls a foreign handler and waits for it to return.
+//! Its entry stub counts the thread in `IN_FLIGHT`, saves the kernel's
+//! three arguments, calls [`dispatch`], restores them, uncounts the thread,
+//! and then returns (the trap was ours, or dropped, or the process died) or
+//! jumps to the handler `dispatch` answered:
+//!
+//! ```text
+//! entry: lock inc IN_FLIGHT[(rsp >> 12) & 63]; push rdi; push rsi; push rdx
+//!        call dispatch(sig, info, ctx, MAX_DEPTH)
+//!        pop rdx; pop rsi; pop rdi; lock dec IN_FLIGHT[(rsp >> 12) & 63]
+//!        test rax, rax; jz 1f; mov r11, rax; xor eax, eax; jmp r11
+//!     1: ret
+//! ```
+//!
+//! The foreign handler thus runs as if the kernel had called it: same
+//! arguments, same stack pointer, returning straight to the kernel's
+//! restorer (or into the foreign handler that called ours). A handler that
+//! leaves with `siglongjmp` leaves nothing of ours behind: no count held,
+//! no frame of ours abandoned. Before answering, `dispatch` sets the thread's signal mask to the
+//! one the kernel would have given that handler: the interrupted mask
+//! (`uc_sigmask`), plus the handler's `sa_mask`, plus SIGTRAP unless
+//! `SA_NODEFER`. `sigreturn` restores the interrupted mask afterwards (a
+//! foreign handler that called ours goes on with that mask once the
+//! handler we jumped to returns to it).
 //!
 //! # Copies of the crate in one process
 //!
 //! Every module that links this crate (the executable, each plugin cdylib)
-//! has its own copy of this file's statics and its own handler. The copy that
-//! initializes later installs its handler over the earlier one and chains to
-//! it, so the handlers form a chain, newest first. For an older copy the
-//! newer handler is "not ours", yet its traps still reach it; so the copies
-//! recognize each other's handlers by a versioned header emitted in front of
-//! each handler's entry point:
+//! has its own copy of this file's statics and its own handler. The copy
+//! that initializes later installs its handler over the earlier one and
+//! chains to it, so the handlers form a chain, newest first. The copies
+//! recognize each other's handlers by a versioned header emitted in front
+//! of each entry stub:
 //!
 //! ```text
 //! entry - 32: "SCALLSIG"        magic, 8 bytes
-//! entry - 24: u32 1             ABI version
+//! entry - 24: u32 2             ABI version (a version-1 handler is foreign)
 //! entry - 20: u32 32            header size
 //! entry - 16: i32 chains_to - . fn(handler: usize, depth: u32) -> bool
 //! entry - 12: i32 relink - .    fn(dying: usize, replacement: *const sigaction, depth: u32) -> bool
-//! entry -  8: 8 bytes zero      reserved
-//! entry:      lock inc [IN_FLIGHT]; sub rsp, 8; call on_sigtrap;
-//!             add rsp, 8; lock dec [IN_FLIGHT]; ret
+//! entry -  8: i32 dispatch - .  fn(sig, info, ctx, depth: u32) -> usize
+//! entry -  4: 4 bytes zero      reserved
 //! ```
 //!
 //! The entry is 64-byte aligned plus 32, so our header never crosses a page
 //! boundary, and the header of a foreign address is read only when it lies
 //! in the page of that address (which is mapped: the kernel runs the handler
-//! there). `chains_to(h)` says whether the copy's previous disposition (or
-//! its fallback, see "Re-installing") is `h` or a recognized handler that
-//! chains to `h`; `relink(dying, r)` replaces a previous disposition (or
-//! fallback) equal to `dying` by `*r`, down the chain. An update accepts a
-//! newer handler on top of ours when its chain reaches ours ([`check`]), and
-//! a copy being unloaded takes its handler out of the chain ([`unload`],
-//! from `.fini_array`): it restores its previous disposition if it is still
-//! current, else asks the current one to relink past it. Incompatible
-//! future layouts use another magic; compatible ones keep these fields and
-//! may grow the header.
+//! there). `dispatch` points to a stub of that copy that counts the thread
+//! in the copy's own `IN_FLIGHT` around its [`dispatch`], so the copy is not
+//! unloaded while a thread is inside it. When a copy's previous disposition
+//! is a recognized handler, the copy calls its `dispatch` (our own code all
+//! the way down: it returns, and never longjmps), counted as a reader of
+//! its previous disposition meanwhile, and answers what it answered: only
+//! the first foreign handler down the chain is jumped to, by the stub of
+//! the copy on top. `chains_to(h)` says whether the copy's previous
+//! disposition (or its fallback, see "Re-installing") is `h` or a
+//! recognized handler that chains to `h`; `relink(dying, r)` replaces a
+//! previous disposition (or fallback) equal to `dying` by `*r`, down the
+//! chain. An update accepts a newer handler on top of ours when its chain
+//! reaches ours ([`check`]), and a copy being unloaded takes its handler out
+//! of the chain ([`take_out`]): it restores its previous disposition if it
+//! is still current, else asks the current one to relink past it.
+//! Incompatible future layouts use another magic or version; compatible
+//! ones keep these fields and may grow the header.
 //!
 //! Every copy's install, re-install and removal runs inside a
 //! `dl_iterate_phdr` callback ([`serialized`]): glibc holds its loader
@@ -52,7 +89,9 @@
 //! itself (an `int3`: `si_code > 0`) with the previous disposition
 //! `SIG_IGN` also kills, as the kernel forces `SIG_DFL` for a synchronous
 //! trap it cannot deliver; a SIGTRAP sent by a process (`kill`, `raise`)
-//! with `SIG_IGN` is dropped.
+//! with `SIG_IGN` is dropped. A previous handler with `SA_RESETHAND` runs
+//! once; later traps get `SIG_DFL`. One difference remains: a previous
+//! handler with `SA_ONSTACK` runs on the thread's stack, where ours runs.
 //!
 //! # Our disposition
 //!
@@ -68,53 +107,68 @@
 //! Rust gives each thread an 8 KiB alternate stack, and a CPU with AVX-512
 //! spends 3.6 KiB of it on the kernel's signal frame alone. Its frames stay
 //! small in debug builds too: the previous disposition is read in place,
-//! not copied, and the chaining and dying paths are separate functions. A
+//! not copied, and the passing-on and dying paths are separate functions.
+//! The foreign handler runs where the kernel would have run it, our frames
+//! gone; what stacks up is the copies' `dispatch` calls down the chain. A
 //! genuine `int3` passed through three chained copies (beta, alpha, host)
-//! to a user handler took 6,304 bytes below the stack pointer in a debug
-//! build on a machine with a 3,632-byte signal frame (`AT_MINSIGSTKSZ`),
-//! red zone included: about 850 bytes per copy; 4,736 bytes in a release
-//! build (`tests/signal_small_altstack.rs` measures it on a painted stack).
+//! to a user handler took 5,864 bytes below the stack pointer in a debug
+//! build on a machine with a 3,632-byte signal frame (`AT_MINSIGSTKSZ`), red
+//! zone included: about 700 bytes per copy (6,304 when each copy called the
+//! next handler); 4,368 bytes in a release build
+//! (`tests/signal_small_altstack.rs` measures it on a painted stack).
 //!
 //! # Re-installing
 //!
 //! A handler installed after ours (a crash reporter) displaces it: updates
 //! refuse with `HandlerDisplaced`. `init()` again ([`install`]) puts ours
 //! back on top: the newcomer becomes our previous disposition, and the one
-//! we had replaced before it becomes our fallback. A newcomer that chains to
-//! the handler it replaced calls ours again with the same `ucontext_t`; our
-//! handler notes every context it is passing on (`CHAINING`, a fixed table:
-//! no allocation, no thread-local storage, which a dlopen'd copy may
-//! allocate), recognizes that re-entry as a loop, and passes the trap to the
-//! fallback instead. With more than 64 traps being passed on at once, a
-//! further one is not noted (a newcomer that passes it back then loops).
-//! A copy that re-installed over a newcomer restores the newcomer when it
-//! is unloaded, and the newcomer still chains to the handler it recorded,
-//! ours: a plugin in that state must not be unloaded.
+//! we had replaced before it becomes our fallback. A newcomer that chains
+//! to the handler it replaced calls ours again with the same `ucontext_t`.
+//! So, before jumping to a foreign handler, the handler writes a token
+//! unique to this copy (its entry's address) into the context's `uc_link`,
+//! which the kernel sets to zero in every signal frame it builds (valgrind
+//! in the one it makes up) and `sigreturn` ignores: a trap that arrives with
+//! our token was passed back to us by the handler we jumped to, and goes to
+//! the fallback. A handler that longjmps abandons the frame; the next trap
+//! comes in a fresh one. A handler that passes back a *copy* of the context
+//! is not recognized (the trap goes round again, without end). A copy that
+//! re-installed over a newcomer restores the newcomer when it is unloaded,
+//! and the newcomer still chains to the handler it recorded, ours: a plugin
+//! in that state must not be unloaded.
 //!
 //! # Unloading
 //!
-//! The stub counts a thread in `IN_FLIGHT` with the first instruction it
-//! runs in this module, and uncounts it with the last but one. Unloading
+//! The stubs count a thread in `IN_FLIGHT` with the first instructions they
+//! run in this module, and uncount it a few instructions before they leave
+//! it (`ret`, or the entry's `jmp`). [`take_out`]
 //! (after taking the handler out of the chain) waits for the count to drop
-//! to zero. What remains, and cannot be closed from user space: a thread
-//! for which the kernel already chose our handler (it read the disposition
-//! and built the signal frame) but that was descheduled before executing
-//! the stub's first instruction, and a thread descheduled between the
-//! stub's `lock dec` and its `ret`. Both are windows of a few instructions
-//! (plus however long the thread stays descheduled there); the first is
-//! open only for a trap that arrived before the disposition changed.
+//! to zero. A foreign handler we jumped to runs outside our module, with
+//! nothing of ours on the stack, and is not counted. What remains, and
+//! cannot be closed from user space: a thread for which the kernel already
+//! chose our handler (it read the disposition and built the signal frame)
+//! but that was descheduled before the stub's `lock inc`, and a thread
+//! descheduled between the stub's `lock dec` and its `ret` or `jmp`. Both
+//! are windows of a few instructions (plus however long the thread stays
+//! descheduled there); the first is open only for a trap that arrived
+//! before the disposition changed.
+//!
+//! `IN_FLIGHT` is a [`StackCounters`]: the stub counts itself on the cache
+//! line that its stack pointer selects, so traps on different CPUs do not
+//! write one shared line (the kernel moved its own `int3` descriptor's
+//! reference count to per-CPU counters for that reason).
 //!
 //! While this copy is poisoned (an update failed and could not be undone),
 //! its `int3`s may still be in its text: unload keeps the handler installed
-//! and in the chain. Such a module can then not be unloaded safely: its
-//! handler, still reached by SIGTRAP, would be unmapped.
+//! and in the chain (`crate::patch`'s unload). Such a module can then not be
+//! unloaded safely: its handler, still reached by SIGTRAP, would be
+//! unmapped.
 //!
 //! # Fork
 //!
 //! A `fork()` child has one thread. The counts and the `WRITER` flag held
-//! by other threads of the parent are reset there
-//! ([`after_fork_child`]); counts are read as signed, so that the forking
-//! thread leaving our handler in the child only takes them below zero.
+//! by other threads of the parent are reset there ([`after_fork_child`]);
+//! counts are read as signed, so that the forking thread leaving our
+//! handler in the child only takes them below zero.
 //!
 //! # Safety
 //!
@@ -122,28 +176,29 @@
 //! signal handler, possibly while the interrupted thread holds the allocator's
 //! or any other lock. Everything it does is async-signal-safe: atomic loads
 //! and stores, reads of immutable tables published before the handler could
-//! see them, writes to the interrupted context (`ucontext_t`) and to the
-//! interrupted thread's stack just below its stack pointer (the red zone, which
-//! the call site's inline asm leaves free because it is not `nostack`), and the
-//! async-signal-safe calls `sigaction`, `pthread_sigmask` and `raise` when it
-//! chains or dies, and `futex` (wake) when it leaves the patch plan. It
-//! allocates nothing, takes no lock, uses no thread-local storage and cannot
-//! panic (indexing only of the register array by constant in-range indices,
-//! `get` elsewhere, wrapping arithmetic, no `unwrap`). It runs with every
-//! asynchronous signal blocked. `errno` is preserved. `chains_to` and
+//! see them, writes to the interrupted context (`ucontext_t`: the `uc_link`
+//! token), what the function it was installed with does (which obeys the
+//! same rules), and
+//! the async-signal-safe calls `sigaction`, `pthread_sigmask` and `raise`
+//! when it passes a trap on or dies. It allocates nothing, takes no lock,
+//! uses no thread-local storage and cannot panic (`get` for every index,
+//! wrapping arithmetic, no `unwrap`). Run by the kernel, it runs with every
+//! asynchronous signal blocked (called by a foreign handler, with that
+//! handler's mask). `errno` is preserved. `chains_to`, `dispatch` and
 //! `relink`'s reading half obey the same rules.
 //!
 //! The previous disposition lives in one of two slots; `CURRENT` says which.
-//! A reader (the handler when it chains, `chains_to`, `relink`) counts
-//! itself in `READERS[i]`, confirms `CURRENT == i`, reads slot `i` in place,
-//! and holds the count while it calls the previous handler. The only writer
-//! after installation is `set_previous` (from `relink` or a re-install,
+//! A reader (the handler when it passes a trap on, `chains_to`, `relink`)
+//! counts itself in `READERS[i]`, confirms `CURRENT == i`, reads slot `i` in
+//! place, and holds the count while it calls a recognized handler's
+//! `dispatch`; it releases it before it answers a foreign handler, so every
+//! count is released by our own code returning. The only writer after
+//! installation is `set_previous` (from `relink` or a re-install,
 //! serialized by `WRITER` and by the loader's lock): it waits for the
 //! readers of the spare slot to leave, writes it, flips `CURRENT`, and waits
 //! for the readers of the old slot to leave, so that when it returns no
-//! thread will still call the handler it replaced. Those waits, and the
-//! wait for this copy's own handlers at unload, are bounded (a handler that
-//! `siglongjmp`s out never uncounts itself).
+//! thread will still call the `dispatch` of a copy it replaced. Those waits,
+//! and the wait for this copy's own stubs at unload, are bounded (a second).
 //!
 //! Reading another handler's header: the address is that of the handler the
 //! kernel would run now, or one a live copy chains to (mapped as long as
@@ -155,62 +210,105 @@
 //! modulo 64 are read at all.
 #![allow(unsafe_code)]
 
-use crate::arch::x86_64::{Insn, INSN_LEN};
+use super::StackCounters;
 use crate::Error;
 use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::SeqCst};
 
-/// What the patcher says about a trap at an address.
-pub enum Trap {
-    /// The address is being patched: execute this instruction in the
-    /// thread's stead.
-    Emulate(Insn),
-    /// The address is ours and no longer holds the `int3`: the trap arrived
-    /// after the update finished; run the instruction again.
-    Rewind,
-    /// Not ours: pass it on.
-    NotOurs,
-}
+/// What the handler asks first about a trap the kernel raised for an
+/// `int3`: whether it was ours and has been dealt with (the context
+/// changed to resume the thread). Must be async-signal-safe.
+pub type Ours = fn(&mut libc::ucontext_t) -> bool;
 
-// ---------------------------------------------------------------- entry stub and header
+/// The [`Ours`] the handler was installed with (0: none yet).
+static OURS: AtomicUsize = AtomicUsize::new(0);
+
+// ---------------------------------------------------------------- entry stubs and header
 
 /// The header's magic, version and size.
 const MAGIC: [u8; 8] = *b"SCALLSIG";
-const ABI_VERSION: u32 = 1;
+const ABI_VERSION: u32 = 2;
 const HEADER_SIZE: usize = 32;
-/// How many recognized handlers a chain walk follows at most.
+/// How many recognized handlers a chain walk, or a trap passed down the
+/// copies, follows at most.
 const MAX_DEPTH: u32 = 64;
 
 core::arch::global_asm!(
     ".pushsection .text.static_call_sigtrap, \"ax\", @progbits",
     ".balign 64, 0xcc",
     ".ascii \"SCALLSIG\"",
-    ".long 1",
-    ".long 32",
+    ".long {version}",
+    ".long {header_size}",
     ".long {chains_to} - .",
     ".long {relink} - .",
-    ".long 0, 0",
-    ".globl {handler}_sc_entry",
-    ".hidden {handler}_sc_entry",
-    ".type {handler}_sc_entry, @function",
-    "{handler}_sc_entry:",
-    // Counted by the first instruction the thread executes here (see
-    // "Unloading" in the module docs), uncounted by the last but one.
-    "lock inc qword ptr [rip + {in_flight}]",
-    // The kernel enters a handler as if called (rsp = 8 mod 16): keep
-    // the handler's stack aligned across our own call.
-    "sub rsp, 8",
-    "call {handler}",
-    "add rsp, 8",
-    "lock dec qword ptr [rip + {in_flight}]",
+    ".long {d}_sc_dispatch - .",
+    ".long 0",
+    ".globl {d}_sc_entry",
+    ".hidden {d}_sc_entry",
+    ".type {d}_sc_entry, @function",
+    // The handler the kernel runs (rdi: sig, rsi: info, rdx: ctx).
+    "{d}_sc_entry:",
+    // Counted by the first instructions the thread executes here (see
+    // "Unloading" in the module docs), on the line its stack selects.
+    "mov eax, esp",
+    "shr eax, 6",
+    "and eax, {slot_mask}",
+    "lea rcx, [rip + {in_flight}]",
+    "lock inc qword ptr [rcx + rax]",
+    // The kernel enters a handler as if called (rsp = 8 mod 16): three
+    // pushes keep the call aligned, and keep the arguments for the jump.
+    "push rdi",
+    "push rsi",
+    "push rdx",
+    "mov ecx, {max_depth}",
+    "call {d}",
+    "pop rdx",
+    "pop rsi",
+    "pop rdi",
+    // The same stack pointer, so the same line.
+    "mov ecx, esp",
+    "shr ecx, 6",
+    "and ecx, {slot_mask}",
+    "lea r8, [rip + {in_flight}]",
+    "lock dec qword ptr [r8 + rcx]",
+    "test rax, rax",
+    "jz 2f",
+    // A foreign handler: entered as the kernel enters one (rax = 0).
+    "mov r11, rax",
+    "xor eax, eax",
+    "jmp r11",
+    "2:",
     "ret",
-    ".size {handler}_sc_entry, . - {handler}_sc_entry",
+    ".size {d}_sc_entry, . - {d}_sc_entry",
+    ".type {d}_sc_dispatch, @function",
+    // The header's `dispatch`, for other copies (rdi, rsi, rdx, ecx: the
+    // arguments of `dispatch`): the same counting around the call.
+    "{d}_sc_dispatch:",
+    "mov eax, esp",
+    "shr eax, 6",
+    "and eax, {slot_mask}",
+    "lea r8, [rip + {in_flight}]",
+    "lock inc qword ptr [r8 + rax]",
+    "sub rsp, 8",
+    "call {d}",
+    "add rsp, 8",
+    "mov ecx, esp",
+    "shr ecx, 6",
+    "and ecx, {slot_mask}",
+    "lea r8, [rip + {in_flight}]",
+    "lock dec qword ptr [r8 + rcx]",
+    "ret",
+    ".size {d}_sc_dispatch, . - {d}_sc_dispatch",
     ".popsection",
-    handler = sym on_sigtrap,
+    d = sym dispatch,
     chains_to = sym chains_to,
     relink = sym relink,
     in_flight = sym IN_FLIGHT,
+    version = const ABI_VERSION,
+    header_size = const HEADER_SIZE,
+    max_depth = const MAX_DEPTH,
+    slot_mask = const super::STACK_SLOT_MASK,
 );
 
 /// The address our handler is installed at: the entry stub behind the header.
@@ -219,9 +317,9 @@ fn entry_address() -> usize {
     // SAFETY: `lea` only computes an address.
     unsafe {
         core::arch::asm!(
-            "lea {a}, [rip + {h}_sc_entry]",
+            "lea {a}, [rip + {d}_sc_entry]",
             a = out(reg) a,
-            h = sym on_sigtrap,
+            d = sym dispatch,
             options(pure, nomem, nostack, preserves_flags),
         )
     };
@@ -230,12 +328,14 @@ fn entry_address() -> usize {
 
 type ChainsTo = extern "C" fn(usize, u32) -> bool;
 type Relink = extern "C" fn(usize, *const libc::sigaction, u32) -> bool;
+type Dispatch = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void, u32) -> usize;
 
 /// The functions behind a recognized handler (ours or another copy's).
 #[derive(Clone, Copy)]
 struct Peer {
     chains_to: ChainsTo,
     relink: Relink,
+    dispatch: Dispatch,
 }
 
 /// One byte of a handler's header.
@@ -274,11 +374,15 @@ fn recognize(handler: usize) -> Option<Peer> {
         return None;
     }
     let rel = |at: usize| at.wrapping_add(read_u32(at) as i32 as isize as usize);
-    let (c, r) = (rel(base + 16), rel(base + 20));
-    // SAFETY: a header with our magic and version holds, by the v1 ABI,
+    let (c, r, d) = (rel(base + 16), rel(base + 20), rel(base + 24));
+    // SAFETY: a header with our magic and version holds, by the v2 ABI,
     // offsets to functions of exactly these signatures in the same module.
     Some(unsafe {
-        Peer { chains_to: std::mem::transmute::<usize, ChainsTo>(c), relink: std::mem::transmute::<usize, Relink>(r) }
+        Peer {
+            chains_to: std::mem::transmute::<usize, ChainsTo>(c),
+            relink: std::mem::transmute::<usize, Relink>(r),
+            dispatch: std::mem::transmute::<usize, Dispatch>(d),
+        }
     })
 }
 
@@ -313,15 +417,11 @@ static WRITER: AtomicBool = AtomicBool::new(false);
 /// The previous handler had `SA_RESETHAND` and has run once: it is now
 /// `SIG_DFL`.
 static PREVIOUS_RESET: AtomicBool = AtomicBool::new(false);
-/// Threads inside this copy's entry stub (the handler, and any handler it
-/// chained to). Counted and uncounted by the stub's own instructions; read
-/// as signed (see [`READERS`]).
-static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
-/// The `ucontext_t` addresses of the traps this copy's handler is passing on
-/// right now (0: free). A trap that arrives again with one of them was
-/// passed back to us by the handler we chained to: a loop (see
-/// "Re-installing").
-static CHAINING: [AtomicUsize; 64] = [const { AtomicUsize::new(0) }; 64];
+/// Threads inside this copy's stubs (its handler, and other copies'
+/// handlers calling its `dispatch`). Counted and uncounted by the stubs' own
+/// instructions, each on the line its stack pointer selects; read as a
+/// signed sum.
+static IN_FLIGHT: StackCounters = StackCounters::new();
 
 const NOT_INSTALLED: u8 = 0;
 const INSTALLED: u8 = 1;
@@ -381,7 +481,8 @@ fn idle(c: &AtomicUsize) -> bool {
 }
 
 /// Spins until `cond` holds (true), or gives up after about a second (false:
-/// a handler that never returned, `siglongjmp`). Not for signal handlers.
+/// a thread descheduled for that long in our code, or one that left it
+/// without returning, which none of our code does). Not for signal handlers.
 fn wait_until(cond: impl Fn() -> bool) -> bool {
     let start = std::time::Instant::now();
     while !cond() {
@@ -394,9 +495,10 @@ fn wait_until(cond: impl Fn() -> bool) -> bool {
 }
 
 /// Makes `chain` the previous disposition. Waits until no thread still
-/// reads (or calls) the one it replaces; false if that wait gave up. Not for
-/// signal handlers.
+/// reads the one it replaces (or calls the `dispatch` of a copy it names);
+/// false if that wait gave up. Not for signal handlers.
 fn set_previous(chain: &Chain) -> bool {
+    catch_up();
     while WRITER.compare_exchange(false, true, SeqCst, SeqCst).is_err() {
         std::thread::yield_now();
     }
@@ -434,8 +536,9 @@ pub fn set_writer_hook(hook: Option<extern "C" fn()>) {
 /// This copy's bookkeeping, for tests: threads in the handler, readers of
 /// each slot (signed), whether `WRITER` is held.
 pub fn bookkeeping() -> (isize, [isize; 2], bool) {
+    catch_up();
     (
-        IN_FLIGHT.load(SeqCst) as isize,
+        IN_FLIGHT.sum(),
         [READERS[0].load(SeqCst) as isize, READERS[1].load(SeqCst) as isize],
         WRITER.load(SeqCst),
     )
@@ -444,22 +547,41 @@ pub fn bookkeeping() -> (isize, [isize; 2], bool) {
 /// In a `fork()` child (its only thread is the one that forked): the other
 /// threads of the parent that were inside our handler, reading a slot or
 /// holding `WRITER` do not exist here. Reset what they held. If the forking
-/// thread itself was inside our handler (a fork from a handler we chained
-/// to), its own uncounting takes the counts below zero, which reads as
-/// idle; a thread the child creates before that and that enters our
-/// handler meanwhile is then not waited for at unload.
+/// thread itself was inside our code (a fork from a signal handler that
+/// interrupted ours), its own uncounting takes the counts below zero, which
+/// reads as idle; a thread the child creates before that and that enters
+/// our handler meanwhile is then not waited for at unload.
+///
+/// Once per fork generation (`super::fork`): run by the atfork child handler
+/// of the main program's copy, else by this module's own entry points
+/// (`catch_up`) and by the patch lock's, the first time a child enters them.
 pub fn after_fork_child() {
-    IN_FLIGHT.store(0, SeqCst);
+    let gen = super::fork::generation();
+    if GENERATION.swap(gen, SeqCst) == gen {
+        return;
+    }
+    IN_FLIGHT.reset();
     READERS.iter().for_each(|r| r.store(0, SeqCst));
     WRITER.store(false, SeqCst);
-    CHAINING.iter().for_each(|c| c.store(0, SeqCst));
 }
 
-// ---------------------------------------------------------------- the v1 ABI functions
+/// The fork generation this module's bookkeeping belongs to.
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// In a `fork()` child that registered no atfork handler (a plugin's copy):
+/// resets the parent's threads' bookkeeping the first time any entry point
+/// runs. Async-signal-safe.
+fn catch_up() {
+    if GENERATION.load(SeqCst) != super::fork::generation() {
+        after_fork_child();
+    }
+}
+
+// ---------------------------------------------------------------- the v2 ABI functions
 
 /// Whether a trap given to our handler reaches `handler` (our previous
 /// disposition, or our fallback, is `handler`, or a recognized handler whose
-/// chain reaches it). Part of the v1 header ABI; async-signal-safe.
+/// chain reaches it). Part of the v2 header ABI; async-signal-safe.
 extern "C" fn chains_to(handler: usize, depth: u32) -> bool {
     if STATE.load(SeqCst) != INSTALLED {
         return false;
@@ -482,9 +604,10 @@ extern "C" fn chains_to(handler: usize, depth: u32) -> bool {
 
 /// If our previous disposition (or fallback) is the handler at `dying`,
 /// makes `*replacement` take its place; otherwise passes the request down
-/// the chain. Part of the v1 header ABI. Not for signal handlers: it waits
-/// until no thread still calls `dying` through us.
+/// the chain. Part of the v2 header ABI. Not for signal handlers: it waits
+/// until no thread still calls `dying`'s `dispatch` through us.
 extern "C" fn relink(dying: usize, replacement: *const libc::sigaction, depth: u32) -> bool {
+    catch_up();
     if STATE.load(SeqCst) != INSTALLED || replacement.is_null() {
         return false;
     }
@@ -511,7 +634,7 @@ extern "C" fn relink(dying: usize, replacement: *const libc::sigaction, depth: u
     below.into_iter().flatten().filter_map(recognize).any(|peer| (peer.relink)(dying, replacement, d))
 }
 
-// ---------------------------------------------------------------- install, check, unload
+// ---------------------------------------------------------------- install, check, take out
 
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
@@ -604,10 +727,13 @@ fn serialized<F: FnOnce() -> R, R>(f: F) -> R {
     }
 }
 
-/// Installs the handler, remembering the disposition it replaces; if it is
-/// installed but displaced, installs it again on top (see
-/// "Re-installing"). Called with the patch lock held, by `init`.
-pub fn install() -> Result<(), Error> {
+/// Installs the handler, remembering the disposition it replaces, with
+/// `ours` as what it asks first about every `int3`; if it is installed but
+/// displaced, installs it again on top (see "Re-installing"). Called with
+/// the patch lock held, by `init`.
+pub fn install(ours: Ours) -> Result<(), Error> {
+    catch_up();
+    OURS.store(ours as usize, SeqCst);
     match STATE.load(SeqCst) {
         INSTALLED => {
             if check().is_ok() {
@@ -708,8 +834,13 @@ pub fn installed() -> bool {
 /// the disposition it replaced is restored; if another copy's handler is
 /// current, it is asked to relink past ours. Then waits until no thread runs
 /// our handler any more. False if a wait gave up (a thread stayed in a
-/// handler for a second). Not for signal handlers.
-fn take_out() -> bool {
+/// handler for a second); true, doing nothing, if it is not installed. Not
+/// for signal handlers.
+pub fn take_out() -> bool {
+    catch_up();
+    if STATE.load(SeqCst) != INSTALLED {
+        return true;
+    }
     let me = entry_address();
     let clean = serialized(|| {
         let prev = previous();
@@ -727,142 +858,53 @@ fn take_out() -> bool {
         STATE.store(UNLOADED, SeqCst);
         clean
     });
-    wait_until(|| idle(&IN_FLIGHT)) && clean
+    wait_until(|| IN_FLIGHT.idle()) && clean
 }
-
-/// What [`unload`] did, for tests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unloaded {
-    /// Not installed, or already taken out: nothing to do.
-    Nothing,
-    /// Taken out of the chain; every wait ended with its condition met.
-    Clean,
-    /// Taken out, but a wait gave up after a second.
-    GaveUp,
-    /// An update poisoned this copy: the handler stays (see "Unloading").
-    KeptPoisoned,
-    /// The unloading thread is inside an update of this copy.
-    Busy,
-}
-
-/// Runs when this copy's module is unloaded (`dlclose`) or the process
-/// exits: stops this copy's updates (waiting for one in progress), then
-/// takes its handler out of the chain, so that nothing in the process still
-/// refers to this module's memory through SIGTRAP. While this copy is
-/// poisoned, its `int3`s may still be in the text: the handler stays.
-pub fn unload() -> Unloaded {
-    if STATE.load(SeqCst) != INSTALLED {
-        return Unloaded::Nothing;
-    }
-    match crate::patch::shut_down() {
-        crate::patch::ShutDown::Done => {
-            let clean = take_out();
-            // No update of this copy can run any more: its `/proc/self/mem`
-            // descriptor would only leak (one per load of a plugin).
-            crate::os::linux::text::close();
-            if clean {
-                Unloaded::Clean
-            } else {
-                Unloaded::GaveUp
-            }
-        }
-        crate::patch::ShutDown::Poisoned => Unloaded::KeptPoisoned,
-        crate::patch::ShutDown::Busy => Unloaded::Busy,
-    }
-}
-
-extern "C" fn unload_at_exit() {
-    if crate::patch::unloadable() {
-        unload();
-    }
-}
-
-/// Priority 100: after every destructor of the module with a priority of
-/// its own (101 and up) or none (see `patch::unloadable`).
-#[used]
-#[unsafe(link_section = ".fini_array.00100")]
-static UNLOAD: extern "C" fn() = unload_at_exit;
 
 // ---------------------------------------------------------------- the handler
 
 /// `si_code` of a breakpoint trap (`<asm-generic/siginfo.h>`).
 const TRAP_BRKPT: libc::c_int = 1;
 
-/// The handler proper, entered through the counting stub.
-extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-    // SAFETY: the kernel (or a newer copy's handler chaining to us) passes
-    // valid `info` and `ctx` (SA_SIGINFO).
+/// The handler proper, entered through a counting stub: ours (from the
+/// kernel, or from a foreign handler that chains to ours), or the header's
+/// `dispatch` (from another copy whose previous disposition is ours, with
+/// `depth` one less). Answers 0 if the trap was dealt with (ours, dropped,
+/// or the process died), else the address of the foreign handler to jump
+/// to, with the thread's mask already set for it. Async-signal-safe.
+extern "C" fn dispatch(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void, depth: u32) -> usize {
+    // SAFETY: the kernel (or a handler chaining to ours, or another copy)
+    // passes valid `info` and `ctx` (SA_SIGINFO); `errno` is the thread's.
     unsafe {
-        let saved_errno = *libc::__errno_location();
+        let errno = libc::__errno_location();
+        let saved_errno = *errno;
         let code = (*info).si_code;
-        if CHAINING.iter().any(|c| c.load(SeqCst) == ctx as usize) {
+        let uc = ctx as *mut libc::ucontext_t;
+        let to = if (*uc).uc_link as usize == entry_address() {
             // The handler we passed this very trap to passed it back.
-            chain(sig, code, info, ctx, Via::Fallback);
-        } else {
+            pass_on(sig, code, info, ctx, depth, Via::Fallback)
+        } else if (code == libc::SI_KERNEL || code == TRAP_BRKPT) && ours(&mut *uc) {
             // An int3 arrives as SI_KERNEL from Linux, as TRAP_BRKPT from
             // valgrind's emulation of it; anything else (kill, raise, single
             // steps, hardware breakpoints) is never ours.
-            let int3 = code == libc::SI_KERNEL || code == TRAP_BRKPT;
-            if !int3 || !handle(&mut *(ctx as *mut libc::ucontext_t)) {
-                chain(sig, code, info, ctx, Via::Previous);
-            }
-        }
-        *libc::__errno_location() = saved_errno;
+            0
+        } else {
+            pass_on(sig, code, info, ctx, depth, Via::Previous)
+        };
+        *errno = saved_errno;
+        to
     }
 }
 
-/// Emulates or rewinds a trap on an address being patched; false if it is not
-/// ours.
-fn handle(uc: &mut libc::ucontext_t) -> bool {
-    let regs = &mut uc.uc_mcontext.gregs;
-    let rip = regs[libc::REG_RIP as usize] as usize;
-    // The kernel reports an int3 with rip just past it. A debugger that
-    // passes the trap on to the program may first have moved rip back onto
-    // the int3 (gdb does so for every SI_KERNEL trap): no instruction of ours
-    // ends just before one of our addresses (sites start behind their own
-    // prefixes, trampolines behind int3 padding), so rip at our address can
-    // only mean that.
-    let (at, trap) = match crate::arch::native::protocol::on_trap(rip.wrapping_sub(1)) {
-        Trap::NotOurs => (rip, crate::arch::native::protocol::on_trap(rip)),
-        trap => (rip.wrapping_sub(1), trap),
-    };
-    match trap {
-        Trap::NotOurs => false,
-        Trap::Rewind => {
-            regs[libc::REG_RIP as usize] = at as i64;
-            true
-        }
-        Trap::Emulate(insn) => {
-            let next = at.wrapping_add(INSN_LEN) as i64;
-            let rsp = regs[libc::REG_RSP as usize] as usize;
-            match insn {
-                Insn::Call(target) => {
-                    let sp = rsp.wrapping_sub(8);
-                    // SAFETY: the thread was about to execute a call, which
-                    // would have pushed the same word at the same place; the
-                    // site's inline asm is not `nostack`, so the red zone
-                    // below rsp holds nothing of the thread's.
-                    unsafe { (sp as *mut i64).write(next) };
-                    regs[libc::REG_RSP as usize] = sp as i64;
-                    regs[libc::REG_RIP as usize] = target as i64;
-                }
-                Insn::Jmp(target) => regs[libc::REG_RIP as usize] = target as i64,
-                Insn::Nop => regs[libc::REG_RIP as usize] = next,
-                Insn::Zero => {
-                    regs[libc::REG_RAX as usize] = 0;
-                    regs[libc::REG_RIP as usize] = next;
-                }
-                Insn::Ret => {
-                    // SAFETY: the thread was about to execute `ret`, which
-                    // reads the same word.
-                    let ret = unsafe { (rsp as *const i64).read() };
-                    regs[libc::REG_RSP as usize] = rsp.wrapping_add(8) as i64;
-                    regs[libc::REG_RIP as usize] = ret;
-                }
-            }
-            true
-        }
+/// Asks the function the handler was installed with.
+fn ours(uc: &mut libc::ucontext_t) -> bool {
+    let f = OURS.load(SeqCst);
+    if f == 0 {
+        return false;
     }
+    // SAFETY: only `install` stores here, an `Ours`.
+    let f: Ours = unsafe { std::mem::transmute::<usize, Ours>(f) };
+    f(uc)
 }
 
 /// Which disposition a trap that is not ours goes to.
@@ -875,20 +917,31 @@ enum Via {
     Fallback,
 }
 
-/// Passes a trap that is not ours to the disposition we replaced, honouring
-/// its flags, exactly as the kernel would have delivered it: `SIG_DFL`, and
-/// `SIG_IGN` for a trap the kernel raised itself (a synchronous trap, which
-/// the kernel never lets a process ignore), end the process with SIGTRAP;
-/// `SIG_IGN` for a SIGTRAP sent by a process (`kill`, `raise`) drops it.
+/// Passes a trap that is not ours on, as the kernel would have delivered it
+/// to the disposition we replaced: `SIG_DFL`, and `SIG_IGN` for a trap the
+/// kernel raised itself (a synchronous trap, which the kernel never lets a
+/// process ignore), end the process with SIGTRAP; `SIG_IGN` for a SIGTRAP
+/// sent by a process (`kill`, `raise`) drops it (both answer 0). Another
+/// copy's handler is asked through its `dispatch`, and its answer is ours;
+/// a foreign handler is answered, after setting the thread's mask to the
+/// one the kernel would have given it and marking the context with our
+/// token (see "Re-installing").
 ///
 /// # Safety
 ///
-/// Called from the signal handler with the kernel's arguments.
+/// Called from [`dispatch`] with its arguments.
 #[inline(never)]
-unsafe fn chain(sig: libc::c_int, code: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void, via: Via) {
-    // Counted as a reader until the previous handler returns, so that a
-    // relink does not return while a thread may still enter the handler it
-    // replaced.
+unsafe fn pass_on(
+    sig: libc::c_int,
+    code: libc::c_int,
+    info: *mut libc::siginfo_t,
+    ctx: *mut libc::c_void,
+    depth: u32,
+    via: Via,
+) -> usize {
+    // Counted as a reader while we read the slot, and while a copy we ask
+    // runs, so that a relink does not return while a thread may still run
+    // the copy it took out.
     let prev = previous();
     let c = prev.chain();
     let a = match via {
@@ -898,31 +951,42 @@ unsafe fn chain(sig: libc::c_int, code: libc::c_int, info: *mut libc::siginfo_t,
             drop(prev);
             // SAFETY: async-signal-safe calls.
             unsafe { die() };
-            return;
+            return 0;
         }
     };
     let handler = if via == Via::Previous { prev.handler() } else { a.sa_sigaction };
     if handler == libc::SIG_IGN && code <= 0 {
-        return;
+        return 0;
     }
     if handler == libc::SIG_IGN || handler == libc::SIG_DFL {
         drop(prev);
         // SAFETY: async-signal-safe calls.
         unsafe { die() };
-        return;
+        return 0;
+    }
+    if let Some(peer) = recognize(handler) {
+        let Some(depth) = depth.checked_sub(1) else {
+            // A chain of copies longer than any real one: a cycle.
+            drop(prev);
+            // SAFETY: async-signal-safe calls.
+            unsafe { die() };
+            return 0;
+        };
+        // Our own code all the way: it returns, and the count with it.
+        let to = (peer.dispatch)(sig, info, ctx, depth);
+        drop(prev);
+        return to;
     }
     if via == Via::Previous && a.sa_flags & libc::SA_RESETHAND != 0 {
         PREVIOUS_RESET.store(true, SeqCst);
     }
-    // Remember the trap while the handler runs, to recognize it if that
-    // handler passes it back to us (a full table: not remembered).
-    let mark = CHAINING.iter().find(|m| m.compare_exchange(0, ctx as usize, SeqCst, SeqCst).is_ok());
-    // SAFETY: `ctx` is the kernel's ucontext. The previous handler runs with
+    // SAFETY: `ctx` is the kernel's ucontext. The foreign handler runs with
     // the mask the kernel would have given it had it been installed alone:
     // the interrupted thread's mask, plus its own `sa_mask`, plus the signal
-    // unless `SA_NODEFER`; ours is restored afterwards.
+    // unless `SA_NODEFER`; `sigreturn` restores the interrupted one.
     unsafe {
-        let mut mask = (*(ctx as *const libc::ucontext_t)).uc_sigmask;
+        let uc = ctx as *mut libc::ucontext_t;
+        let mut mask = (*uc).uc_sigmask;
         for s in 1..=libc::SIGRTMAX() {
             if libc::sigismember(&a.sa_mask, s) == 1 {
                 libc::sigaddset(&mut mask, s);
@@ -931,21 +995,11 @@ unsafe fn chain(sig: libc::c_int, code: libc::c_int, info: *mut libc::siginfo_t,
         if a.sa_flags & libc::SA_NODEFER == 0 {
             libc::sigaddset(&mut mask, sig);
         }
-        let mut old = MaybeUninit::<libc::sigset_t>::zeroed().assume_init();
-        libc::pthread_sigmask(libc::SIG_SETMASK, &mask, &mut old);
-        if a.sa_flags & libc::SA_SIGINFO != 0 {
-            let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) = std::mem::transmute(handler);
-            f(sig, info, ctx);
-        } else {
-            let f: extern "C" fn(libc::c_int) = std::mem::transmute(handler);
-            f(sig);
-        }
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        drop(prev);
+        (*uc).uc_link = entry_address() as *mut libc::ucontext_t;
+        libc::pthread_sigmask(libc::SIG_SETMASK, &mask, std::ptr::null_mut());
     }
-    if let Some(m) = mark {
-        m.store(0, SeqCst);
-    }
-    drop(prev);
+    handler
 }
 
 /// The kernel's default action for SIGTRAP: restore it, unblock SIGTRAP
@@ -982,16 +1036,27 @@ mod tests {
         let peer = recognize(me).expect("our own header");
         assert_eq!(peer.chains_to as usize, chains_to as *const () as usize);
         assert_eq!(peer.relink as usize, relink as *const () as usize);
-        // The stub counts the thread first (`lock inc qword [rip + IN_FLIGHT]`),
-        // then calls the handler.
-        let at = |i: usize| read_u8(me + i);
+        let at = |i: usize| read_u8(me.wrapping_add(i));
         let rel = |i: usize| i32::from_le_bytes([at(i), at(i + 1), at(i + 2), at(i + 3)]) as isize as usize;
-        assert_eq!([at(0), at(1), at(2), at(3)], [0xf0, 0x48, 0xff, 0x05]);
-        assert_eq!(me.wrapping_add(8).wrapping_add(rel(4)), &IN_FLIGHT as *const AtomicUsize as usize);
-        assert_eq!([at(8), at(9), at(10), at(11), at(12)], [0x48, 0x83, 0xec, 0x08, 0xe8]);
-        assert_eq!(me.wrapping_add(17).wrapping_add(rel(13)), on_sigtrap as *const () as usize);
+        let in_flight = &IN_FLIGHT as *const StackCounters as usize;
+        // The stub counts the thread first: `mov eax, esp; shr eax, 6; and
+        // eax, 0xfc0; lea rcx, [rip + IN_FLIGHT]; lock inc qword [rcx + rax]`.
+        assert_eq!([at(0), at(1), at(2), at(3), at(4), at(5), at(6)], [0x89, 0xe0, 0xc1, 0xe8, 0x06, 0x25, 0xc0]);
+        assert_eq!([at(10), at(11), at(12)], [0x48, 0x8d, 0x0d]);
+        assert_eq!(me.wrapping_add(17).wrapping_add(rel(13)), in_flight);
+        assert_eq!([at(17), at(18), at(19), at(20), at(21)], [0xf0, 0x48, 0xff, 0x04, 0x01]);
+        // The header's `dispatch` is a stub that counts the same way, then
+        // calls `dispatch`.
+        let d = peer.dispatch as usize;
+        let at = |i: usize| read_u8(d.wrapping_add(i));
+        let rel = |i: usize| i32::from_le_bytes([at(i), at(i + 1), at(i + 2), at(i + 3)]) as isize as usize;
+        assert_eq!([at(10), at(11), at(12)], [0x4c, 0x8d, 0x05]);
+        assert_eq!(d.wrapping_add(17).wrapping_add(rel(13)), in_flight);
+        assert_eq!([at(17), at(18), at(19), at(20), at(21)], [0xf0, 0x49, 0xff, 0x04, 0x00]);
+        assert_eq!([at(22), at(23), at(24), at(25), at(26)], [0x48, 0x83, 0xec, 0x08, 0xe8]);
+        assert_eq!(d.wrapping_add(31).wrapping_add(rel(27)), dispatch as *const () as usize);
         // Not a header: the handler itself, SIG_DFL, SIG_IGN.
-        assert!(recognize(on_sigtrap as *const () as usize).is_none());
+        assert!(recognize(dispatch as *const () as usize).is_none());
         assert!(recognize(libc::SIG_DFL).is_none() && recognize(libc::SIG_IGN).is_none());
     }
 }
