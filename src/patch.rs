@@ -46,19 +46,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering:
 
 static UPDATES: AtomicU64 = AtomicU64::new(0);
 static SITES_PATCHED: AtomicU64 = AtomicU64::new(0);
-/// Counted by x86-64's protocol (zero elsewhere: no trap is ever emulated).
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub(crate) static TRAPS_EMULATED: AtomicU64 = AtomicU64::new(0);
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-pub(crate) static TRAPS_REWOUND: AtomicU64 = AtomicU64::new(0);
-
 pub fn stats() -> Stats {
-    Stats {
-        updates: UPDATES.load(Relaxed),
-        sites_patched: SITES_PATCHED.load(Relaxed),
-        traps_emulated: TRAPS_EMULATED.load(Relaxed),
-        traps_rewound: TRAPS_REWOUND.load(Relaxed),
-    }
+    // Counted by the protocol's trap path (x86-64; zero elsewhere).
+    let (traps_emulated, traps_rewound) = protocol::trap_stats();
+    Stats { updates: UPDATES.load(Relaxed), sites_patched: SITES_PATCHED.load(Relaxed), traps_emulated, traps_rewound }
 }
 
 // ---------------------------------------------------------------- the lock

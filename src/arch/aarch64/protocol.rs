@@ -68,6 +68,11 @@ pub fn retire() {}
 /// Nothing to reset in a `fork()` child.
 pub fn after_fork_child() {}
 
+/// Traps emulated and rewound: none, no breakpoint is ever written.
+pub fn trap_stats() -> (u64, u64) {
+    (0, 0)
+}
+
 /// Whether a handler of this copy is installed: never on aarch64.
 pub fn installed() -> bool {
     false

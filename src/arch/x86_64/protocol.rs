@@ -80,6 +80,11 @@ pub fn after_fork_child() {
     signal::after_fork_child();
 }
 
+/// Traps emulated and rewound so far (`stats()`).
+pub fn trap_stats() -> (u64, u64) {
+    trap::trap_stats()
+}
+
 fn sync() {
     membarrier::sync_core();
 }

@@ -33,7 +33,7 @@
 
 use super::{decode, Insn, INSN_LEN, INT3};
 use crate::os::linux::{futex_wait, futex_wake, StackCounters};
-use crate::patch::{Patch, TRAPS_EMULATED, TRAPS_REWOUND};
+use crate::patch::Patch;
 use crate::registry;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 
@@ -157,6 +157,17 @@ fn published_insn(at: usize) -> (usize, Option<Insn>) {
     (seq, found)
 }
 
+/// Traps emulated and rewound (`stats()`): counted, like the readers, on
+/// the cache line of the trapping thread's stack, never on one that every
+/// CPU writes (a count that is only ever entered is a plain sum).
+static TRAPS_EMULATED: StackCounters = StackCounters::new();
+static TRAPS_REWOUND: StackCounters = StackCounters::new();
+
+/// The traps emulated and rewound so far.
+pub fn trap_stats() -> (u64, u64) {
+    (TRAPS_EMULATED.sum() as u64, TRAPS_REWOUND.sum() as u64)
+}
+
 /// What the SIGTRAP handler should do about a trap whose `int3` was at `at`.
 /// Async-signal-safe.
 fn on_trap(at: usize) -> Trap {
@@ -168,7 +179,7 @@ fn on_trap(at: usize) -> Trap {
     loop {
         let (seq, insn) = published_insn(at);
         if let Some(insn) = insn {
-            TRAPS_EMULATED.fetch_add(1, Relaxed);
+            TRAPS_EMULATED.enter(&insn as *const Insn as usize);
             return Trap::Emulate(insn);
         }
         // Not being patched now. If our int3 is gone, the update finished
@@ -177,7 +188,7 @@ fn on_trap(at: usize) -> Trap {
         let byte = unsafe { std::ptr::read_volatile(at as *const u8) };
         std::sync::atomic::fence(SeqCst);
         if byte != INT3 {
-            TRAPS_REWOUND.fetch_add(1, Relaxed);
+            TRAPS_REWOUND.enter(&byte as *const u8 as usize);
             return Trap::Rewind;
         }
         // Our int3 is still there. If no update started or ended since we
