@@ -52,6 +52,15 @@ fn call_zero() -> u64 {
     ZERO.call()
 }
 
+/// The address of a target of `UNIT`.
+fn u(f: extern "C" fn(u32)) -> usize {
+    f as usize
+}
+/// The address of a target of `ZERO`.
+fn z(f: extern "C" fn() -> u64) -> usize {
+    f as usize
+}
+
 /// Every site of `UNIT` (`unit`) or of `ZERO` is `Direct` to `f`.
 #[track_caller]
 fn assert_direct_to(unit: bool, f: usize) {
@@ -78,7 +87,7 @@ fn unit_key_through(merged: extern "C" fn(u32)) {
     assert_eq!(COUNTED.load(SeqCst), before + 1, "UNIT starts on count");
 
     let old = must("UNIT.try_update(merged)", UNIT.try_update(merged));
-    assert_eq!(old.map(|f| f as usize), Some(count as usize), "update returns the previous target");
+    assert_eq!(old.map(|f| f as usize), Some(u(count)), "update returns the previous target");
     assert_eq!(UNIT.get().map(|f| f as usize), Some(m), "get() is the merged target, not None");
     assert_direct_to(true, m);
     call_unit(5);
@@ -86,13 +95,13 @@ fn unit_key_through(merged: extern "C" fn(u32)) {
 
     let old = must("UNIT.try_update(count_twice)", UNIT.try_update(count_twice));
     assert_eq!(old.map(|f| f as usize), Some(m), "update returns the merged target");
-    assert_eq!(UNIT.get().map(|f| f as usize), Some(count_twice as usize));
-    assert_direct_to(true, count_twice as usize);
+    assert_eq!(UNIT.get().map(|f| f as usize), Some(u(count_twice)));
+    assert_direct_to(true, u(count_twice));
     call_unit(3);
     assert_eq!(COUNTED.load(SeqCst), before + 7);
 
     let old = must("UNIT.try_update(merged) again", UNIT.try_update(merged));
-    assert_eq!(old.map(|f| f as usize), Some(count_twice as usize));
+    assert_eq!(old.map(|f| f as usize), Some(u(count_twice)));
     assert_eq!(UNIT.get().map(|f| f as usize), Some(m));
     assert_direct_to(true, m);
     call_unit(5);
@@ -107,16 +116,16 @@ fn unit_key_through(merged: extern "C" fn(u32)) {
 
     let old = must("UNIT.try_update(count) after reset", UNIT.try_update(count));
     assert_eq!(old.map(|f| f as usize), None);
-    assert_direct_to(true, count as usize);
+    assert_direct_to(true, u(count));
     call_unit(1);
     assert_eq!(COUNTED.load(SeqCst), before + 8);
     let old = must("UNIT.try_update(merged) after reset", UNIT.try_update(merged));
-    assert_eq!(old.map(|f| f as usize), Some(count as usize));
+    assert_eq!(old.map(|f| f as usize), Some(u(count)));
     assert_eq!(UNIT.get().map(|f| f as usize), Some(m));
     assert_direct_to(true, m);
     let old = must("UNIT.try_update(count) last", UNIT.try_update(count));
     assert_eq!(old.map(|f| f as usize), Some(m));
-    assert_direct_to(true, count as usize);
+    assert_direct_to(true, u(count));
 }
 
 /// The zeroable key through `merged`.
@@ -125,18 +134,18 @@ fn zero_key_through(merged: extern "C" fn() -> u64) {
     assert_eq!(call_zero(), 7, "ZERO starts on seven");
 
     let old = must("ZERO.try_update(merged)", ZERO.try_update(merged));
-    assert_eq!(old.map(|f| f as usize), Some(seven as usize), "update returns the previous target");
+    assert_eq!(old.map(|f| f as usize), Some(z(seven)), "update returns the previous target");
     assert_eq!(ZERO.get().map(|f| f as usize), Some(m), "get() is the merged target, not None");
     assert_direct_to(false, m);
     assert_eq!(call_zero(), 0);
 
     let old = must("ZERO.try_update(nine)", ZERO.try_update(nine));
     assert_eq!(old.map(|f| f as usize), Some(m), "update returns the merged target");
-    assert_direct_to(false, nine as usize);
+    assert_direct_to(false, z(nine));
     assert_eq!(call_zero(), 9);
 
     let old = must("ZERO.try_update(merged) again", ZERO.try_update(merged));
-    assert_eq!(old.map(|f| f as usize), Some(nine as usize));
+    assert_eq!(old.map(|f| f as usize), Some(z(nine)));
     assert_eq!(ZERO.get().map(|f| f as usize), Some(m));
     assert_direct_to(false, m);
     assert_eq!(call_zero(), 0);
@@ -149,10 +158,10 @@ fn zero_key_through(merged: extern "C" fn() -> u64) {
 
     let old = must("ZERO.try_update(seven) after reset", ZERO.try_update(seven));
     assert_eq!(old.map(|f| f as usize), None);
-    assert_direct_to(false, seven as usize);
+    assert_direct_to(false, z(seven));
     assert_eq!(call_zero(), 7);
     let old = must("ZERO.try_update(merged) after reset", ZERO.try_update(merged));
-    assert_eq!(old.map(|f| f as usize), Some(seven as usize));
+    assert_eq!(old.map(|f| f as usize), Some(z(seven)));
     assert_eq!(ZERO.get().map(|f| f as usize), Some(m));
     assert_direct_to(false, m);
     let old = must("ZERO.try_update(seven) last", ZERO.try_update(seven));
@@ -171,7 +180,7 @@ fn stub_and_folding(stub: usize, f: usize, what: &str) -> usize {
 #[test]
 fn unit_target_merged_with_the_nop_stub() {
     static_call::init().unwrap();
-    let stub = stub_and_folding(static_call::__private::no_target_stub(UNIT.key()), ignore as usize, "ignore");
+    let stub = stub_and_folding(static_call::__private::no_target_stub(UNIT.key()), u(ignore), "ignore");
     // SAFETY: the stub is an `extern "C" fn()`, which ignores the key's
     // argument: exactly what a merged target is.
     let merged = unsafe { std::mem::transmute::<usize, extern "C" fn(u32)>(stub) };
@@ -184,7 +193,7 @@ fn unit_target_merged_with_the_nop_stub() {
 #[test]
 fn zero_target_merged_with_the_zero_stub() {
     static_call::init().unwrap();
-    let stub = stub_and_folding(static_call::__private::no_target_stub(ZERO.key()), zero as usize, "zero");
+    let stub = stub_and_folding(static_call::__private::no_target_stub(ZERO.key()), z(zero), "zero");
     // SAFETY: the stub is an `extern "C" fn() -> u64`: the key's type.
     let merged = unsafe { std::mem::transmute::<usize, extern "C" fn() -> u64>(stub) };
     zero_key_through(merged);
@@ -200,7 +209,7 @@ fn folding_happened_where_expected() {
     if std::env::var_os("STATIC_CALL_EXPECT_FOLDED").is_none() {
         return;
     }
-    let unit = static_call::__private::no_target_stub(UNIT.key()) == ignore as usize;
-    let zero = static_call::__private::no_target_stub(ZERO.key()) == zero as usize;
+    let unit = static_call::__private::no_target_stub(UNIT.key()) == u(ignore);
+    let zero = static_call::__private::no_target_stub(ZERO.key()) == z(zero);
     assert!(unit || zero, "--icf=all folded `ignore` or `zero` with the crate's stub (unit {unit}, zero {zero})");
 }
