@@ -87,6 +87,13 @@ pub fn trampoline_of<F: Copy, R>(key: &'static Key<F, R>) -> Option<usize> {
     crate::backend::trampoline(key.__raw())
 }
 
+/// Test hook: the address of the no-target stub a key's slot holds while
+/// the key has no target (the key's raw `none` pointer). A target the
+/// optimizer or the linker merged with that stub has this very address.
+pub fn no_target_stub<F: Copy, R>(key: &'static Key<F, R>) -> usize {
+    key.__raw().none as usize
+}
+
 /// Disassembles one instruction (introspection, the demo); empty on the
 /// portable backend.
 pub fn disassemble(at: usize, bytes: &[u8]) -> String {
