@@ -15,7 +15,8 @@
 //!    original protection on every path, including a failed write. The
 //!    protections of text come from the ELF program headers of this copy's
 //!    own module (`dl_iterate_phdr`, read once when the writer is probed, into
-//!    fixed storage), so this writer needs no `/proc` and allocates nothing.
+//!    fixed storage; `PROT_BTI` included where the loader set it, see below),
+//!    so this writer needs no `/proc` and allocates nothing.
 //!    A restore that fails (even after retries) is reported as
 //!    [`Error::ProtectionNotRestored`] and refuses every later session.
 //!
@@ -84,6 +85,29 @@
 //! two of at least 4 KiB (0: not reported) makes the probe refuse both
 //! writers ([`Error::TextNotWritable`], `EINVAL` for each): the process runs
 //! on the keys' slots, correct and never frozen.
+//!
+//! # Protection restored: `PROT_BTI` (aarch64)
+//!
+//! The mprotect writer gives each page back the protection the loader gave
+//! it. On arm64 that is `PROT_BTI` too, for the executable segments of an
+//! object whose `PT_GNU_PROPERTY` note (`NT_GNU_PROPERTY_TYPE_0`, owner
+//! "GNU") has `GNU_PROPERTY_AARCH64_FEATURE_1_BTI` in its
+//! `GNU_PROPERTY_AARCH64_FEATURE_1_AND` property, when the CPU has BTI
+//! (`AT_HWCAP2 & HWCAP2_BTI`): glibc's `_dl_bti_protect` maps every such
+//! object so (and `mprotect`s the main program), the kernel the dynamic
+//! loader and static executables. No glibc tunable changes that
+//! (`glibc.cpu.aarch64_bti` only decides whether an unmarked object may be
+//! loaded). Restoring only the `PF_*` flags would silently drop branch
+//! protection, so the note is parsed here, from the program headers
+//! `dl_iterate_phdr` gives (only the `PT_GNU_PROPERTY` segment, 8-aligned,
+//! where both loaders look; a `PT_NOTE` is not consulted, since neither
+//! loader applies BTI from one), bounds-checked and allocation-free: a
+//! malformed note means no BTI. While a page is writable it keeps
+//! `PROT_BTI`. This follows glibc and the kernel; another loader that
+//! applies BTI differently (musl's dynamic linker, 1.2, applies it to none of the objects it maps)
+//! would be misread. The probe does not compare with what the kernel holds
+//! (only `/proc/self/smaps` says, and this writer must not need `/proc`).
+//! On x86-64 nothing is added.
 //!
 //! # Safety
 //!
@@ -802,16 +826,17 @@ fn collect_segments(at: usize, page: usize) -> bool {
         if !loads().any(|p| (range(p).0..range(p).1).contains(&at)) {
             return 0;
         }
+        // The loader guards executable text with `PROT_BTI` (aarch64) when
+        // the CPU has BTI and the module's property note asks for it.
+        let hwcap2 = hwcap2();
+        let feature_1_and = if hwcap2 & HWCAP2_BTI != 0 { feature_1_and(phdrs, base) } else { None };
+        let guarded = bti_guarded(hwcap2, feature_1_and);
         let mut n = 0;
         for p in loads().take(MAX_SEGMENTS) {
             let (lo, hi) = range(p);
             SEGMENTS[n][0].store(lo & !(page - 1), Ordering::Relaxed);
             SEGMENTS[n][1].store(hi.wrapping_add(page - 1) & !(page - 1), Ordering::Relaxed);
-            let prot = [(libc::PF_R, libc::PROT_READ), (libc::PF_W, libc::PROT_WRITE), (libc::PF_X, libc::PROT_EXEC)]
-                .iter()
-                .filter(|&&(f, _)| p.p_flags & f != 0)
-                .fold(0, |acc, &(_, prot)| acc | prot);
-            SEGMENTS[n][2].store(prot as usize, Ordering::Relaxed);
+            SEGMENTS[n][2].store(segment_protection(p.p_flags, guarded) as usize, Ordering::Relaxed);
             n += 1;
         }
         SEGMENT_COUNT.store(n, Ordering::Release);
@@ -819,9 +844,143 @@ fn collect_segments(at: usize, page: usize) -> bool {
     }
     let mut data = (at, page);
     // SAFETY: the callback matches the expected signature and reads only
-    // what the loader passes it; `data` outlives the call.
+    // what the loader passes it (the program headers, and the property note
+    // they locate in mapped, readable memory); `data` outlives the call.
     unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut data).cast()) };
     SEGMENT_COUNT.load(Ordering::Acquire) > 0
+}
+
+// ---------------------------------------------------------------- protections (BTI)
+
+/// `PROT_BTI` (arm64): the pages are guarded, an indirect branch into them
+/// must land on a `bti` (or `paciasp`...) instruction.
+const PROT_BTI: i32 = 0x10;
+/// `HWCAP2_BTI` (arm64 `AT_HWCAP2`): the CPU and the kernel support BTI.
+const HWCAP2_BTI: u64 = 1 << 17;
+/// The program header of the `.note.gnu.property` section.
+const PT_GNU_PROPERTY: u32 = 0x6474_e553;
+const NT_GNU_PROPERTY_TYPE_0: u32 = 5;
+const GNU_PROPERTY_AARCH64_FEATURE_1_AND: u32 = 0xc000_0000;
+const GNU_PROPERTY_AARCH64_FEATURE_1_BTI: u32 = 1;
+
+/// The protection the loader gives a `PT_LOAD` segment whose flags are
+/// `p_flags`: `PF_R`/`PF_W`/`PF_X` as `PROT_READ`/`PROT_WRITE`/`PROT_EXEC`,
+/// and `PROT_BTI` on an executable one when `guarded` (glibc's
+/// `_dl_bti_protect`: `PROT_EXEC | PROT_BTI`, plus read and write as the
+/// flags say).
+fn segment_protection(p_flags: u32, guarded: bool) -> i32 {
+    let prot = [(libc::PF_R, libc::PROT_READ), (libc::PF_W, libc::PROT_WRITE), (libc::PF_X, libc::PROT_EXEC)]
+        .iter()
+        .filter(|&&(f, _)| p_flags & f != 0)
+        .fold(0, |acc, &(_, prot)| acc | prot);
+    if guarded && prot & libc::PROT_EXEC != 0 {
+        prot | PROT_BTI
+    } else {
+        prot
+    }
+}
+
+/// Whether the loader guards a module's executable segments with
+/// `PROT_BTI`: the CPU has BTI (`HWCAP2_BTI` in `hwcap2`) and the module's
+/// `GNU_PROPERTY_AARCH64_FEATURE_1_AND` property (`feature_1_and`) has
+/// `GNU_PROPERTY_AARCH64_FEATURE_1_BTI`. glibc (`_dl_process_gnu_property`,
+/// for every object it maps, and the main program) and the kernel (for
+/// the dynamic loader itself and static executables) decide just so; no
+/// tunable changes it (`glibc.cpu.aarch64_bti` only decides whether an
+/// object without the marking may be loaded).
+fn bti_guarded(hwcap2: u64, feature_1_and: Option<u32>) -> bool {
+    hwcap2 & HWCAP2_BTI != 0 && feature_1_and.is_some_and(|f| f & GNU_PROPERTY_AARCH64_FEATURE_1_BTI != 0)
+}
+
+/// `AT_HWCAP2` where BTI exists (aarch64); 0 elsewhere, so that nothing is
+/// ever guarded there.
+#[cfg(target_arch = "aarch64")]
+fn hwcap2() -> u64 {
+    // SAFETY: getauxval reads the auxiliary vector; no preconditions.
+    unsafe { libc::getauxval(libc::AT_HWCAP2) as u64 }
+}
+
+/// See the aarch64 `hwcap2`.
+#[cfg(not(target_arch = "aarch64"))]
+fn hwcap2() -> u64 {
+    0
+}
+
+/// The `GNU_PROPERTY_AARCH64_FEATURE_1_AND` property of the module whose
+/// program headers are `phdrs` (loaded at `base`), read from its
+/// `PT_GNU_PROPERTY` segment as the loaders read it: only that segment
+/// (neither glibc nor the kernel looks for the property in a `PT_NOTE`),
+/// 8-aligned (glibc skips another alignment), and only where it lies in
+/// the file-backed bytes of a readable `PT_LOAD` segment, so it is mapped
+/// and readable. `None` for anything else, malformed included.
+fn feature_1_and(phdrs: &[libc::Elf64_Phdr], base: usize) -> Option<u32> {
+    let note = phdrs.iter().find(|p| p.p_type == PT_GNU_PROPERTY)?;
+    if note.p_align != 8 {
+        return None;
+    }
+    let (lo, len) = (note.p_vaddr, note.p_memsz);
+    let hi = lo.checked_add(len)?;
+    let mapped = phdrs.iter().any(|p| {
+        p.p_type == libc::PT_LOAD
+            && p.p_flags & libc::PF_R != 0
+            && p.p_vaddr <= lo
+            && p.p_vaddr.checked_add(p.p_filesz).is_some_and(|end| hi <= end)
+    });
+    if !mapped {
+        return None;
+    }
+    // SAFETY: `lo..hi` lies in the file-backed bytes of a readable loaded
+    // segment of a module the loader is reporting (mapped, and not unloaded
+    // while `dl_iterate_phdr` holds its lock); only read.
+    let bytes = unsafe { std::slice::from_raw_parts(base.wrapping_add(lo as usize) as *const u8, len as usize) };
+    gnu_property(bytes, GNU_PROPERTY_AARCH64_FEATURE_1_AND)
+}
+
+/// The 4-byte property `want` of the `NT_GNU_PROPERTY_TYPE_0` note (owner
+/// "GNU") in `notes`, the bytes of an ELF64 note segment (notes and
+/// properties 8-aligned), as glibc's `_dl_process_pt_gnu_property` reads
+/// it: the first such note only, its properties in ascending type order,
+/// each within the note. Everything is bounds-checked; anything malformed
+/// (truncated, out of order, a size that does not fit, a `want` property
+/// that is not 4 bytes) is `None`.
+fn gnu_property(notes: &[u8], want: u32) -> Option<u32> {
+    const ALIGN: usize = 8;
+    const HEADER: usize = 12;
+    let align = |n: usize| n.checked_add(ALIGN - 1).map(|n| n & !(ALIGN - 1));
+    let mut at = 0usize;
+    while at.checked_add(HEADER)? < notes.len() {
+        let (namesz, descsz, ty) = (word(notes, at)? as usize, word(notes, at + 4)? as usize, word(notes, at + 8)?);
+        let desc_at = align(at.checked_add(HEADER)?.checked_add(namesz)?)?;
+        if namesz == 4 && ty == NT_GNU_PROPERTY_TYPE_0 && notes.get(at + HEADER..at + HEADER + 4)? == b"GNU\0" {
+            if descsz < 8 || descsz % ALIGN != 0 {
+                return None;
+            }
+            let desc = notes.get(desc_at..desc_at.checked_add(descsz)?)?;
+            let (mut p, mut last) = (0usize, 0u32);
+            while desc.len() - p >= 8 {
+                let (ty, datasz) = (word(desc, p)?, word(desc, p + 4)? as usize);
+                if ty < last {
+                    return None;
+                }
+                let data = desc.get(p + 8..(p + 8).checked_add(datasz)?)?;
+                if ty == want {
+                    return if datasz == 4 { word(data, 0) } else { None };
+                }
+                last = ty;
+                p = (p + 8).checked_add(align(datasz)?)?.min(desc.len());
+            }
+            // Only the first property note counts.
+            return None;
+        }
+        at = align(desc_at.checked_add(descsz)?)?;
+    }
+    None
+}
+
+/// The native-endian `u32` at `at` in `bytes`, if it fits.
+fn word(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at.checked_add(4)?)?;
+    Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// The protection the program headers give the page at `page` (the last
@@ -1121,10 +1280,10 @@ mod tests {
         let page = 16384;
         let prot = |p: usize| match p / page {
             0 | 1 => Ok(5),
-            2 => Ok(5 | libc::PROT_WRITE),
+            2 => Ok(5 | PROT_BTI),
             _ => Err(p),
         };
-        assert_eq!(runs(&[0x10, 0x4010, 0x8010], page, prot), Ok(vec![(0, 0x8000, 5), (0x8000, 0xc000, 5 | libc::PROT_WRITE)]));
+        assert_eq!(runs(&[0x10, 0x4010, 0x8010], page, prot), Ok(vec![(0, 0x8000, 5), (0x8000, 0xc000, 5 | PROT_BTI)]));
         assert_eq!(runs(&[0x10, 0xc010], page, prot), Err(0xc000));
     }
 
@@ -1218,7 +1377,7 @@ mod tests {
         ) {
             offsets.sort_unstable();
             let addrs: Vec<usize> = offsets.iter().map(|o| BASE + o).collect();
-            let prot = |p: usize| Ok::<_, ()>(if (p / page) % 3 == 2 { 5 | libc::PROT_WRITE } else { 5 });
+            let prot = |p: usize| Ok::<_, ()>(if (p / page) % 3 == 2 { 5 | PROT_BTI } else { 5 });
             let runs = runs(&addrs, page, prot).unwrap();
             for w in runs.windows(2) {
                 prop_assert!(w[0].1 <= w[1].0, "runs overlap or are out of order");
@@ -1237,5 +1396,178 @@ mod tests {
                 }
             }
         }
+    }
+
+    // ------------------------------------------------------------ BTI
+
+    /// An ELF64 note: header, name, descriptor, each padded to 8.
+    fn note(name: &[u8], ty: u32, desc: &[u8]) -> Vec<u8> {
+        let mut n = Vec::new();
+        n.extend((name.len() as u32).to_ne_bytes());
+        n.extend((desc.len() as u32).to_ne_bytes());
+        n.extend(ty.to_ne_bytes());
+        n.extend(name);
+        n.resize(n.len().next_multiple_of(8), 0);
+        n.extend(desc);
+        n.resize(n.len().next_multiple_of(8), 0);
+        n
+    }
+
+    /// A GNU property: type, size, data padded to 8.
+    fn property(ty: u32, data: &[u8]) -> Vec<u8> {
+        let mut p = Vec::new();
+        p.extend(ty.to_ne_bytes());
+        p.extend((data.len() as u32).to_ne_bytes());
+        p.extend(data);
+        p.resize(p.len().next_multiple_of(8), 0);
+        p
+    }
+
+    fn properties(props: &[Vec<u8>]) -> Vec<u8> {
+        note(b"GNU\0", NT_GNU_PROPERTY_TYPE_0, &props.concat())
+    }
+
+    const AND: u32 = GNU_PROPERTY_AARCH64_FEATURE_1_AND;
+    const BTI: u32 = GNU_PROPERTY_AARCH64_FEATURE_1_BTI;
+    /// `GNU_PROPERTY_AARCH64_FEATURE_1_PAC`.
+    const PAC: u32 = 2;
+    /// `GNU_PROPERTY_X86_FEATURE_1_AND`, with IBT and SHSTK.
+    const X86_AND: u32 = 0xc000_0002;
+    /// `GNU_PROPERTY_1_NEEDED`.
+    const NEEDED: u32 = 0xb000_8000;
+
+    #[test]
+    fn property_note_bti_set_or_clear() {
+        let bti = properties(&[property(AND, &(BTI | PAC).to_ne_bytes())]);
+        assert_eq!(gnu_property(&bti, AND), Some(BTI | PAC));
+        let pac = properties(&[property(AND, &PAC.to_ne_bytes())]);
+        assert_eq!(gnu_property(&pac, AND), Some(PAC));
+        assert!(!bti_guarded(HWCAP2_BTI, gnu_property(&pac, AND)));
+        assert!(bti_guarded(HWCAP2_BTI, gnu_property(&bti, AND)));
+    }
+
+    #[test]
+    fn property_note_after_other_properties_and_notes() {
+        let props = properties(&[property(NEEDED, &1u32.to_ne_bytes()), property(AND, &BTI.to_ne_bytes())]);
+        assert_eq!(gnu_property(&props, AND), Some(BTI));
+        // A build-id note first (another type), and one of another owner.
+        let other = [note(b"GNU\0", 3, &[7; 20]), note(b"Go\0\0", NT_GNU_PROPERTY_TYPE_0, &[0; 8]), props].concat();
+        assert_eq!(gnu_property(&other, AND), Some(BTI));
+        // A property with 12 bytes of data, padded, before it.
+        let padded = properties(&[property(NEEDED, &[1; 12]), property(AND, &BTI.to_ne_bytes())]);
+        assert_eq!(gnu_property(&padded, AND), Some(BTI));
+    }
+
+    #[test]
+    fn property_note_x86_or_none() {
+        let x86 = properties(&[property(X86_AND, &3u32.to_ne_bytes())]);
+        assert_eq!(gnu_property(&x86, AND), None);
+        assert!(!bti_guarded(HWCAP2_BTI, gnu_property(&x86, AND)));
+        assert_eq!(gnu_property(&[], AND), None);
+        assert_eq!(gnu_property(&properties(&[]), AND), None);
+        // Not the owner "GNU".
+        let gnv = note(b"GNV\0", NT_GNU_PROPERTY_TYPE_0, &property(AND, &BTI.to_ne_bytes()));
+        assert_eq!(gnu_property(&gnv, AND), None);
+        // Only the first property note counts (as in glibc).
+        let two = [properties(&[property(NEEDED, &1u32.to_ne_bytes())]), properties(&[property(AND, &BTI.to_ne_bytes())])]
+            .concat();
+        assert_eq!(gnu_property(&two, AND), None);
+    }
+
+    #[test]
+    fn property_note_malformed_means_no_bti() {
+        let good = properties(&[property(NEEDED, &1u32.to_ne_bytes()), property(AND, &BTI.to_ne_bytes())]);
+        // Every truncation.
+        for len in 0..good.len() {
+            assert_eq!(gnu_property(&good[..len], AND), None, "truncated to {len}");
+        }
+        let set = |at: usize, v: u32| {
+            let mut n = good.clone();
+            n[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+            n
+        };
+        // namesz, descsz huge; descsz not a multiple of 8, too small.
+        for (at, v) in [(0, u32::MAX), (4, u32::MAX), (4, 20), (4, 4), (0, 5)] {
+            assert_eq!(gnu_property(&set(at, v), AND), None, "word {at} = {v:#x}");
+        }
+        // A property's datasz past the descriptor, or huge.
+        for v in [0x100, u32::MAX] {
+            assert_eq!(gnu_property(&set(16 + 4, v), AND), None);
+        }
+        // The feature word is not 4 bytes.
+        let wide = properties(&[property(AND, &u64::from(BTI).to_ne_bytes())]);
+        assert_eq!(gnu_property(&wide, AND), None);
+        // Out of order.
+        let unordered = properties(&[property(AND | 0x10, &1u32.to_ne_bytes()), property(AND, &BTI.to_ne_bytes())]);
+        assert_eq!(gnu_property(&unordered, AND), None);
+    }
+
+    proptest! {
+        #[test]
+        fn property_parser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = gnu_property(&bytes, AND);
+        }
+
+        #[test]
+        fn property_parser_survives_corruption(at in 0usize..48, v in any::<u8>()) {
+            let mut n = properties(&[property(NEEDED, &1u32.to_ne_bytes()), property(AND, &BTI.to_ne_bytes())]);
+            let at = at % n.len();
+            n[at] = v;
+            let _ = gnu_property(&n, AND);
+        }
+    }
+
+    #[test]
+    fn protection_adds_bti_to_executable_segments_only() {
+        let (rx, r, rw) = (libc::PF_R | libc::PF_X, libc::PF_R, libc::PF_R | libc::PF_W);
+        let exec = libc::PROT_READ | libc::PROT_EXEC;
+        assert_eq!(segment_protection(rx, false), exec);
+        assert_eq!(segment_protection(rx, true), exec | PROT_BTI);
+        assert_eq!(segment_protection(libc::PF_X, true), libc::PROT_EXEC | PROT_BTI);
+        assert_eq!(segment_protection(r, true), libc::PROT_READ);
+        assert_eq!(segment_protection(rw, true), libc::PROT_READ | libc::PROT_WRITE);
+        // The CPU's support and the note's request, both needed.
+        let other_hwcap2 = 1 << 1;
+        assert!(bti_guarded(HWCAP2_BTI | other_hwcap2, Some(BTI)));
+        assert!(!bti_guarded(other_hwcap2, Some(BTI)));
+        assert!(!bti_guarded(0, Some(BTI | PAC)));
+        assert!(!bti_guarded(HWCAP2_BTI, Some(PAC)));
+        assert!(!bti_guarded(HWCAP2_BTI, None));
+        // Where BTI does not exist, nothing is ever guarded.
+        if cfg!(not(target_arch = "aarch64")) {
+            assert_eq!(hwcap2(), 0);
+        }
+    }
+
+    fn phdr(p_type: u32, p_flags: u32, p_vaddr: u64, p_filesz: u64, p_memsz: u64, p_align: u64) -> libc::Elf64_Phdr {
+        libc::Elf64_Phdr { p_type, p_flags, p_offset: p_vaddr, p_vaddr, p_paddr: p_vaddr, p_filesz, p_memsz, p_align }
+    }
+
+    /// The note is found through the program headers, in memory, only where
+    /// a readable loaded segment holds it.
+    #[test]
+    fn property_note_through_program_headers() {
+        let note = properties(&[property(AND, &BTI.to_ne_bytes())]);
+        // A "module" whose image is `image`, loaded at its address; the
+        // note at offset 64.
+        let mut image = vec![0u8; 256];
+        image[64..64 + note.len()].copy_from_slice(&note);
+        let base = image.as_ptr() as usize;
+        let n = note.len() as u64;
+        let load = |flags, filesz| phdr(libc::PT_LOAD, flags, 0, filesz, 256, 4096);
+        let prop = |align| phdr(PT_GNU_PROPERTY, libc::PF_R, 64, n, n, align);
+        assert_eq!(feature_1_and(&[load(libc::PF_R, 256), prop(8)], base), Some(BTI));
+        // glibc skips a property segment not 8-aligned.
+        assert_eq!(feature_1_and(&[load(libc::PF_R, 256), prop(4)], base), None);
+        // Not in a readable segment's file-backed bytes: not read.
+        assert_eq!(feature_1_and(&[load(libc::PF_X, 256), prop(8)], base), None);
+        assert_eq!(feature_1_and(&[load(libc::PF_R, 64 + n - 1), prop(8)], base), None);
+        assert_eq!(feature_1_and(&[prop(8)], base), None);
+        // No property segment (a PT_NOTE is not where the loaders look).
+        let pt_note = phdr(libc::PT_NOTE, libc::PF_R, 64, n, n, 8);
+        assert_eq!(feature_1_and(&[load(libc::PF_R, 256), pt_note], base), None);
+        // A size that overflows.
+        let huge = phdr(PT_GNU_PROPERTY, libc::PF_R, 64, u64::MAX, u64::MAX, 8);
+        assert_eq!(feature_1_and(&[load(libc::PF_R, 256), huge], base), None);
     }
 }
