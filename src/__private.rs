@@ -136,6 +136,13 @@ pub fn fail_text_protect_after(after: usize, times: usize) {
 pub fn text_protects() -> usize {
     crate::os::linux::text::protects()
 }
+
+/// Test hook: the writer probe takes the page size (`getauxval(AT_PAGESZ)`)
+/// to be `n`, so that a process whose kernel reports an unusable one (0, not
+/// a power of two) can be tested. Call before `init`: it is read once.
+pub fn inject_page_size(n: usize) {
+    crate::os::linux::text::inject_page_size(n)
+}
 }
 
 patching! {

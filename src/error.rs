@@ -232,6 +232,7 @@ impl fmt::Display for CopyVersion {
 const EPERM: i32 = 1;
 const ENOENT: i32 = 2;
 const EIO: i32 = 5;
+const EINVAL: i32 = 22;
 const ENOMEM: i32 = 12;
 const EACCES: i32 = 13;
 /// Linux's value on every supported architecture.
@@ -256,6 +257,7 @@ fn proc_mem_reason(errno: i32) -> &'static str {
         ENOENT => "found no /proc/self/mem (/proc is not mounted)",
         EPERM | EACCES => "was denied by a security policy (seccomp, or an LSM: SELinux, AppArmor, Landlock)",
         EIO => "failed to write (EIO: the kernel refuses forced writes, e.g. proc_mem.force_override=never)",
+        EINVAL => PAGE_SIZE_UNUSABLE,
         EOPNOTSUPP => {
             "was not used: on this aarch64 CPU (FEAT_MOPS) the kernel's copy may not write an instruction \
              with one 32-bit store"
@@ -278,9 +280,14 @@ fn mprotect_reason(errno: i32) -> &'static str {
         EPERM => "was denied by seccomp or a security module",
         ENOMEM => "found the address unmapped, or hit the limit on the number of mappings",
         EIO => "failed to write",
+        EINVAL => "was not used either (no usable page size), or mprotect refused the protection asked (EINVAL)",
         _ => "failed",
     }
 }
+
+/// Why neither writer is used when `getauxval(AT_PAGESZ)` is unusable.
+const PAGE_SIZE_UNUSABLE: &str = "was not used: the kernel reported no usable page size (getauxval(AT_PAGESZ) \
+     is 0, not a power of two, or below 4 KiB), and both writers work page by page";
 
 /// What to do, given why the `/proc/self/mem` writer (the one that works
 /// under W^X policies) did not work.
@@ -293,6 +300,7 @@ fn remedy(proc_mem_errno: i32) -> &'static str {
              or allow it write+execute mappings"
         }
         EOPNOTSUPP | ESTALE => "allow write+execute mappings for the mprotect writer",
+        EINVAL => "run under a kernel (or emulator) that reports its page size in the auxiliary vector",
         _ => "allow writes to /proc/self/mem, or write+execute mappings for the mprotect writer",
     }
 }

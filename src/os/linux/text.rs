@@ -15,7 +15,8 @@
 //!    original protection on every path, including a failed write. The
 //!    protections of text come from the ELF program headers of this copy's
 //!    own module (`dl_iterate_phdr`, read once when the writer is probed, into
-//!    fixed storage), so this writer needs no `/proc` and allocates nothing.
+//!    fixed storage; `PROT_BTI` included where the loader set it, see below),
+//!    so this writer needs no `/proc` and allocates nothing.
 //!    A restore that fails (even after retries) is reported as
 //!    [`Error::ProtectionNotRestored`] and refuses every later session.
 //!
@@ -64,6 +65,50 @@
 //! bytes that change (single-byte stores for first bytes), so it has no such
 //! window.
 //!
+//! A span takes in the writes that start on the page of its first one, so
+//! every byte written back lies on that page; only the last write of a span
+//! may run past the page's end (an instruction that straddles it), with its
+//! own bytes. A span is also at most `BUF_LEN` (4 KiB + 64) bytes, the size
+//! of the static buffer it is assembled in: the span length is bounded by
+//! the buffer, not the buffer sized for the largest page. Joining is done on
+//! x86-64 only, whose pages are 4 KiB, so a page's writes are always one
+//! `pwrite` there; on a larger page they would be one per `BUF_LEN` bytes.
+//! The planning (`Spans`, `next_span_bytes`, and the mprotect writer's
+//! `page_runs`) is pure, parameterized by the page size, and unit-tested
+//! with 4, 16 and 64 KiB pages.
+//!
+//! # Page size
+//!
+//! Both writers work page by page, with the page size the kernel reports,
+//! `getauxval(AT_PAGESZ)`, read once by the probe: 4 KiB on x86-64; 4, 16 or
+//! 64 KiB on arm64, as the kernel was built. A value that is not a power of
+//! two of at least 4 KiB (0: not reported) makes the probe refuse both
+//! writers ([`Error::TextNotWritable`], `EINVAL` for each): the process runs
+//! on the keys' slots, correct and never frozen.
+//!
+//! # Protection restored: `PROT_BTI` (aarch64)
+//!
+//! The mprotect writer gives each page back the protection the loader gave
+//! it. On arm64 that is `PROT_BTI` too, for the executable segments of an
+//! object whose `PT_GNU_PROPERTY` note (`NT_GNU_PROPERTY_TYPE_0`, owner
+//! "GNU") has `GNU_PROPERTY_AARCH64_FEATURE_1_BTI` in its
+//! `GNU_PROPERTY_AARCH64_FEATURE_1_AND` property, when the CPU has BTI
+//! (`AT_HWCAP2 & HWCAP2_BTI`): glibc's `_dl_bti_protect` maps every such
+//! object so (and `mprotect`s the main program), the kernel the dynamic
+//! loader and static executables. No glibc tunable changes that
+//! (`glibc.cpu.aarch64_bti` only decides whether an unmarked object may be
+//! loaded). Restoring only the `PF_*` flags would silently drop branch
+//! protection, so the note is parsed here, from the program headers
+//! `dl_iterate_phdr` gives (only the `PT_GNU_PROPERTY` segment, 8-aligned,
+//! where both loaders look; a `PT_NOTE` is not consulted, since neither
+//! loader applies BTI from one), bounds-checked and allocation-free: a
+//! malformed note means no BTI. While a page is writable it keeps
+//! `PROT_BTI`. This follows glibc and the kernel; another loader that
+//! applies BTI differently (musl's dynamic linker, 1.2, applies it to none of the objects it maps)
+//! would be misread. The probe does not compare with what the kernel holds
+//! (only `/proc/self/smaps` says, and this writer must not need `/proc`).
+//! On x86-64 nothing is added.
+//!
 //! # Safety
 //!
 //! Writing to text is sound only where no thread can execute the bytes being
@@ -80,11 +125,10 @@
 
 use crate::Error;
 use std::cell::UnsafeCell;
+use std::iter::Peekable;
 use std::sync::atomic::{AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
 pub use crate::mode::TextWriter;
-
-const PAGE: usize = 4096;
 
 const UNPROBED: u8 = 0;
 const PROC_MEM: u8 = 1;
@@ -182,6 +226,54 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
+// ---------------------------------------------------------------- page size
+
+/// The page size, `getauxval(AT_PAGESZ)`: read once, by the probe (0 until
+/// then, and for good if it is unusable). 4 KiB on x86-64; 4, 16 or 64 KiB
+/// on arm64, as the kernel was built.
+static PAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
+
+/// Test hook: the value `AT_PAGESZ` is taken to hold (`usize::MAX`: none).
+static PAGE_SIZE_INJECTED: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Test hook: the probe takes `AT_PAGESZ` to be `n`. Call before `init`
+/// (the page size is read once).
+pub fn inject_page_size(n: usize) {
+    PAGE_SIZE_INJECTED.store(n, Ordering::SeqCst);
+}
+
+/// The smallest page Linux uses, on every architecture.
+const MIN_PAGE: usize = 4096;
+
+/// `AT_PAGESZ` as a page size: a power of two, at least 4 KiB. Anything else
+/// (0: the kernel did not say) would make both writers round wrong, so the
+/// probe then chooses neither, and the process runs on the keys' slots.
+fn valid_page_size(n: usize) -> Option<usize> {
+    (n.is_power_of_two() && n >= MIN_PAGE).then_some(n)
+}
+
+/// Reads the page size, once; `EINVAL` if `AT_PAGESZ` is not a usable one.
+fn read_page_size() -> Result<usize, i32> {
+    let cached = PAGE_SIZE.load(Ordering::Acquire);
+    if cached != 0 {
+        return Ok(cached);
+    }
+    let raw = match PAGE_SIZE_INJECTED.load(Ordering::SeqCst) {
+        // SAFETY: getauxval reads the auxiliary vector; no preconditions.
+        usize::MAX => unsafe { libc::getauxval(libc::AT_PAGESZ) as usize },
+        injected => injected,
+    };
+    let page = valid_page_size(raw).ok_or(libc::EINVAL)?;
+    PAGE_SIZE.store(page, Ordering::Release);
+    Ok(page)
+}
+
+/// The page size the probe read (0: it did not run, or found none, and no
+/// session opens).
+fn page_size() -> usize {
+    PAGE_SIZE.load(Ordering::Acquire)
+}
+
 // ---------------------------------------------------------------- choosing
 
 /// The writer in use, probing on first use. `probe_at` is an address of text
@@ -193,7 +285,12 @@ pub fn probe(probe_at: usize) -> Result<TextWriter, Error> {
         UNPROBED => {
             let forced = std::env::var("STATIC_CALL_WRITER").ok();
             let want = |name: &str| forced.as_deref().is_none_or(|f| f == name);
-            let c = if want("procmem") && probe_proc_mem(probe_at) {
+            let c = if let Err(errno) = read_page_size() {
+                // Both writers round to pages: neither is used.
+                PROBE_ERRNO[0].store(errno, Ordering::Relaxed);
+                PROBE_ERRNO[1].store(errno, Ordering::Relaxed);
+                NONE
+            } else if want("procmem") && probe_proc_mem(probe_at) {
                 PROC_MEM
             } else if want("mprotect") && probe_mprotect(probe_at) {
                 MPROTECT
@@ -279,11 +376,11 @@ fn proc_mem_executes() -> Result<(), i32> {
 }
 
 fn probe_mprotect(at: usize) -> bool {
-    if !collect_segments(at) {
+    if !collect_segments(at, page_size()) {
         PROBE_ERRNO[1].store(libc::EFAULT, Ordering::Relaxed);
         return false;
     }
-    let errno = match Unlocked::open(std::iter::once(at), 1, false) {
+    let errno = match Unlocked::open(std::iter::once(at), 1, page_size(), false) {
         Ok(mut guard) => match guard.restore() {
             Ok(()) => return true,
             Err(Error::ProtectionNotRestored { errno, .. }) => errno,
@@ -416,9 +513,12 @@ fn pwrite_all(fd: i32, at: usize, bytes: &[u8]) -> Result<(), i32> {
     Ok(())
 }
 
-/// Room for one page-run of a step: a page, plus the instruction that may
-/// straddle its end.
-const BUF_LEN: usize = PAGE + 64;
+/// The longest span of the `/proc/self/mem` writer: a 4 KiB page (x86-64's),
+/// plus the instruction that may straddle its end. The span length is
+/// bounded by this buffer, not by the page: on larger pages a page's writes
+/// of one step take one `pwrite` per `BUF_LEN` bytes (`Spans`), and the
+/// buffer stays small and static whatever the page size.
+const BUF_LEN: usize = 4096 + 64;
 
 /// The span a `/proc/self/mem` page-run writes, assembled here: static, not
 /// on the stack (an update may run from a signal handler on a small stack).
@@ -449,6 +549,8 @@ pub struct StepFailed {
 pub struct Session {
     writer: TextWriter,
     unlocked: Unlocked,
+    /// The page size (read by the probe).
+    page: usize,
 }
 
 impl Session {
@@ -460,17 +562,23 @@ impl Session {
         if let Some(e) = left_writable() {
             return Err(e);
         }
+        let mut addrs = addrs.peekable();
+        let page = page_size();
+        if page == 0 {
+            // Not probed, or no usable page size: the probe refused both.
+            let address = addrs.peek().copied().unwrap_or(0);
+            return Err(Error::TextNotWritable { address, errno: libc::EINVAL, proc_mem_errno: libc::EINVAL });
+        }
         match writer {
             TextWriter::ProcMem => {
-                let mut addrs = addrs;
                 mem_fd().map_err(|errno| Error::TextNotWritable {
                     address: addrs.next().unwrap_or(0),
                     errno: 0,
                     proc_mem_errno: errno,
                 })?;
-                Ok(Session { writer, unlocked: Unlocked::empty() })
+                Ok(Session { writer, unlocked: Unlocked::empty(page), page })
             }
-            TextWriter::Mprotect => Ok(Session { writer, unlocked: Unlocked::open(addrs, max_len, true)? }),
+            TextWriter::Mprotect => Ok(Session { writer, unlocked: Unlocked::open(addrs, max_len, page, true)?, page }),
         }
     }
 
@@ -500,67 +608,48 @@ impl Session {
             };
             StepFailed { error, reached }
         };
-        let mut writes = writes.into_iter().peekable();
+        let page = self.page;
         let mut reached = 0;
-        while let Some((start, first)) = writes.next() {
-            let page = start / PAGE;
-            reached += 1;
-            match self.writer {
-                TextWriter::ProcMem => {
-                    let joins = |&(a, b): &(usize, &[u8]), end: usize| {
-                        a / PAGE == page && a >= end && a + b.len() - start <= BUF_LEN
-                    };
-                    let mut end = start + first.len();
-                    let span: &[u8] =
-                        if JOIN_SPANS && writes.peek().is_some_and(|w| joins(w, end)) && first.len() <= BUF_LEN {
-                            // SAFETY: the patch lock (the caller's contract)
-                            // makes this thread the buffer's only user.
-                            let buf = unsafe { &mut *PAGE_BUF.0.get() };
-                            // What the page holds now from `start` to its end
-                            // (every gap of this run lies there; the last write
-                            // may run past it into the next page and brings
-                            // its own bytes), then the writes over it.
-                            let page_end = (page + 1) * PAGE;
-                            // SAFETY: `start..page_end` is the rest of a page of
-                            // mapped text (the caller's contract), readable;
-                            // only the patch lock holder writes it, and it is us.
-                            unsafe {
-                                std::ptr::copy_nonoverlapping(start as *const u8, buf.as_mut_ptr(), page_end - start)
-                            };
-                            overlay(&mut buf[..first.len()], first);
-                            while let Some(&(a, b)) = writes.peek().filter(|w| joins(w, end)) {
-                                overlay(&mut buf[a - start..a - start + b.len()], b);
-                                end = a + b.len();
-                                reached += 1;
-                                writes.next();
-                            }
-                            &buf[..end - start]
-                        } else {
-                            first
-                        };
+        match self.writer {
+            TextWriter::ProcMem => {
+                let max = if JOIN_SPANS { BUF_LEN } else { 0 };
+                let mut spans = Spans::new(writes.into_iter(), page, max);
+                // SAFETY: the patch lock (the caller's contract) makes this
+                // thread the buffer's only user.
+                let buf = unsafe { &mut *PAGE_BUF.0.get() };
+                // SAFETY: `read` is given the gaps of a span, which lie on
+                // the page of one of its writes (`Spans`): mapped text (the
+                // caller's contract), readable; only the patch lock holder
+                // writes it, and it is us.
+                let read = |at: usize, into: &mut [u8]| unsafe {
+                    std::ptr::copy_nonoverlapping(at as *const u8, into.as_mut_ptr(), into.len())
+                };
+                while let Some((span, bytes)) = next_span_bytes(&mut spans, buf, read) {
+                    // A failed `pwrite` may have written a prefix of the
+                    // span: `reached` counts the whole span.
+                    reached += span.writes;
                     if WRITES.fails() {
-                        return Err(failed(start, libc::EIO, reached));
+                        return Err(failed(span.start, libc::EIO, reached));
                     }
                     // `MEM_FD` rather than a descriptor kept in the session:
                     // after a `fork()` in the middle of an update, the child
                     // finishes it through its own `/proc/self/mem` (the
                     // atfork handler re-points the number, or clears it).
                     let fd = MEM_FD.load(Ordering::Acquire);
-                    let r = if fd < 0 { Err(libc::EBADF) } else { pwrite_all(fd, start, span) };
-                    // A failed `pwrite` may have written a prefix of the span:
-                    // `reached` counts the whole run.
-                    r.map_err(|errno| failed(start, errno, reached))?;
+                    let r = if fd < 0 { Err(libc::EBADF) } else { pwrite_all(fd, span.start, bytes) };
+                    r.map_err(|errno| failed(span.start, errno, reached))?;
                 }
-                TextWriter::Mprotect => {
+            }
+            TextWriter::Mprotect => {
+                // Page-runs: no length bound, nothing between the writes
+                // is written.
+                let mut spans = Spans::new(writes.into_iter(), page, usize::MAX);
+                while let Some(start) = spans.next_start() {
                     if WRITES.fails() {
-                        return Err(failed(start, libc::EIO, reached));
+                        return Err(failed(start, libc::EIO, reached + 1));
                     }
-                    store(start, first);
-                    while let Some(&(a, b)) = writes.peek().filter(|&&(a, _)| a / PAGE == page) {
-                        store(a, b);
-                        reached += 1;
-                        writes.next();
-                    }
+                    let run = spans.next_span(store);
+                    reached += run.map_or(0, |r| r.writes);
                 }
             }
         }
@@ -582,6 +671,94 @@ fn overlay(to: &mut [u8], from: &[u8]) {
     for (t, &f) in to.iter_mut().zip(from) {
         *t = f;
     }
+}
+
+// ---------------------------------------------------------------- spans (pure)
+
+/// The writes of a step that one write of the text writer covers: the bytes
+/// `start..end`, the first `writes` writes still to come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    start: usize,
+    end: usize,
+    writes: usize,
+}
+
+/// The writes of one step (`(address, bytes)`, sorted by address, not
+/// overlapping) grouped in spans, one at a time. A span starts at a write and
+/// takes in each next write that starts on the same page as the span's
+/// first, and that keeps the span within `max` bytes. So the bytes of a span
+/// that are no write's (the gaps) all lie on the page of its first write; a
+/// span never crosses a page boundary, except that its last write may run
+/// past the page's end, with its own bytes. `max` 0: every write is a span of
+/// its own; `usize::MAX`: spans are page-runs. Pure: nothing is read or
+/// written here.
+struct Spans<I: Iterator> {
+    writes: Peekable<I>,
+    page: usize,
+    max: usize,
+}
+
+impl<'a, I: Iterator<Item = (usize, &'a [u8])>> Spans<I> {
+    /// `page`: the page size, a power of two.
+    fn new(writes: I, page: usize, max: usize) -> Spans<I> {
+        debug_assert!(page.is_power_of_two());
+        Spans { writes: writes.peekable(), page, max }
+    }
+
+    /// Where the next span starts, if one is left.
+    fn next_start(&mut self) -> Option<usize> {
+        self.writes.peek().map(|&(a, _)| a)
+    }
+
+    /// The next span; `each` is given each of its writes, in order.
+    fn next_span(&mut self, mut each: impl FnMut(usize, &'a [u8])) -> Option<Span> {
+        let (start, first) = self.writes.next()?;
+        each(start, first);
+        let on_page = start & !(self.page - 1);
+        let mut span = Span { start, end: start + first.len(), writes: 1 };
+        while let Some(&(a, b)) = self.writes.peek() {
+            let joins = a & !(self.page - 1) == on_page
+                && a >= span.end
+                && (a - start).checked_add(b.len()).is_some_and(|len| len <= self.max);
+            if !joins {
+                break;
+            }
+            each(a, b);
+            span.end = a + b.len();
+            span.writes += 1;
+            self.writes.next();
+        }
+        Some(span)
+    }
+}
+
+/// The next span of `spans` and its bytes: a span of one write is that
+/// write's own bytes; a longer one is assembled in `buf`, from each write's
+/// bytes and, between them, what text holds there now (`read(at, into)`
+/// fills `into` with the bytes at `at`). `spans`' `max` must be at most
+/// `buf.len()`.
+fn next_span_bytes<'b, 'a: 'b, I: Iterator<Item = (usize, &'a [u8])>>(
+    spans: &mut Spans<I>,
+    buf: &'b mut [u8],
+    mut read: impl FnMut(usize, &mut [u8]),
+) -> Option<(Span, &'b [u8])> {
+    debug_assert!(spans.max <= buf.len());
+    let (mut started, mut base, mut to, mut first): (bool, usize, usize, &'a [u8]) = (false, 0, 0, &[]);
+    let span = spans.next_span(|a, b| {
+        if !started {
+            (started, base, first) = (true, a, b);
+            if b.len() <= buf.len() {
+                overlay(&mut buf[..b.len()], b);
+            }
+        } else {
+            read(to, &mut buf[to - base..a - base]);
+            overlay(&mut buf[a - base..a - base + b.len()], b);
+        }
+        to = a + b.len();
+    })?;
+    let bytes = if span.writes == 1 { first } else { &buf[..span.end - span.start] };
+    Some((span, bytes))
 }
 
 /// Stores `bytes` at `at` through the mprotect writer's writable mapping.
@@ -628,13 +805,13 @@ static SEGMENTS: [[AtomicUsize; 3]; MAX_SEGMENTS] =
 static SEGMENT_COUNT: AtomicUsize = AtomicUsize::new(0);
 
 /// Reads the `PT_LOAD` program headers of the module that holds `at` (this
-/// copy's module: `at` is one of its trampolines). Takes the loader's lock:
-/// never from an update.
-fn collect_segments(at: usize) -> bool {
+/// copy's module: `at` is one of its trampolines), with `page` the page
+/// size. Takes the loader's lock: never from an update.
+fn collect_segments(at: usize, page: usize) -> bool {
     unsafe extern "C" fn each(info: *mut libc::dl_phdr_info, _: libc::size_t, data: *mut libc::c_void) -> libc::c_int {
         // SAFETY: the loader passes a valid `dl_phdr_info` whose `dlpi_phdr`
-        // points to `dlpi_phnum` program headers; `data` is the `usize` below.
-        let (info, at) = unsafe { (&*info, *data.cast::<usize>()) };
+        // points to `dlpi_phnum` program headers; `data` is the pair below.
+        let (info, (at, page)) = unsafe { (&*info, *data.cast::<(usize, usize)>()) };
         if info.dlpi_phdr.is_null() {
             return 0;
         }
@@ -649,26 +826,161 @@ fn collect_segments(at: usize) -> bool {
         if !loads().any(|p| (range(p).0..range(p).1).contains(&at)) {
             return 0;
         }
+        // The loader guards executable text with `PROT_BTI` (aarch64) when
+        // the CPU has BTI and the module's property note asks for it.
+        let hwcap2 = hwcap2();
+        let feature_1_and = if hwcap2 & HWCAP2_BTI != 0 { feature_1_and(phdrs, base) } else { None };
+        let guarded = bti_guarded(hwcap2, feature_1_and);
         let mut n = 0;
         for p in loads().take(MAX_SEGMENTS) {
             let (lo, hi) = range(p);
-            let prot = [(libc::PF_R, libc::PROT_READ), (libc::PF_W, libc::PROT_WRITE), (libc::PF_X, libc::PROT_EXEC)]
-                .iter()
-                .filter(|&&(f, _)| p.p_flags & f != 0)
-                .fold(0, |acc, &(_, prot)| acc | prot);
-            SEGMENTS[n][0].store(lo & !(PAGE - 1), Ordering::Relaxed);
-            SEGMENTS[n][1].store((hi + PAGE - 1) & !(PAGE - 1), Ordering::Relaxed);
-            SEGMENTS[n][2].store(prot as usize, Ordering::Relaxed);
+            SEGMENTS[n][0].store(lo & !(page - 1), Ordering::Relaxed);
+            SEGMENTS[n][1].store(hi.wrapping_add(page - 1) & !(page - 1), Ordering::Relaxed);
+            SEGMENTS[n][2].store(segment_protection(p.p_flags, guarded) as usize, Ordering::Relaxed);
             n += 1;
         }
         SEGMENT_COUNT.store(n, Ordering::Release);
         1
     }
-    let mut at = at;
+    let mut data = (at, page);
     // SAFETY: the callback matches the expected signature and reads only
-    // what the loader passes it; `at` outlives the call.
-    unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut at).cast()) };
+    // what the loader passes it (the program headers, and the property note
+    // they locate in mapped, readable memory); `data` outlives the call.
+    unsafe { libc::dl_iterate_phdr(Some(each), (&raw mut data).cast()) };
     SEGMENT_COUNT.load(Ordering::Acquire) > 0
+}
+
+// ---------------------------------------------------------------- protections (BTI)
+
+/// `PROT_BTI` (arm64): the pages are guarded, an indirect branch into them
+/// must land on a `bti` (or `paciasp`...) instruction.
+const PROT_BTI: i32 = 0x10;
+/// `HWCAP2_BTI` (arm64 `AT_HWCAP2`): the CPU and the kernel support BTI.
+const HWCAP2_BTI: u64 = 1 << 17;
+/// The program header of the `.note.gnu.property` section.
+const PT_GNU_PROPERTY: u32 = 0x6474_e553;
+const NT_GNU_PROPERTY_TYPE_0: u32 = 5;
+const GNU_PROPERTY_AARCH64_FEATURE_1_AND: u32 = 0xc000_0000;
+const GNU_PROPERTY_AARCH64_FEATURE_1_BTI: u32 = 1;
+
+/// The protection the loader gives a `PT_LOAD` segment whose flags are
+/// `p_flags`: `PF_R`/`PF_W`/`PF_X` as `PROT_READ`/`PROT_WRITE`/`PROT_EXEC`,
+/// and `PROT_BTI` on an executable one when `guarded` (glibc's
+/// `_dl_bti_protect`: `PROT_EXEC | PROT_BTI`, plus read and write as the
+/// flags say).
+fn segment_protection(p_flags: u32, guarded: bool) -> i32 {
+    let prot = [(libc::PF_R, libc::PROT_READ), (libc::PF_W, libc::PROT_WRITE), (libc::PF_X, libc::PROT_EXEC)]
+        .iter()
+        .filter(|&&(f, _)| p_flags & f != 0)
+        .fold(0, |acc, &(_, prot)| acc | prot);
+    if guarded && prot & libc::PROT_EXEC != 0 {
+        prot | PROT_BTI
+    } else {
+        prot
+    }
+}
+
+/// Whether the loader guards a module's executable segments with
+/// `PROT_BTI`: the CPU has BTI (`HWCAP2_BTI` in `hwcap2`) and the module's
+/// `GNU_PROPERTY_AARCH64_FEATURE_1_AND` property (`feature_1_and`) has
+/// `GNU_PROPERTY_AARCH64_FEATURE_1_BTI`. glibc (`_dl_process_gnu_property`,
+/// for every object it maps, and the main program) and the kernel (for
+/// the dynamic loader itself and static executables) decide just so; no
+/// tunable changes it (`glibc.cpu.aarch64_bti` only decides whether an
+/// object without the marking may be loaded).
+fn bti_guarded(hwcap2: u64, feature_1_and: Option<u32>) -> bool {
+    hwcap2 & HWCAP2_BTI != 0 && feature_1_and.is_some_and(|f| f & GNU_PROPERTY_AARCH64_FEATURE_1_BTI != 0)
+}
+
+/// `AT_HWCAP2` where BTI exists (aarch64); 0 elsewhere, so that nothing is
+/// ever guarded there.
+#[cfg(target_arch = "aarch64")]
+fn hwcap2() -> u64 {
+    // SAFETY: getauxval reads the auxiliary vector; no preconditions.
+    unsafe { libc::getauxval(libc::AT_HWCAP2) as u64 }
+}
+
+/// See the aarch64 `hwcap2`.
+#[cfg(not(target_arch = "aarch64"))]
+fn hwcap2() -> u64 {
+    0
+}
+
+/// The `GNU_PROPERTY_AARCH64_FEATURE_1_AND` property of the module whose
+/// program headers are `phdrs` (loaded at `base`), read from its
+/// `PT_GNU_PROPERTY` segment as the loaders read it: only that segment
+/// (neither glibc nor the kernel looks for the property in a `PT_NOTE`),
+/// 8-aligned (glibc skips another alignment), and only where it lies in
+/// the file-backed bytes of a readable `PT_LOAD` segment, so it is mapped
+/// and readable. `None` for anything else, malformed included.
+fn feature_1_and(phdrs: &[libc::Elf64_Phdr], base: usize) -> Option<u32> {
+    let note = phdrs.iter().find(|p| p.p_type == PT_GNU_PROPERTY)?;
+    if note.p_align != 8 {
+        return None;
+    }
+    let (lo, len) = (note.p_vaddr, note.p_memsz);
+    let hi = lo.checked_add(len)?;
+    let mapped = phdrs.iter().any(|p| {
+        p.p_type == libc::PT_LOAD
+            && p.p_flags & libc::PF_R != 0
+            && p.p_vaddr <= lo
+            && p.p_vaddr.checked_add(p.p_filesz).is_some_and(|end| hi <= end)
+    });
+    if !mapped {
+        return None;
+    }
+    // SAFETY: `lo..hi` lies in the file-backed bytes of a readable loaded
+    // segment of a module the loader is reporting (mapped, and not unloaded
+    // while `dl_iterate_phdr` holds its lock); only read.
+    let bytes = unsafe { std::slice::from_raw_parts(base.wrapping_add(lo as usize) as *const u8, len as usize) };
+    gnu_property(bytes, GNU_PROPERTY_AARCH64_FEATURE_1_AND)
+}
+
+/// The 4-byte property `want` of the `NT_GNU_PROPERTY_TYPE_0` note (owner
+/// "GNU") in `notes`, the bytes of an ELF64 note segment (notes and
+/// properties 8-aligned), as glibc's `_dl_process_pt_gnu_property` reads
+/// it: the first such note only, its properties in ascending type order,
+/// each within the note. Everything is bounds-checked; anything malformed
+/// (truncated, out of order, a size that does not fit, a `want` property
+/// that is not 4 bytes) is `None`.
+fn gnu_property(notes: &[u8], want: u32) -> Option<u32> {
+    const ALIGN: usize = 8;
+    const HEADER: usize = 12;
+    let align = |n: usize| n.checked_add(ALIGN - 1).map(|n| n & !(ALIGN - 1));
+    let mut at = 0usize;
+    while at.checked_add(HEADER)? < notes.len() {
+        let (namesz, descsz, ty) = (word(notes, at)? as usize, word(notes, at + 4)? as usize, word(notes, at + 8)?);
+        let desc_at = align(at.checked_add(HEADER)?.checked_add(namesz)?)?;
+        if namesz == 4 && ty == NT_GNU_PROPERTY_TYPE_0 && notes.get(at + HEADER..at + HEADER + 4)? == b"GNU\0" {
+            if descsz < 8 || descsz % ALIGN != 0 {
+                return None;
+            }
+            let desc = notes.get(desc_at..desc_at.checked_add(descsz)?)?;
+            let (mut p, mut last) = (0usize, 0u32);
+            while desc.len() - p >= 8 {
+                let (ty, datasz) = (word(desc, p)?, word(desc, p + 4)? as usize);
+                if ty < last {
+                    return None;
+                }
+                let data = desc.get(p + 8..(p + 8).checked_add(datasz)?)?;
+                if ty == want {
+                    return if datasz == 4 { word(data, 0) } else { None };
+                }
+                last = ty;
+                p = (p + 8).checked_add(align(datasz)?)?.min(desc.len());
+            }
+            // Only the first property note counts.
+            return None;
+        }
+        at = align(desc_at.checked_add(descsz)?)?;
+    }
+    None
+}
+
+/// The native-endian `u32` at `at` in `bytes`, if it fits.
+fn word(bytes: &[u8], at: usize) -> Option<u32> {
+    let b = bytes.get(at..at.checked_add(4)?)?;
+    Some(u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
 }
 
 /// The protection the program headers give the page at `page` (the last
@@ -702,18 +1014,20 @@ struct Unlocked {
     len: usize,
     /// Counted by the failure-injection hook (sessions, not the probe).
     hooked: bool,
+    /// The page size.
+    page: usize,
 }
 
 impl Unlocked {
-    fn empty() -> Unlocked {
-        Unlocked { ranges: [(0, 0, 0); MAX_RANGES], len: 0, hooked: false }
+    fn empty(page: usize) -> Unlocked {
+        Unlocked { ranges: [(0, 0, 0); MAX_RANGES], len: 0, hooked: false, page }
     }
 
     /// Adds write to every page that holds a byte of `addrs[i]..addrs[i] +
     /// max_len` (`addrs` sorted), one `mprotect` per run of contiguous pages
     /// of the same protection. On error, what was changed is restored.
-    fn open(addrs: impl Iterator<Item = usize>, max_len: usize, hooked: bool) -> Result<Unlocked, Error> {
-        let mut u = Unlocked { hooked, ..Unlocked::empty() };
+    fn open(addrs: impl Iterator<Item = usize>, max_len: usize, page: usize, hooked: bool) -> Result<Unlocked, Error> {
+        let mut u = Unlocked { hooked, ..Unlocked::empty(page) };
         match u.unlock_all(addrs, max_len) {
             Ok(()) => Ok(u),
             // Put back what was changed; if that fails too, say so first.
@@ -722,27 +1036,8 @@ impl Unlocked {
     }
 
     fn unlock_all(&mut self, addrs: impl Iterator<Item = usize>, max_len: usize) -> Result<(), Error> {
-        let mut run: Option<(usize, usize, i32)> = None;
-        for a in addrs {
-            let (first, last) = (a & !(PAGE - 1), (a + max_len.max(1) - 1) & !(PAGE - 1));
-            let mut p = first;
-            while p <= last {
-                let prot = text_protection(p).ok_or_else(|| not_writable(p, libc::EFAULT))?;
-                run = match run {
-                    Some((lo, hi, pr)) if pr == prot && (lo..=hi).contains(&p) => Some((lo, hi.max(p + PAGE), pr)),
-                    Some(r) => {
-                        self.unlock(r)?;
-                        Some((p, p + PAGE, prot))
-                    }
-                    None => Some((p, p + PAGE, prot)),
-                };
-                p += PAGE;
-            }
-        }
-        match run {
-            Some(r) => self.unlock(r),
-            None => Ok(()),
-        }
+        let prot_of = |p: usize| text_protection(p).ok_or_else(|| not_writable(p, libc::EFAULT));
+        page_runs(addrs, max_len, self.page, prot_of, |run| self.unlock(run))
     }
 
     /// Adds write to `lo..hi` and records it. When the storage is full, the
@@ -753,7 +1048,8 @@ impl Unlocked {
             (lo, self.len)
         } else {
             let (last_lo, last_hi, last_prot) = self.ranges[MAX_RANGES - 1];
-            let same = last_prot == prot && (last_hi..lo).step_by(PAGE).all(|p| text_protection(p) == Some(prot));
+            let same =
+                last_prot == prot && (last_hi..lo).step_by(self.page).all(|p| text_protection(p) == Some(prot));
             if !same {
                 return Err(not_writable(lo, libc::ENOMEM));
             }
@@ -816,6 +1112,462 @@ impl Drop for Unlocked {
     }
 }
 
+/// The runs of pages that hold a byte of `addrs[i]..addrs[i] + max_len`
+/// (`addrs` sorted): each `(start, end, protection)`, page aligned, as long
+/// as its pages are contiguous and of one protection (`prot_of(page)`, whose
+/// error stops the walk), given to `run` in address order. Pure: `prot_of`
+/// and `run` do what is done.
+fn page_runs<E>(
+    addrs: impl Iterator<Item = usize>,
+    max_len: usize,
+    page: usize,
+    mut prot_of: impl FnMut(usize) -> Result<i32, E>,
+    mut run: impl FnMut((usize, usize, i32)) -> Result<(), E>,
+) -> Result<(), E> {
+    debug_assert!(page.is_power_of_two());
+    let mut current: Option<(usize, usize, i32)> = None;
+    for a in addrs {
+        let (first, last) = (a & !(page - 1), (a + max_len.max(1) - 1) & !(page - 1));
+        let mut p = first;
+        while p <= last {
+            let prot = prot_of(p)?;
+            current = match current {
+                Some((lo, hi, pr)) if pr == prot && (lo..=hi).contains(&p) => Some((lo, hi.max(p + page), pr)),
+                Some(r) => {
+                    run(r)?;
+                    Some((p, p + page, prot))
+                }
+                None => Some((p, p + page, prot)),
+            };
+            p += page;
+        }
+    }
+    match current {
+        Some(r) => run(r),
+        None => Ok(()),
+    }
+}
+
 fn not_writable(address: usize, errno: i32) -> Error {
     Error::TextNotWritable { address, errno, proc_mem_errno: PROBE_ERRNO[0].load(Ordering::Relaxed) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PAGES: [usize; 3] = [4096, 16384, 65536];
+    const INT3: &[u8] = &[0xcc];
+
+    /// Every span of `writes` (`max` as in `Spans`), with the writes each
+    /// was given.
+    fn plan(writes: &[(usize, &'static [u8])], page: usize, max: usize) -> Vec<(Span, Vec<usize>)> {
+        let mut spans = Spans::new(writes.iter().copied(), page, max);
+        let mut out = Vec::new();
+        loop {
+            let mut given = Vec::new();
+            match spans.next_span(|a, _| given.push(a)) {
+                Some(span) => out.push((span, given)),
+                None => return out,
+            }
+        }
+    }
+
+    /// The page-runs of instructions of 5 bytes at `addrs`.
+    fn runs<E>(addrs: &[usize], page: usize, prot: impl FnMut(usize) -> Result<i32, E>) -> Result<Vec<(usize, usize, i32)>, E> {
+        let mut out = Vec::new();
+        page_runs(addrs.iter().copied(), 5, page, prot, |r| {
+            out.push(r);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn span(start: usize, end: usize, writes: usize) -> Span {
+        Span { start, end, writes }
+    }
+
+    #[test]
+    fn page_size_must_be_a_power_of_two_of_at_least_4k() {
+        for bad in [0, 1, 2, 3, 1024, 2048, 4095, 4097, 12288, usize::MAX] {
+            assert_eq!(valid_page_size(bad), None, "{bad}");
+        }
+        for good in PAGES.into_iter().chain([1 << 21]) {
+            assert_eq!(valid_page_size(good), Some(good));
+        }
+    }
+
+    /// The spans follow the page size they are given: two writes 0x20
+    /// apart across a 4 KiB boundary share a 16 KiB (or 64 KiB) page, and
+    /// so one `pwrite`; on 4 KiB pages they are two.
+    #[test]
+    fn spans_follow_the_page_size() {
+        let writes = [(0x1ff0, INT3), (0x2010, INT3)];
+        assert_eq!(plan(&writes, 4096, BUF_LEN), [(span(0x1ff0, 0x1ff1, 1), vec![0x1ff0]), (span(0x2010, 0x2011, 1), vec![0x2010])]);
+        for page in [16384, 65536] {
+            assert_eq!(plan(&writes, page, BUF_LEN), [(span(0x1ff0, 0x2011, 2), vec![0x1ff0, 0x2010])], "{page}");
+        }
+        // Across a 16 KiB boundary: two on 16 KiB pages, one on 64 KiB.
+        let writes = [(0x3ff0, INT3), (0x4010, INT3)];
+        assert_eq!(plan(&writes, 16384, BUF_LEN).len(), 2);
+        assert_eq!(plan(&writes, 65536, BUF_LEN).len(), 1);
+        // The mprotect writer's page-runs (no length bound): a whole 64 KiB
+        // page is one run; the `pwrite` spans stop at the buffer's length.
+        let writes = [(0x10_0000, INT3), (0x10_8000, INT3), (0x10_fffe, INT3)];
+        assert_eq!(plan(&writes, 65536, usize::MAX), [(span(0x10_0000, 0x10_ffff, 3), vec![0x10_0000, 0x10_8000, 0x10_fffe])]);
+        assert_eq!(plan(&writes, 65536, BUF_LEN).len(), 3);
+        assert_eq!(plan(&writes, 16384, usize::MAX).len(), 3);
+        // `max` 0 (aarch64's `/proc/self/mem` writer): one write each.
+        let writes = [(0x1000, &[0u8; 4][..]), (0x1004, &[0u8; 4][..])];
+        assert_eq!(plan(&writes, 16384, 0).len(), 2);
+    }
+
+    /// The last write of a span may run past its page's end (an instruction
+    /// that straddles it brings its own bytes); the next page's writes start
+    /// a span of their own.
+    #[test]
+    fn only_the_last_write_runs_past_the_page() {
+        for page in PAGES {
+            let writes = [(page - 8, INT3), (page - 2, &[1u8, 2, 3, 4][..]), (page + 2, INT3)];
+            assert_eq!(
+                plan(&writes, page, BUF_LEN),
+                [(span(page - 8, page + 2, 2), vec![page - 8, page - 2]), (span(page + 2, page + 3, 1), vec![page + 2])]
+            );
+        }
+    }
+
+    /// The span's bytes: each write's own, and in between what text holds.
+    #[test]
+    fn span_bytes_are_the_writes_over_the_current_text() {
+        let base = 0x4000;
+        let text: Vec<u8> = (0..64).collect();
+        let writes = [(base + 2, &[0xaa, 0xbb][..]), (base + 7, INT3), (base + 9, &[0xdd][..])];
+        let mut spans = Spans::new(writes.iter().copied(), 16384, BUF_LEN);
+        let mut buf = [0u8; BUF_LEN];
+        let mut reads = Vec::new();
+        let read = |at: usize, into: &mut [u8]| {
+            reads.push((at, into.len()));
+            into.copy_from_slice(&text[at - base..at - base + into.len()]);
+        };
+        let (s, bytes) = next_span_bytes(&mut spans, &mut buf, read).unwrap();
+        assert_eq!(s, span(base + 2, base + 10, 3));
+        assert_eq!(bytes, [0xaa, 0xbb, 4, 5, 6, 0xcc, 8, 0xdd]);
+        // Only the gaps were read.
+        assert_eq!(reads, [(base + 4, 3), (base + 8, 1)]);
+        // A span of one write is that write's own bytes, nothing read.
+        let writes = [(base + 2, &[0xaa, 0xbb][..])];
+        let mut spans = Spans::new(writes.iter().copied(), 16384, BUF_LEN);
+        let (s, bytes) = next_span_bytes(&mut spans, &mut buf, |_, _| panic!("read")).unwrap();
+        assert_eq!((s, bytes), (span(base + 2, base + 4, 1), &[0xaa, 0xbb][..]));
+    }
+
+    #[test]
+    fn page_runs_follow_the_page_size() {
+        let runs = |addrs: &[usize], page: usize| runs(addrs, page, |_| Ok::<_, ()>(5)).unwrap();
+        // Two instructions 8 KiB apart: one 16 KiB page, two 4 KiB ones.
+        assert_eq!(runs(&[0x1000, 0x3000], 16384), [(0, 0x4000, 5)]);
+        assert_eq!(runs(&[0x1000, 0x3000], 4096), [(0x1000, 0x2000, 5), (0x3000, 0x4000, 5)]);
+        // An instruction across a 16 KiB boundary: both pages.
+        assert_eq!(runs(&[0x3ffe], 16384), [(0, 0x8000, 5)]);
+        assert_eq!(runs(&[0x3ffe], 65536), [(0, 0x10000, 5)]);
+        // Pages apart are runs apart.
+        assert_eq!(runs(&[0x1000, 0x9000], 16384), [(0, 0x4000, 5), (0x8000, 0xc000, 5)]);
+    }
+
+    #[test]
+    fn page_runs_split_at_a_protection_change_and_stop_at_unmapped() {
+        let page = 16384;
+        let prot = |p: usize| match p / page {
+            0 | 1 => Ok(5),
+            2 => Ok(5 | PROT_BTI),
+            _ => Err(p),
+        };
+        assert_eq!(runs(&[0x10, 0x4010, 0x8010], page, prot), Ok(vec![(0, 0x8000, 5), (0x8000, 0xc000, 5 | PROT_BTI)]));
+        assert_eq!(runs(&[0x10, 0xc010], page, prot), Err(0xc000));
+    }
+
+    /// Writes of one to five bytes, sorted and apart, in four pages of
+    /// `page` from `BASE`; the text's current bytes.
+    const BASE: usize = 0x40_0000;
+    /// The page size, the writes, the text.
+    type Case = (usize, Vec<(usize, Vec<u8>)>, Vec<u8>);
+    fn writes_strategy() -> impl Strategy<Value = Case> {
+        let gap = prop_oneof![0usize..8, 0usize..600, 0usize..20000];
+        (prop::sample::select(PAGES.to_vec()), prop::collection::vec((gap, prop::collection::vec(any::<u8>(), 1..=5)), 0..80))
+            .prop_flat_map(|(page, items)| {
+                let mut at = BASE;
+                let mut writes = Vec::new();
+                for (gap, bytes) in items {
+                    at += gap;
+                    if at + bytes.len() > BASE + 4 * page {
+                        break;
+                    }
+                    let len = bytes.len();
+                    writes.push((at, bytes));
+                    at += len;
+                }
+                let text = any::<u8>().prop_map(move |seed| (0..4 * page + 8).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect());
+                (Just(page), Just(writes), text)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Every write lands exactly once, the bytes between writes are the
+        /// text's, a span's gaps lie on the page of its first write, no span
+        /// is longer than the buffer, and a page's writes take one `pwrite`
+        /// wherever the buffer lets them (4 KiB pages: always).
+        #[test]
+        fn spans_write_exactly_the_writes((page, writes, text) in writes_strategy()) {
+            let mut spans = Spans::new(writes.iter().map(|(a, b)| (*a, &b[..])), page, BUF_LEN);
+            let mut buf = [0u8; BUF_LEN];
+            let mut via_spans = text.clone();
+            let mut planned = Vec::new();
+            let mut count = 0;
+            loop {
+                let read = |at: usize, into: &mut [u8]| {
+                    assert!(at >= BASE && at + into.len() <= BASE + text.len());
+                    into.copy_from_slice(&text[at - BASE..at - BASE + into.len()]);
+                };
+                let Some((s, bytes)) = next_span_bytes(&mut spans, &mut buf, read) else { break };
+                count += s.writes;
+                prop_assert_eq!(bytes.len(), s.end - s.start);
+                prop_assert!(s.end - s.start <= BUF_LEN);
+                let first_page = s.start & !(page - 1);
+                let span_writes = &writes[count - s.writes..count];
+                prop_assert_eq!(span_writes[0].0, s.start);
+                let last = span_writes.last().unwrap();
+                prop_assert_eq!(last.0 + last.1.len(), s.end);
+                for (a, _) in span_writes {
+                    prop_assert_eq!(a & !(page - 1), first_page, "a write from another page joined");
+                }
+                if let Some(&(next, ref b)) = writes.get(count) {
+                    // Not joined: another page, or the buffer is full.
+                    prop_assert!(next & !(page - 1) != first_page || next + b.len() - s.start > BUF_LEN);
+                }
+                via_spans[s.start - BASE..s.end - BASE].copy_from_slice(bytes);
+                planned.push(s);
+            }
+            prop_assert_eq!(count, writes.len());
+            let mut direct = text.clone();
+            for (a, b) in &writes {
+                direct[a - BASE..a - BASE + b.len()].copy_from_slice(b);
+            }
+            prop_assert_eq!(via_spans, direct);
+            if page == 4096 {
+                let (mut runs, mut run_page) = (0, usize::MAX);
+                for (a, _) in &writes {
+                    if a / page != run_page {
+                        (runs, run_page) = (runs + 1, a / page);
+                    }
+                }
+                prop_assert_eq!(planned.len(), runs, "one span per page-run");
+            }
+        }
+
+        /// The page-runs cover every byte of every instruction, once; each
+        /// is page aligned and of one protection; adjacent runs of one
+        /// protection are merged; no page is included that holds no byte.
+        #[test]
+        fn page_runs_cover_exactly_the_instructions(
+            page in prop::sample::select(PAGES.to_vec()),
+            mut offsets in prop::collection::vec(0usize..(1 << 20), 0..40),
+        ) {
+            offsets.sort_unstable();
+            let addrs: Vec<usize> = offsets.iter().map(|o| BASE + o).collect();
+            let prot = |p: usize| Ok::<_, ()>(if (p / page) % 3 == 2 { 5 | PROT_BTI } else { 5 });
+            let runs = runs(&addrs, page, prot).unwrap();
+            for w in runs.windows(2) {
+                prop_assert!(w[0].1 <= w[1].0, "runs overlap or are out of order");
+                prop_assert!(w[0].1 != w[1].0 || w[0].2 != w[1].2, "adjacent runs of one protection");
+            }
+            for &(lo, hi, pr) in &runs {
+                prop_assert!(lo % page == 0 && hi % page == 0 && lo < hi);
+                for p in (lo..hi).step_by(page) {
+                    prop_assert_eq!(prot(p).unwrap(), pr);
+                    prop_assert!(addrs.iter().any(|&a| a < p + page && p < a + 5), "page {:#x} holds no byte", p);
+                }
+            }
+            for &a in &addrs {
+                for b in a..a + 5 {
+                    prop_assert_eq!(runs.iter().filter(|r| (r.0..r.1).contains(&b)).count(), 1);
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ BTI
+
+    /// An ELF64 note: header, name, descriptor, each padded to 8.
+    fn note(name: &[u8], ty: u32, desc: &[u8]) -> Vec<u8> {
+        let mut n = Vec::new();
+        n.extend((name.len() as u32).to_ne_bytes());
+        n.extend((desc.len() as u32).to_ne_bytes());
+        n.extend(ty.to_ne_bytes());
+        n.extend(name);
+        n.resize(n.len().next_multiple_of(8), 0);
+        n.extend(desc);
+        n.resize(n.len().next_multiple_of(8), 0);
+        n
+    }
+
+    /// A GNU property: type, size, data padded to 8.
+    fn property(ty: u32, data: &[u8]) -> Vec<u8> {
+        let mut p = Vec::new();
+        p.extend(ty.to_ne_bytes());
+        p.extend((data.len() as u32).to_ne_bytes());
+        p.extend(data);
+        p.resize(p.len().next_multiple_of(8), 0);
+        p
+    }
+
+    fn properties(props: &[Vec<u8>]) -> Vec<u8> {
+        note(b"GNU\0", NT_GNU_PROPERTY_TYPE_0, &props.concat())
+    }
+
+    const AND: u32 = GNU_PROPERTY_AARCH64_FEATURE_1_AND;
+    const BTI: u32 = GNU_PROPERTY_AARCH64_FEATURE_1_BTI;
+    /// `GNU_PROPERTY_AARCH64_FEATURE_1_PAC`.
+    const PAC: u32 = 2;
+    /// `GNU_PROPERTY_X86_FEATURE_1_AND`, with IBT and SHSTK.
+    const X86_AND: u32 = 0xc000_0002;
+    /// `GNU_PROPERTY_1_NEEDED`.
+    const NEEDED: u32 = 0xb000_8000;
+
+    #[test]
+    fn property_note_bti_set_or_clear() {
+        let bti = properties(&[property(AND, &(BTI | PAC).to_ne_bytes())]);
+        assert_eq!(gnu_property(&bti, AND), Some(BTI | PAC));
+        let pac = properties(&[property(AND, &PAC.to_ne_bytes())]);
+        assert_eq!(gnu_property(&pac, AND), Some(PAC));
+        assert!(!bti_guarded(HWCAP2_BTI, gnu_property(&pac, AND)));
+        assert!(bti_guarded(HWCAP2_BTI, gnu_property(&bti, AND)));
+    }
+
+    #[test]
+    fn property_note_after_other_properties_and_notes() {
+        let props = properties(&[property(NEEDED, &1u32.to_ne_bytes()), property(AND, &BTI.to_ne_bytes())]);
+        assert_eq!(gnu_property(&props, AND), Some(BTI));
+        // A build-id note first (another type), and one of another owner.
+        let other = [note(b"GNU\0", 3, &[7; 20]), note(b"Go\0\0", NT_GNU_PROPERTY_TYPE_0, &[0; 8]), props].concat();
+        assert_eq!(gnu_property(&other, AND), Some(BTI));
+        // A property with 12 bytes of data, padded, before it.
+        let padded = properties(&[property(NEEDED, &[1; 12]), property(AND, &BTI.to_ne_bytes())]);
+        assert_eq!(gnu_property(&padded, AND), Some(BTI));
+    }
+
+    #[test]
+    fn property_note_x86_or_none() {
+        let x86 = properties(&[property(X86_AND, &3u32.to_ne_bytes())]);
+        assert_eq!(gnu_property(&x86, AND), None);
+        assert!(!bti_guarded(HWCAP2_BTI, gnu_property(&x86, AND)));
+        assert_eq!(gnu_property(&[], AND), None);
+        assert_eq!(gnu_property(&properties(&[]), AND), None);
+        // Not the owner "GNU".
+        let gnv = note(b"GNV\0", NT_GNU_PROPERTY_TYPE_0, &property(AND, &BTI.to_ne_bytes()));
+        assert_eq!(gnu_property(&gnv, AND), None);
+        // Only the first property note counts (as in glibc).
+        let two = [properties(&[property(NEEDED, &1u32.to_ne_bytes())]), properties(&[property(AND, &BTI.to_ne_bytes())])]
+            .concat();
+        assert_eq!(gnu_property(&two, AND), None);
+    }
+
+    #[test]
+    fn property_note_malformed_means_no_bti() {
+        let good = properties(&[property(NEEDED, &1u32.to_ne_bytes()), property(AND, &BTI.to_ne_bytes())]);
+        // Every truncation.
+        for len in 0..good.len() {
+            assert_eq!(gnu_property(&good[..len], AND), None, "truncated to {len}");
+        }
+        let set = |at: usize, v: u32| {
+            let mut n = good.clone();
+            n[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+            n
+        };
+        // namesz, descsz huge; descsz not a multiple of 8, too small.
+        for (at, v) in [(0, u32::MAX), (4, u32::MAX), (4, 20), (4, 4), (0, 5)] {
+            assert_eq!(gnu_property(&set(at, v), AND), None, "word {at} = {v:#x}");
+        }
+        // A property's datasz past the descriptor, or huge.
+        for v in [0x100, u32::MAX] {
+            assert_eq!(gnu_property(&set(16 + 4, v), AND), None);
+        }
+        // The feature word is not 4 bytes.
+        let wide = properties(&[property(AND, &u64::from(BTI).to_ne_bytes())]);
+        assert_eq!(gnu_property(&wide, AND), None);
+        // Out of order.
+        let unordered = properties(&[property(AND | 0x10, &1u32.to_ne_bytes()), property(AND, &BTI.to_ne_bytes())]);
+        assert_eq!(gnu_property(&unordered, AND), None);
+    }
+
+    proptest! {
+        #[test]
+        fn property_parser_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let _ = gnu_property(&bytes, AND);
+        }
+
+        #[test]
+        fn property_parser_survives_corruption(at in 0usize..48, v in any::<u8>()) {
+            let mut n = properties(&[property(NEEDED, &1u32.to_ne_bytes()), property(AND, &BTI.to_ne_bytes())]);
+            let at = at % n.len();
+            n[at] = v;
+            let _ = gnu_property(&n, AND);
+        }
+    }
+
+    #[test]
+    fn protection_adds_bti_to_executable_segments_only() {
+        let (rx, r, rw) = (libc::PF_R | libc::PF_X, libc::PF_R, libc::PF_R | libc::PF_W);
+        let exec = libc::PROT_READ | libc::PROT_EXEC;
+        assert_eq!(segment_protection(rx, false), exec);
+        assert_eq!(segment_protection(rx, true), exec | PROT_BTI);
+        assert_eq!(segment_protection(libc::PF_X, true), libc::PROT_EXEC | PROT_BTI);
+        assert_eq!(segment_protection(r, true), libc::PROT_READ);
+        assert_eq!(segment_protection(rw, true), libc::PROT_READ | libc::PROT_WRITE);
+        // The CPU's support and the note's request, both needed.
+        let other_hwcap2 = 1 << 1;
+        assert!(bti_guarded(HWCAP2_BTI | other_hwcap2, Some(BTI)));
+        assert!(!bti_guarded(other_hwcap2, Some(BTI)));
+        assert!(!bti_guarded(0, Some(BTI | PAC)));
+        assert!(!bti_guarded(HWCAP2_BTI, Some(PAC)));
+        assert!(!bti_guarded(HWCAP2_BTI, None));
+        // Where BTI does not exist, nothing is ever guarded.
+        if cfg!(not(target_arch = "aarch64")) {
+            assert_eq!(hwcap2(), 0);
+        }
+    }
+
+    fn phdr(p_type: u32, p_flags: u32, p_vaddr: u64, p_filesz: u64, p_memsz: u64, p_align: u64) -> libc::Elf64_Phdr {
+        libc::Elf64_Phdr { p_type, p_flags, p_offset: p_vaddr, p_vaddr, p_paddr: p_vaddr, p_filesz, p_memsz, p_align }
+    }
+
+    /// The note is found through the program headers, in memory, only where
+    /// a readable loaded segment holds it.
+    #[test]
+    fn property_note_through_program_headers() {
+        let note = properties(&[property(AND, &BTI.to_ne_bytes())]);
+        // A "module" whose image is `image`, loaded at its address; the
+        // note at offset 64.
+        let mut image = vec![0u8; 256];
+        image[64..64 + note.len()].copy_from_slice(&note);
+        let base = image.as_ptr() as usize;
+        let n = note.len() as u64;
+        let load = |flags, filesz| phdr(libc::PT_LOAD, flags, 0, filesz, 256, 4096);
+        let prop = |align| phdr(PT_GNU_PROPERTY, libc::PF_R, 64, n, n, align);
+        assert_eq!(feature_1_and(&[load(libc::PF_R, 256), prop(8)], base), Some(BTI));
+        // glibc skips a property segment not 8-aligned.
+        assert_eq!(feature_1_and(&[load(libc::PF_R, 256), prop(4)], base), None);
+        // Not in a readable segment's file-backed bytes: not read.
+        assert_eq!(feature_1_and(&[load(libc::PF_X, 256), prop(8)], base), None);
+        assert_eq!(feature_1_and(&[load(libc::PF_R, 64 + n - 1), prop(8)], base), None);
+        assert_eq!(feature_1_and(&[prop(8)], base), None);
+        // No property segment (a PT_NOTE is not where the loaders look).
+        let pt_note = phdr(libc::PT_NOTE, libc::PF_R, 64, n, n, 8);
+        assert_eq!(feature_1_and(&[load(libc::PF_R, 256), pt_note], base), None);
+        // A size that overflows.
+        let huge = phdr(PT_GNU_PROPERTY, libc::PF_R, 64, u64::MAX, u64::MAX, 8);
+        assert_eq!(feature_1_and(&[load(libc::PF_R, 256), huge], base), None);
+    }
 }
