@@ -139,7 +139,9 @@ static CHOSEN: AtomicU8 = AtomicU8::new(UNPROBED);
 /// errno of the probes that failed, for the error message: proc-mem, mprotect.
 static PROBE_ERRNO: [AtomicI32; 2] = [AtomicI32::new(0), AtomicI32::new(0)];
 static MEM_FD: AtomicI32 = AtomicI32::new(-1);
-static MEM_FD_PID: AtomicI32 = AtomicI32::new(0);
+/// The fork generation (`super::fork`) `MEM_FD` was opened or re-pointed
+/// in: a `fork()` child's descriptor names its parent's memory until then.
+static MEM_FD_GEN: AtomicU64 = AtomicU64::new(0);
 /// `st_dev` and `st_ino` of `MEM_FD` when we opened it.
 static MEM_FD_DEV: AtomicU64 = AtomicU64::new(0);
 static MEM_FD_INO: AtomicU64 = AtomicU64::new(0);
@@ -418,11 +420,10 @@ fn still_ours(fd: i32) -> bool {
 /// opened (a daemon that closed every descriptor, its number reused). A
 /// number that is no longer ours is left alone. Allocation-free.
 fn mem_fd() -> Result<i32, i32> {
-    // SAFETY: getpid has no preconditions.
-    let pid = unsafe { libc::getpid() };
+    let gen = super::fork::generation();
     let fd = MEM_FD.load(Ordering::Acquire);
     let ours = fd >= 0 && still_ours(fd);
-    if ours && MEM_FD_PID.load(Ordering::Acquire) == pid {
+    if ours && MEM_FD_GEN.load(Ordering::Acquire) == gen {
         return Ok(fd);
     }
     // SAFETY: a NUL-terminated path; the flags ask for a close-on-exec fd.
@@ -446,7 +447,7 @@ fn mem_fd() -> Result<i32, i32> {
     }
     MEM_FD_DEV.store(dev, Ordering::Release);
     MEM_FD_INO.store(ino, Ordering::Release);
-    MEM_FD_PID.store(pid, Ordering::Release);
+    MEM_FD_GEN.store(gen, Ordering::Release);
     MEM_FD.store(new, Ordering::Release);
     Ok(new)
 }
@@ -456,7 +457,16 @@ fn mem_fd() -> Result<i32, i32> {
 /// own memory, so that a write the forking thread was about to make with it
 /// (a fork from a signal handler that interrupted an update) lands in the
 /// child, never in the parent. Async-signal-safe.
+///
+/// Once per fork generation: from the main program's atfork child handler,
+/// the patch lock's first entry in a child, or the write path itself (a
+/// copy without atfork handlers whose forking thread goes on with the
+/// update a signal handler forked from).
 pub fn after_fork_child() {
+    let gen = super::fork::generation();
+    if MEM_FD_GEN.swap(gen, Ordering::AcqRel) == gen {
+        return;
+    }
     let fd = MEM_FD.load(Ordering::Acquire);
     if fd < 0 || !still_ours(fd) {
         // Not ours any more (closed, or its number reused): the next session
@@ -481,7 +491,7 @@ pub fn after_fork_child() {
             MEM_FD_DEV.store(dev, Ordering::Release);
             MEM_FD_INO.store(ino, Ordering::Release);
         }
-        MEM_FD_PID.store(libc::getpid(), Ordering::Release);
+
     }
 }
 
@@ -634,7 +644,11 @@ impl Session {
                     // `MEM_FD` rather than a descriptor kept in the session:
                     // after a `fork()` in the middle of an update, the child
                     // finishes it through its own `/proc/self/mem` (the
-                    // atfork handler re-points the number, or clears it).
+                    // number re-pointed, or cleared, once per fork
+                    // generation: by the atfork handler, or here).
+                    if MEM_FD_GEN.load(Ordering::Acquire) != super::fork::generation() {
+                        after_fork_child();
+                    }
                     let fd = MEM_FD.load(Ordering::Acquire);
                     let r = if fd < 0 { Err(libc::EBADF) } else { pwrite_all(fd, span.start, bytes) };
                     r.map_err(|errno| failed(span.start, errno, reached))?;
