@@ -106,5 +106,7 @@ fn an_owner_table_of_another_layout_is_not_called() {
 #[test]
 fn a_real_key_carries_the_prefix() {
     assert_eq!(REAL.call(5), 5);
-    assert_eq!(REAL.try_update(ident), Ok(Some(ident as extern "C" fn(u64) -> u64)));
+    // Judged by what the old target computes: a release build may give a
+    // function two addresses.
+    assert_eq!(REAL.try_update(ident).map(|old| old.map(|f| f(3))), Ok(Some(3)));
 }
