@@ -33,14 +33,14 @@
 use crate::arch::native::{self as arch, protocol, INSN_LEN, TRAMP_SIZE};
 use crate::raw::RawKey;
 use crate::os::linux::text::{self, Session};
-use crate::os::linux::text_lock::TextLock;
+use crate::os::linux::text_lock::{self, TextLock};
 use crate::os::linux::{fork, futex_wait, futex_wake, membarrier, thread_id};
 use crate::owner::Change;
 use crate::registry::{self, Registry, SiteEntry, TrampEntry};
 use crate::site::{NotDirect, Site, SiteState};
 use crate::{Error, Mode, Stats};
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering::*};
 
 // ---------------------------------------------------------------- counters
 
@@ -171,6 +171,10 @@ impl PatchLock {
                 }
                 Err(o) if o & SHUT != 0 => return Err(Error::ShutDown),
                 Err(o) if o == me => return Err(Error::Reentrant),
+                // This thread writes text of another copy of this module (a
+                // signal handler interrupted it), whose holder may wait for
+                // that: never wait (`text_lock`, "Lock order").
+                Err(_) if text_lock::held_here() => return Err(Error::Reentrant),
                 Err(o) => futex_wait(&self.owner, o),
             }
         }
@@ -248,53 +252,64 @@ impl Drop for Guard {
 // interrupted an update of the forking thread itself leaves the lock with
 // that thread, which finishes its update in the child.
 
-/// Whether the forking thread took the lock in `prepare` (it did not if it
-/// already held it: a fork from a signal handler that interrupted an update;
-/// nor if this copy is shut down).
-static FORK_LOCKED: AtomicBool = AtomicBool::new(false);
+/// What `prepare` did: took the lock (`TOOK`), found it held by the
+/// forking thread itself (`MINE`: a fork from a signal handler that
+/// interrupted an update), or left it (`LEFT`: this copy is shut down, or
+/// the forking thread holds the module's text lock for another copy, so it
+/// must not wait: `text_lock`'s "Lock order").
+static FORK_LOCK: AtomicU8 = AtomicU8::new(TOOK);
+const TOOK: u8 = 0;
+const MINE: u8 = 1;
+const LEFT: u8 = 2;
 
 extern "C" fn fork_prepare() {
     // Wait for any update to finish, so the child never inherits
     // half-patched text.
     let me = thread_id();
-    let locked = loop {
+    let state = loop {
         match LOCK.owner.compare_exchange(0, me, Acquire, Relaxed) {
-            Ok(_) => break true,
-            Err(o) if o == me || o & SHUT != 0 => break false,
+            Ok(_) => break TOOK,
+            Err(o) if o == me => break MINE,
+            Err(o) if o & SHUT != 0 || text_lock::held_here() => break LEFT,
             Err(o) => futex_wait(&LOCK.owner, o),
         }
     };
-    if locked {
+    if state == TOOK {
         LOCK.holder.store(self_thread(), Release);
     }
-    FORK_LOCKED.store(locked, Relaxed);
+    FORK_LOCK.store(state, Relaxed);
 }
 
 extern "C" fn fork_parent() {
-    if FORK_LOCKED.load(Relaxed) {
+    if FORK_LOCK.load(Relaxed) == TOOK {
         drop(Guard);
     }
 }
 
 extern "C" fn fork_child() {
     // The child has one thread. If `prepare` took the lock, no update was in
-    // progress: the lock is free. If it could not, the forking thread is
-    // inside an update (a fork from a signal handler that interrupted it):
-    // the child's only thread still is, so it keeps the lock (a further
-    // update from it is `Reentrant`), under its new thread id, and the
-    // interrupted update finishes in the child's own text. What belongs to
-    // the parent's threads is reset now, rather than on the first entry.
-    LOCK_GENERATION.store(fork::generation(), Release);
-    protocol::after_fork_child();
-    text::after_fork_child();
-    let owner = LOCK.owner.load(Relaxed);
-    if owner & SHUT == 0 {
-        if FORK_LOCKED.load(Relaxed) {
+    // progress: the lock is free. If the forking thread held it (a fork from
+    // a signal handler that interrupted its update), the child's only thread
+    // still does, under its new thread id (a further update from it is
+    // `Reentrant`), and the interrupted update finishes in the child's own
+    // text. What belongs to the parent's threads is reset now, rather than
+    // on the first entry. If `prepare` left the lock to another thread of
+    // the parent, the child's first entry takes it over (`catch_up`).
+    match FORK_LOCK.load(Relaxed) {
+        TOOK => {
+            LOCK_GENERATION.store(fork::generation(), Release);
+            protocol::after_fork_child();
+            text::after_fork_child();
             LOCK.holder.store(0, Relaxed);
             LOCK.owner.store(0, Release);
-        } else {
+        }
+        MINE => {
+            LOCK_GENERATION.store(fork::generation(), Release);
+            protocol::after_fork_child();
+            text::after_fork_child();
             LOCK.owner.store(thread_id(), Release);
         }
+        _ => {}
     }
 }
 
@@ -423,7 +438,7 @@ pub fn shut_down() -> ShutDown {
             Err(o) if o & SHUT != 0 => {
                 return if SHUT_POISONED.load(Acquire) { ShutDown::Poisoned } else { ShutDown::Done };
             }
-            Err(o) if o == me => return ShutDown::Busy,
+            Err(o) if o == me || text_lock::held_here() => return ShutDown::Busy,
             Err(o) => futex_wait(&LOCK.owner, o),
         }
     }

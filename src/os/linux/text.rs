@@ -510,9 +510,18 @@ fn pwrite_all(fd: i32, at: usize, bytes: &[u8]) -> Result<(), i32> {
     let mut done = 0;
     while done < bytes.len() {
         // SAFETY: the buffer is valid for `len - done` bytes; the offset is an
-        // address in our own address space.
-        let n =
-            unsafe { libc::pwrite(fd, bytes[done..].as_ptr().cast(), bytes.len() - done, (at + done) as libc::off_t) };
+        // address in our own address space. The raw system call, not libc's
+        // `pwrite`, which is a cancellation point: a `pthread_cancel` of the
+        // updating thread must never unwind out of the middle of an update.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_pwrite64,
+                fd,
+                bytes[done..].as_ptr(),
+                bytes.len() - done,
+                (at + done) as libc::off_t,
+            )
+        };
         match n {
             n if n > 0 => done += n as usize,
             0 => return Err(libc::EIO),

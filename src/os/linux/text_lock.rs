@@ -16,13 +16,25 @@
 //! A 64-byte, 64-aligned object named `static_call_text_lock_v1`, hidden,
 //! defined weak in a COMDAT group of the same name, so the linker keeps one
 //! per module however many copies define it (and the assembler one per
-//! object, `.ifndef`, when fat LTO joins the copies' module assembly). Word
-//! 0 (`u32`): 0 when free, else the kernel thread id of its holder. Word 1
-//! (`u32`): how many threads wait or are about to wait (a futex on word 0,
-//! private); the holder wakes them when it releases. A holder that is not a
-//! thread of this process (a `fork()` child inherited the lock from a parent
-//! thread in the middle of an update) is taken over: the bytes it was
-//! writing are its own copy's, which repairs them (`crate::patch`).
+//! object, `.ifndef`, when fat LTO joins the copies' module assembly). At
+//! offset 0 (`u32`): 0 when free, else the kernel thread id of its holder.
+//! At 4 (`u32`): how many threads wait or are about to wait (a futex on the
+//! first word, private); the holder wakes them when it releases. At 8
+//! (`usize`): the holder's `pthread_self()`, which survives a `fork()` of
+//! the holding thread (its thread id does not). A holder that is not a
+//! thread of this process is one a `fork()` child inherited: if it is the
+//! calling thread itself (it forked from a signal handler that interrupted
+//! its own write, which goes on when the handler returns), the lock stays
+//! with it, under its new thread id, and the caller gets `Reentrant`;
+//! otherwise (another thread of the parent, in the middle of a write) it is
+//! taken over: the bytes that thread was writing are its own copy's, which
+//! finishes them (`crate::patch`).
+//!
+//! Lock order: a copy takes its own patch lock, then this one. A thread
+//! that holds this one never waits for a patch lock (`held_here`): an update
+//! from a signal handler that interrupted any copy's write of this module
+//! returns `Reentrant` instead of waiting for a patch lock whose holder
+//! waits for this one.
 //!
 //! # Safety
 //!
@@ -35,12 +47,28 @@
 
 use super::{futex_wait, futex_wake, thread_id, thread_alive as alive};
 use crate::Error;
-use std::sync::atomic::{AtomicU32, Ordering::*};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
 
 #[repr(C, align(64))]
 struct Words {
     owner: AtomicU32,
     waiters: AtomicU32,
+    holder: AtomicUsize,
+}
+
+/// The calling thread's `pthread_self()` (a read of the thread pointer).
+fn self_thread() -> usize {
+    // SAFETY: no preconditions.
+    unsafe { libc::pthread_self() as usize }
+}
+
+/// Whether the calling thread holds the text lock of this module (it is
+/// writing text of some copy, and a signal handler interrupted it). The
+/// patch locks ask before they wait (see "Lock order"). Async-signal-safe.
+pub fn held_here() -> bool {
+    let w = words();
+    let o = w.owner.load(SeqCst);
+    o != 0 && (o == thread_id() || (w.holder.load(SeqCst) == self_thread() && !alive(o)))
 }
 
 core::arch::global_asm!(
@@ -78,17 +106,28 @@ impl TextLock {
     pub fn take() -> Result<TextLock, Error> {
         let w = words();
         let me = thread_id();
+        let held = || {
+            w.holder.store(self_thread(), SeqCst);
+            Ok(TextLock(()))
+        };
         if w.owner.compare_exchange(0, me, Acquire, Relaxed).is_ok() {
-            return Ok(TextLock(()));
+            return held();
         }
         w.waiters.fetch_add(1, SeqCst);
         let r = loop {
             match w.owner.compare_exchange(0, me, Acquire, Relaxed) {
-                Ok(_) => break Ok(TextLock(())),
+                Ok(_) => break held(),
                 Err(o) if o == me => break Err(Error::Reentrant),
                 Err(o) if !alive(o) => {
+                    if w.holder.load(SeqCst) == self_thread() {
+                        // This very thread, under its parent's thread id: it
+                        // forked from a signal handler that interrupted its
+                        // own write, which goes on when the handler returns.
+                        let _ = w.owner.compare_exchange(o, me, AcqRel, Relaxed);
+                        break Err(Error::Reentrant);
+                    }
                     if w.owner.compare_exchange(o, me, Acquire, Relaxed).is_ok() {
-                        break Ok(TextLock(()));
+                        break held();
                     }
                 }
                 Err(o) => futex_wait(&w.owner, o),
@@ -102,6 +141,7 @@ impl TextLock {
 impl Drop for TextLock {
     fn drop(&mut self) {
         let w = words();
+        w.holder.store(0, SeqCst);
         w.owner.store(0, SeqCst);
         if w.waiters.load(SeqCst) > 0 {
             futex_wake(&w.owner);
