@@ -5,7 +5,7 @@
 //! 1,000 call sites: `Anonymous` (the private copies made by copy-on-write;
 //! the measure) and `Private_Dirty` (which also counts page-cache pages of a
 //! freshly linked binary not yet written back, mapped by this process only).
-//! Printed for the README:
+//! Printed for docs/hardened.md:
 //!
 //! ```text
 //! cargo test --release --test writer_memory_cost -- --nocapture
