@@ -5,7 +5,8 @@
 //!
 //! 1. `int3` is written on each first byte, and all cores sync;
 //! 2. bytes 1..5 of each instruction (where they change), sync;
-//! 3. each first byte, sync;
+//! 3. each first byte, and no sync (see `write_protocol`: a core that still
+//!    executes a stale `int3` is rewound by the handler);
 //! 4. the plan is retracted ([`retire`]), waiting until no handler still
 //!    reads it.
 //!
@@ -67,8 +68,11 @@ pub fn installed() -> bool {
 
 /// This copy's module is being unloaded (or the process exits), and no
 /// update of it will run again: takes the handler out of the SIGTRAP chain
-/// and waits until no thread runs it. False if that wait gave up.
+/// and waits until no thread runs it. False if that wait gave up. Syncs
+/// every core first: the last update did not (see `write_protocol`), and a
+/// core may not execute a stale `int3` of ours once no handler catches it.
 pub fn take_out() -> bool {
+    sync();
     signal::take_out()
 }
 
@@ -165,6 +169,20 @@ fn write_protocol(session: &Session, plan: &[Patch]) -> Result<(), (Error, Resul
             return Err((f.error, Err(f.error)));
         }
     }
-    sync();
+    // No sync after step 3 (two per update, not three). Cross-modifying
+    // code (Intel SDM vol. 3, 8.1.3; AMD APM vol. 2, 7.6.1): a processor
+    // that has not serialized since a store to code may still execute what
+    // it fetched before. Here that can only be the `int3`: the old first
+    // byte was replaced by it and every core serialized (step 1), and the
+    // body was written and every core serialized (step 2) before the first
+    // byte changed. So a thread either executes the new instruction whole,
+    // or traps on a stale `int3`; the handler then finds the byte no longer
+    // 0xCC (its data read is coherent) and rewinds the thread to the
+    // instruction (`trap::Trap::Rewind`), and the return from the signal
+    // (`iret`, serializing) makes it fetch the new one. Guarantee 1 holds:
+    // a call started after `update` returns reaches the new instruction,
+    // directly or through one rewind. Before a copy's handler leaves the
+    // chain (unload) every core is synced once, so no stale `int3` of ours
+    // outlives it.
     Ok(())
 }
