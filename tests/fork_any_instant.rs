@@ -2,7 +2,8 @@
 //! thread loads the plugins alpha and beta (each with its own copy of the
 //! crate, each registering `pthread_atfork` handlers), initializes them,
 //! moves the host's key to their targets and back, updates their own keys,
-//! and unloads them (following the shutdown sequence), 20 times; another
+//! and unloads them (following the shutdown sequence), 20 times (more if
+//! fewer than 5 forks overlapped a `dlclose` by then, up to 400); another
 //! thread forks continuously, with no window and no hook, so forks land
 //! inside `dlclose` too, after a plugin's text is unmapped. glibc (2.35+)
 //! runs each atfork handler with its lock dropped, so a handler of a copy
@@ -70,6 +71,10 @@ static CHILD_FAILURES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// and the site disagree; 3 the update failed; 4 the site did not reach the
 /// new target.
 fn in_fork_child() -> i32 {
+    // A child that hangs (a lock inherited held) dies of SIGALRM: a failure
+    // the reaper reports, not a test that never ends.
+    // SAFETY: async-signal-safe.
+    unsafe { libc::alarm(30) };
     let r = host(10);
     let allowed = [host_a(10), host_b(10), alpha_dispatch(10), beta_dispatch(10)];
     if !allowed.contains(&r) {
@@ -175,7 +180,11 @@ fn fork_any_instant_child() {
     let reaper = std::thread::spawn(move || reaper(rx));
     let forker = std::thread::spawn(move || forker(tx));
 
-    for cycle in 0..20 {
+    // 20 cycles, and more (up to 400) until 5 forks overlapped a dlclose.
+    for cycle in 0.. {
+        if cycle >= 20 && (FORKS_IN_DLCLOSE.load(SeqCst) >= 5 || cycle >= 400) {
+            break;
+        }
         let mut alpha = Plugin::open(alpha_so.clone());
         let mut beta = Plugin::open(beta_so.clone());
         let alpha_init: extern "C" fn() -> i32 = alpha.func("alpha_init");
