@@ -3,8 +3,8 @@
 //! crate, each registering `pthread_atfork` handlers), initializes them,
 //! moves the host's key to their targets and back, updates their own keys,
 //! and unloads them (following the shutdown sequence), 20 times (more if
-//! fewer than 5 forks overlapped a `dlclose` by then, up to 400); another
-//! thread forks continuously, with no window and no hook, so forks land
+//! fewer than 5 forks overlapped a `dlclose` by then, up to 400); two other
+//! threads fork continuously, with no window and no hook, so forks land
 //! inside `dlclose` too, after a plugin's text is unmapped. glibc (2.35+)
 //! runs each atfork handler with its lock dropped, so a handler of a copy
 //! that is being unloaded can run then: a copy that can be unloaded must
@@ -83,7 +83,8 @@ fn in_fork_child() -> i32 {
     if HOST.get().map(|f| f(10)) != Some(r) {
         return 2;
     }
-    if HOST.try_update(host_child).is_err() {
+    if let Err(e) = HOST.try_update(host_child) {
+        say_error(e);
         return 3;
     }
     if host(10) != host_child(10) {
@@ -94,6 +95,24 @@ fn in_fork_child() -> i32 {
 
 /// Children forked and not yet reaped.
 static OUTSTANDING: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `e` to stderr from a fork child: formatted into a buffer on the
+/// stack (an `Error` displays without allocating), one `write`.
+fn say_error(e: static_call::Error) {
+    struct Buf([u8; 512], usize);
+    impl std::fmt::Write for Buf {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let n = s.len().min(self.0.len() - self.1);
+            self.0[self.1..self.1 + n].copy_from_slice(&s.as_bytes()[..n]);
+            self.1 += n;
+            Ok(())
+        }
+    }
+    let mut b = Buf([0; 512], 0);
+    let _ = std::fmt::Write::write_fmt(&mut b, format_args!("fork child: HOST.try_update: {e:?}: {e}\n"));
+    // SAFETY: a valid buffer of that length.
+    unsafe { libc::write(2, b.0.as_ptr().cast(), b.1) };
+}
 
 /// Forks until `STOP`, back to back (a reaper waits for the children, at
 /// most 32 outstanding); returns the children's pids through `pids`.
@@ -178,7 +197,14 @@ fn fork_any_instant_child() {
     host_to(host_a, 11);
     let (tx, rx) = std::sync::mpsc::channel();
     let reaper = std::thread::spawn(move || reaper(rx));
-    let forker = std::thread::spawn(move || forker(tx));
+    // Two forkers: forks land at more instants of each dlclose.
+    let forkers: Vec<_> = (0..2)
+        .map(|_| {
+            let tx = tx.clone();
+            std::thread::spawn(move || forker(tx))
+        })
+        .collect();
+    drop(tx);
 
     // 20 cycles, and more (up to 400) until 5 forks overlapped a dlclose.
     for cycle in 0.. {
@@ -230,7 +256,7 @@ fn fork_any_instant_child() {
         );
     }
     STOP.store(true, SeqCst);
-    forker.join().unwrap();
+    forkers.into_iter().for_each(|f| f.join().unwrap());
     reaper.join().unwrap();
 
     let failures = CHILD_FAILURES.lock().unwrap().clone();
