@@ -102,49 +102,10 @@ extern "C" fn at_exit() {
 /// Runs the child scenario `mode` and returns its stdout; panics unless it
 /// exited 0 within a generous bound (a hang is killed and fails).
 fn run(mode: &str) -> String {
-    let mut cmd = common::self_command();
-    cmd.args(["--ignored", "--exact", "exit_child", "--nocapture", "--test-threads=1"])
-        .env("STATIC_CALL_TEST_CHILD", "exit_child")
-        .env("EXIT_UPDATES_MODE", mode)
-        .env_remove("STATIC_CALL_WRITER")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let child = cmd.spawn().expect("spawn the child");
-    let pid = child.id() as libc::pid_t;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || tx.send(child.wait_with_output()));
-    let out = match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(out) => out.expect("wait for the child"),
-        Err(_) => {
-            // Where each of its threads waits, for the message.
-            let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-                .map(|d| {
-                    d.flatten()
-                        .map(|t| {
-                            let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
-                            format!(
-                                "thread {:?}: wchan {}, syscall {}",
-                                t.file_name(),
-                                read("wchan"),
-                                read("syscall").trim()
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            // SAFETY: our child, not yet reaped (its waiter has not returned).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let out = rx.recv().unwrap().expect("wait for the killed child");
-            panic!(
-                "child `{mode}` hung at exit (killed after 60 s; {threads:#?}):\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    };
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let text = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "child `{mode}` failed ({}):\n{text}", out.status);
+    let (status, stdout, stderr) =
+        common::run_child_bounded("exit_child", &[("EXIT_UPDATES_MODE", mode)], Duration::from_secs(60));
+    let text = format!("{stdout}{stderr}");
+    assert!(status.success(), "child `{mode}` failed ({status}):\n{text}");
     assert!(stdout.contains("child exit_child: main returns"), "child `{mode}` did not run:\n{text}");
     eprintln!("{text}");
     stdout

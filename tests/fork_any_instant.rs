@@ -2,8 +2,9 @@
 //! thread loads the plugins alpha and beta (each with its own copy of the
 //! crate, each registering `pthread_atfork` handlers), initializes them,
 //! moves the host's key to their targets and back, updates their own keys,
-//! and unloads them (following the shutdown sequence), 20 times; another
-//! thread forks continuously, with no window and no hook, so forks land
+//! and unloads them (following the shutdown sequence), 20 times (more if
+//! fewer than 5 forks overlapped a `dlclose` by then, up to 400); two other
+//! threads fork continuously, with no window and no hook, so forks land
 //! inside `dlclose` too, after a plugin's text is unmapped. glibc (2.35+)
 //! runs each atfork handler with its lock dropped, so a handler of a copy
 //! that is being unloaded can run then: a copy that can be unloaded must
@@ -70,6 +71,10 @@ static CHILD_FAILURES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// and the site disagree; 3 the update failed; 4 the site did not reach the
 /// new target.
 fn in_fork_child() -> i32 {
+    // A child that hangs (a lock inherited held) dies of SIGALRM: a failure
+    // the reaper reports, not a test that never ends.
+    // SAFETY: async-signal-safe.
+    unsafe { libc::alarm(30) };
     let r = host(10);
     let allowed = [host_a(10), host_b(10), alpha_dispatch(10), beta_dispatch(10)];
     if !allowed.contains(&r) {
@@ -78,7 +83,8 @@ fn in_fork_child() -> i32 {
     if HOST.get().map(|f| f(10)) != Some(r) {
         return 2;
     }
-    if HOST.try_update(host_child).is_err() {
+    if let Err(e) = HOST.try_update(host_child) {
+        say_error(e);
         return 3;
     }
     if host(10) != host_child(10) {
@@ -89,6 +95,24 @@ fn in_fork_child() -> i32 {
 
 /// Children forked and not yet reaped.
 static OUTSTANDING: AtomicU64 = AtomicU64::new(0);
+
+/// Writes `e` to stderr from a fork child: formatted into a buffer on the
+/// stack (an `Error` displays without allocating), one `write`.
+fn say_error(e: static_call::Error) {
+    struct Buf([u8; 512], usize);
+    impl std::fmt::Write for Buf {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let n = s.len().min(self.0.len() - self.1);
+            self.0[self.1..self.1 + n].copy_from_slice(&s.as_bytes()[..n]);
+            self.1 += n;
+            Ok(())
+        }
+    }
+    let mut b = Buf([0; 512], 0);
+    let _ = std::fmt::Write::write_fmt(&mut b, format_args!("fork child: HOST.try_update: {e:?}: {e}\n"));
+    // SAFETY: a valid buffer of that length.
+    unsafe { libc::write(2, b.0.as_ptr().cast(), b.1) };
+}
 
 /// Forks until `STOP`, back to back (a reaper waits for the children, at
 /// most 32 outstanding); returns the children's pids through `pids`.
@@ -155,8 +179,16 @@ fn unload(p: &mut Plugin) {
 
 #[test]
 fn fork_at_any_instant_of_dlclose() {
-    let out = common::run_child("fork_any_instant_child", &[]);
-    eprintln!("{out}");
+    // A bound for the whole scenario (it takes about a second): a hang is
+    // a failure. (On the current code one release run of about twenty hung: one
+    // forker spinning in the kernel's fork, the other in beta's prepare
+    // handler, the loading thread waiting for beta's lock.)
+    let (status, stdout, stderr) =
+        common::run_child_bounded("fork_any_instant_child", &[], std::time::Duration::from_secs(120));
+    let text = format!("{stdout}{stderr}");
+    assert!(status.success(), "child `fork_any_instant_child` failed ({status}):\n{text}");
+    assert!(stdout.contains("child fork_any_instant_child: done"), "the child did not run:\n{text}");
+    eprintln!("{text}");
 }
 
 #[test]
@@ -173,9 +205,20 @@ fn fork_any_instant_child() {
     host_to(host_a, 11);
     let (tx, rx) = std::sync::mpsc::channel();
     let reaper = std::thread::spawn(move || reaper(rx));
-    let forker = std::thread::spawn(move || forker(tx));
+    // Two forkers: forks land at more instants of each dlclose.
+    let forkers: Vec<_> = (0..2)
+        .map(|_| {
+            let tx = tx.clone();
+            std::thread::spawn(move || forker(tx))
+        })
+        .collect();
+    drop(tx);
 
-    for cycle in 0..20 {
+    // 20 cycles, and more (up to 400) until 5 forks overlapped a dlclose.
+    for cycle in 0.. {
+        if cycle >= 20 && (FORKS_IN_DLCLOSE.load(SeqCst) >= 5 || cycle >= 400) {
+            break;
+        }
         let mut alpha = Plugin::open(alpha_so.clone());
         let mut beta = Plugin::open(beta_so.clone());
         let alpha_init: extern "C" fn() -> i32 = alpha.func("alpha_init");
@@ -221,7 +264,7 @@ fn fork_any_instant_child() {
         );
     }
     STOP.store(true, SeqCst);
-    forker.join().unwrap();
+    forkers.into_iter().for_each(|f| f.join().unwrap());
     reaper.join().unwrap();
 
     let failures = CHILD_FAILURES.lock().unwrap().clone();

@@ -368,3 +368,58 @@ pub fn proc_mem_refused(init: &Result<(), static_call::Error>) -> Option<i32> {
         _ => None,
     }
 }
+
+/// As [`run_child`], with a bound: a child still running after `bound` is
+/// killed (SIGKILL) and the call panics, naming where each of its threads
+/// waited. Returns the child's stdout and stderr, and its exit status; the
+/// caller judges them (a hang is a failure, not a test that never ends).
+pub fn run_child_bounded(
+    test: &str,
+    env: &[(&str, &str)],
+    bound: std::time::Duration,
+) -> (std::process::ExitStatus, String, String) {
+    let mut cmd = self_command();
+    cmd.args(["--ignored", "--exact", test, "--nocapture", "--test-threads=1"])
+        .env("STATIC_CALL_TEST_CHILD", test)
+        .env_remove("STATIC_CALL_WRITER")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for &(k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().expect("re-execute the test binary");
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    let out = match rx.recv_timeout(bound) {
+        Ok(out) => out.expect("wait for the child"),
+        Err(_) => {
+            let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map(|d| {
+                    d.flatten()
+                        .map(|t| {
+                            let read = |f: &str| std::fs::read_to_string(t.path().join(f)).unwrap_or_default();
+                            format!(
+                                "thread {:?}: wchan {}, syscall {}",
+                                t.file_name(),
+                                read("wchan"),
+                                read("syscall").trim()
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            // SAFETY: our child, not yet reaped (its waiter has not returned).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // What it wrote, unless its own children hold the pipes open.
+            let text = match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+                Ok(Ok(out)) => {
+                    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+                }
+                _ => "(its output is still held open)".to_string(),
+            };
+            panic!("child `{test}` {env:?} still running after {bound:?}, killed; its threads: {threads:#?}\n{text}");
+        }
+    };
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
