@@ -149,6 +149,23 @@ static SLOTS: std::sync::OnceLock<Error> = std::sync::OnceLock::new();
 /// Set in `LOCK.owner`, with the owner's thread id, once the copy is shut
 /// down for good (thread ids are below 2^22).
 const SHUT: u32 = 1 << 31;
+/// Set in `LOCK.owner`, with the owner's thread id, while a thread may be
+/// asleep waiting for it: only then does a release wake (a system call).
+const WAITERS: u32 = 1 << 30;
+
+/// The holder's thread id in an owner word (0: free).
+fn holder_of(o: u32) -> u32 {
+    o & !(SHUT | WAITERS)
+}
+
+/// Sleeps until the owner word may have changed from `o`, having marked it
+/// as waited for. A thread that slept takes the lock with [`WAITERS`] set,
+/// since others may still sleep.
+fn wait_for_owner(o: u32) {
+    if o & WAITERS != 0 || LOCK.owner.compare_exchange(o, o | WAITERS, Relaxed, Relaxed).is_ok() {
+        futex_wait(&LOCK.owner, o | WAITERS);
+    }
+}
 
 struct Guard;
 
@@ -163,19 +180,23 @@ impl PatchLock {
     fn lock(&'static self) -> Result<Guard, Error> {
         self.catch_up();
         let me = thread_id();
+        let mut take = me;
         loop {
-            match self.owner.compare_exchange(0, me, Acquire, Relaxed) {
+            match self.owner.compare_exchange(0, take, Acquire, Relaxed) {
                 Ok(_) => {
                     self.holder.store(self_thread(), Release);
                     return Ok(Guard);
                 }
                 Err(o) if o & SHUT != 0 => return Err(Error::ShutDown),
-                Err(o) if o == me => return Err(Error::Reentrant),
+                Err(o) if holder_of(o) == me => return Err(Error::Reentrant),
                 // This thread writes text of another copy of this module (a
                 // signal handler interrupted it), whose holder may wait for
                 // that: never wait (`text_lock`, "Lock order").
                 Err(_) if text_lock::held_here() => return Err(Error::Reentrant),
-                Err(o) => futex_wait(&self.owner, o),
+                Err(o) => {
+                    wait_for_owner(o);
+                    take = me | WAITERS;
+                }
             }
         }
     }
@@ -196,12 +217,13 @@ impl PatchLock {
             // This thread forked from a signal handler that interrupted its
             // own update: it still holds the lock, under its new thread id,
             // and the interrupted update finishes in this child's text.
-            self.owner.store(thread_id(), Release);
+            self.owner.store(thread_id() | (o & WAITERS), Release);
             return;
         }
         // The holder was another thread of the parent, which this child
         // does not have: take the lock over and finish what it was doing.
-        if crate::os::linux::thread_alive(o) || self.owner.compare_exchange(o, thread_id(), AcqRel, Relaxed).is_err() {
+        let took = self.owner.compare_exchange(o, thread_id() | (o & WAITERS), AcqRel, Relaxed);
+        if crate::os::linux::thread_alive(holder_of(o)) || took.is_err() {
             return;
         }
         self.holder.store(self_thread(), Release);
@@ -223,8 +245,9 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         LOCK.holder.store(0, Relaxed);
-        LOCK.owner.store(0, Release);
-        futex_wake(&LOCK.owner);
+        if LOCK.owner.swap(0, Release) & WAITERS != 0 {
+            futex_wake(&LOCK.owner);
+        }
     }
 }
 
@@ -266,12 +289,16 @@ extern "C" fn fork_prepare() {
     // Wait for any update to finish, so the child never inherits
     // half-patched text.
     let me = thread_id();
+    let mut take = me;
     let state = loop {
-        match LOCK.owner.compare_exchange(0, me, Acquire, Relaxed) {
+        match LOCK.owner.compare_exchange(0, take, Acquire, Relaxed) {
             Ok(_) => break TOOK,
-            Err(o) if o == me => break MINE,
+            Err(o) if holder_of(o) == me => break MINE,
             Err(o) if o & SHUT != 0 || text_lock::held_here() => break LEFT,
-            Err(o) => futex_wait(&LOCK.owner, o),
+            Err(o) => {
+                wait_for_owner(o);
+                take = me | WAITERS;
+            }
         }
     };
     if state == TOOK {
@@ -385,7 +412,7 @@ fn finish_inherited(st: &mut State) {
 /// Writes a verified plan again from the start (a `fork()` child finishing
 /// an inherited update), then retires it. Any failure poisons.
 fn rewrite(plan: &[Patch]) -> Result<(), Error> {
-    let _text = TextLock::take()?;
+    let _text = TextLock::take_as(holder_of(LOCK.owner.load(Relaxed)))?;
     let writer = text::for_update(plan[0].at)?;
     let session = Session::open(writer, plan.iter().map(|p| p.at), INSN_LEN)?;
     let written = protocol::resume(&session, plan);
@@ -430,16 +457,20 @@ pub enum ShutDown {
 pub fn shut_down() -> ShutDown {
     LOCK.catch_up();
     let me = thread_id();
+    let mut take = me;
     loop {
-        match LOCK.owner.compare_exchange(0, me, Acquire, Relaxed) {
+        match LOCK.owner.compare_exchange(0, take, Acquire, Relaxed) {
             Ok(_) => break,
             // Shut down already (the unload path runs again at exit, maybe
             // on another thread): the state is frozen.
             Err(o) if o & SHUT != 0 => {
                 return if SHUT_POISONED.load(Acquire) { ShutDown::Poisoned } else { ShutDown::Done };
             }
-            Err(o) if o == me || text_lock::held_here() => return ShutDown::Busy,
-            Err(o) => futex_wait(&LOCK.owner, o),
+            Err(o) if holder_of(o) == me || text_lock::held_here() => return ShutDown::Busy,
+            Err(o) => {
+                wait_for_owner(o);
+                take = me | WAITERS;
+            }
         }
     }
     // We hold the lock now; it is never released (no guard is dropped).
@@ -527,7 +558,7 @@ fn apply(st: &mut State, reg: &Registry, pending: Pending) -> Result<(), Error> 
     protocol::may_write()?;
     // Every copy of this crate in this module writes its text under the
     // module's text lock (see `text_lock`); held until the session closed.
-    let _text = TextLock::take()?;
+    let _text = TextLock::take_as(holder_of(LOCK.owner.load(Relaxed)))?;
     let writer = text::for_update(st.plan[0].at)?;
     let session = Session::open(writer, st.plan.iter().map(|p| p.at), INSN_LEN).inspect_err(|e| {
         if let Error::ProtectionNotRestored { .. } = e {
@@ -609,7 +640,7 @@ fn prepare(st: &mut State, reg: &Registry) -> Result<(), Error> {
     // The probe writes (and the mprotect one changes a page's protection):
     // under the module's text lock, as every write.
     {
-        let _text = TextLock::take()?;
+        let _text = TextLock::take_as(holder_of(LOCK.owner.load(Relaxed)))?;
         text::probe(probe_at)?;
     }
     protocol::install()?;

@@ -103,9 +103,15 @@ impl TextLock {
     /// another thread) write of this module's text to finish. `Reentrant`
     /// if this thread holds it already (a signal handler that interrupted
     /// an update of another copy). Async-signal-safe; no allocation.
+    #[cfg(test)]
     pub fn take() -> Result<TextLock, Error> {
+        Self::take_as(thread_id())
+    }
+
+    /// [`take`](Self::take) by a caller that knows its own thread id (the
+    /// patch lock's holder: one `gettid` less per update).
+    pub fn take_as(me: u32) -> Result<TextLock, Error> {
         let w = words();
-        let me = thread_id();
         let held = || {
             w.holder.store(self_thread(), SeqCst);
             Ok(TextLock(()))
