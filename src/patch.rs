@@ -719,6 +719,30 @@ pub fn mode() -> Mode {
     }
 }
 
+/// The fork generation whose first update checked the handler chain.
+static CHAIN_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// Whether our SIGTRAP handler still gets the traps. In a `fork()` child, the
+/// first update also repairs one thing the child may inherit broken: the
+/// kernel copies a process's signal dispositions before its memory, so a
+/// child forked while another thread took a plugin's copy out of the chain
+/// (at `dlclose`) can find that copy's handler still installed while the
+/// copy itself already counts as taken out (and its chain reaches no one).
+/// Then ours is put back on top, as `init()` would; a foreign handler in
+/// that place stays an error (`HandlerDisplaced`), as in the parent.
+fn check_handler() -> Result<(), Error> {
+    match protocol::check_handler() {
+        Err(e @ Error::HandlerDisplaced { .. }) => {
+            let gen = fork::generation();
+            if gen != 1 && CHAIN_GENERATION.swap(gen, AcqRel) != gen {
+                return protocol::reinstall_in_child();
+            }
+            Err(e)
+        }
+        r => r,
+    }
+}
+
 /// Applies `changes` (each key at most once, every key owned by this copy)
 /// and returns, in `old`, each key's previous target (null: none).
 fn update_locked(st: &mut State, changes: &[Change], old: &mut [*mut ()]) -> Result<(), Error> {
@@ -748,7 +772,7 @@ fn update_locked(st: &mut State, changes: &[Change], old: &mut [*mut ()]) -> Res
     }
     let reg = registry::get();
     if !reg.tramps.is_empty() {
-        protocol::check_handler()?;
+        check_handler()?;
         membarrier::register()?;
     }
     st.plan.clear();

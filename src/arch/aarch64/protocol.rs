@@ -57,6 +57,11 @@ pub fn check_handler() -> Result<(), Error> {
     Ok(())
 }
 
+/// No handler: nothing to put back.
+pub fn reinstall_in_child() -> Result<(), Error> {
+    Ok(())
+}
+
 /// Any thread may write text: no breakpoint is ever written.
 pub fn may_write() -> Result<(), Error> {
     Ok(())

@@ -61,6 +61,12 @@ pub fn check_handler() -> Result<(), Error> {
     signal::check()
 }
 
+/// In a `fork()` child: puts our handler back on top of another copy's
+/// that the parent was taking out (see `patch::check_handler`).
+pub fn reinstall_in_child() -> Result<(), Error> {
+    signal::reinstall_in_child()
+}
+
 /// Whether this copy's handler is installed.
 pub fn installed() -> bool {
     signal::installed()
@@ -72,7 +78,11 @@ pub fn installed() -> bool {
 /// every core first: the last update did not (see `write_protocol`), and a
 /// core may not execute a stale `int3` of ours once no handler catches it.
 pub fn take_out() -> bool {
-    sync();
+    // Only where patching ran (a copy on the slots wrote no `int3`, and its
+    // `membarrier` may be refused).
+    if membarrier::registered() {
+        sync();
+    }
     signal::take_out()
 }
 

@@ -45,6 +45,12 @@ pub fn register() -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether this process registered (so that [`sync_core`] works): not in
+/// a process that runs on the slots because `membarrier` is refused.
+pub fn registered() -> bool {
+    REGISTERED.load(Ordering::Acquire) == super::fork::generation()
+}
+
 /// Makes every thread of the process execute a core-serializing instruction
 /// before it next runs user code, so that none keeps executing stale
 /// instructions. Async-signal-safe.

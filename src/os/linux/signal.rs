@@ -813,6 +813,11 @@ fn reinstall() -> Result<(), Error> {
 pub fn check() -> Result<(), Error> {
     let cur = current_action()?;
     let me = entry_address();
+    // In a fork child (generation past 1) the handler may lie in text the
+    // parent unmapped (see `mapped`): never read its header then.
+    if cur.sa_sigaction != me && super::fork::generation() != 1 && !mapped(cur.sa_sigaction) {
+        return Err(Error::HandlerDisplaced { current: cur.sa_sigaction });
+    }
     if STATE.load(SeqCst) == INSTALLED && flags_and_mask_ok(&cur) {
         if cur.sa_sigaction == me {
             return Ok(());
@@ -822,6 +827,46 @@ pub fn check() -> Result<(), Error> {
         }
     }
     Err(Error::HandlerDisplaced { current: cur.sa_sigaction })
+}
+
+/// In a `fork()` child whose current handler is another copy's that the
+/// parent was taking out of the chain: puts ours back on top (as `init()`
+/// again would), without the loader's lock, which a child forked during a
+/// `dlclose` inherits held by a thread it does not have. Only if the
+/// current handler is a copy's (it carries our header), never over a
+/// foreign one. Not for signal handlers.
+///
+/// The copy on top is dead in this child (its text unmapped, or taken out:
+/// its chain reaches no one), so ours goes on top with the previous
+/// disposition it already had, as the copy's removal would have left it; a
+/// third copy between that one and ours loses its place in this child.
+pub fn reinstall_in_child() -> Result<(), Error> {
+    catch_up();
+    let cur = current_action()?;
+    let h = cur.sa_sigaction;
+    let dead_copy = !mapped(h) || recognize(h).is_some_and(|peer| !(peer.chains_to)(entry_address(), MAX_DEPTH));
+    if STATE.load(SeqCst) != INSTALLED || h == entry_address() || !dead_copy {
+        return check();
+    }
+    let new = our_action();
+    // SAFETY: valid pointers.
+    if unsafe { libc::sigaction(libc::SIGTRAP, &new, std::ptr::null_mut()) } != 0 {
+        return Err(Error::HandlerNotInstalled { errno: errno() });
+    }
+    check()
+}
+
+/// Whether the page of `addr` is mapped (a `fork()` child can inherit a
+/// disposition whose handler's module its parent unmapped at the same time:
+/// the kernel copies dispositions before memory). Not for signal handlers.
+fn mapped(addr: usize) -> bool {
+    // SAFETY: sysconf and mincore with a page-aligned address and a buffer
+    // of one byte for one page; mincore only reports.
+    unsafe {
+        let page = libc::sysconf(libc::_SC_PAGESIZE).max(4096) as usize;
+        let mut v = 0u8;
+        libc::mincore((addr & !(page - 1)) as *mut libc::c_void, 1, &mut v) == 0
+    }
 }
 
 /// Whether this copy's handler is installed (and not taken out).
