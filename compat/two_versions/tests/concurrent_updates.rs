@@ -22,6 +22,8 @@ fn concurrent_updates_child() {
     }
     assert_eq!(static_call::text_writer(), None, "nothing initialized yet");
     two_versions::concurrent_updates(3000);
-    assert_eq!(static_call::text_writer(), Some(static_call::TextWriter::ProcMem));
+    // The default writer: /proc/self/mem, or where it refuses itself (QEMU
+    // user mode, aarch64: ESTALE) the mprotect one.
+    assert!(static_call::text_writer().is_some());
     println!("child concurrent_updates_child: done");
 }

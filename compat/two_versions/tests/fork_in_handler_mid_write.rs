@@ -139,8 +139,7 @@ fn with_the_mprotect_writer() {
     if std::env::var_os("STATIC_CALL_WRITER").is_some() {
         return;
     }
-    let exe = std::env::current_exe().unwrap();
-    let out = std::process::Command::new(exe)
+    let out = two_versions::common::self_command()
         .args(["--exact", "fork_in_handler_during_a_write_then_other_copy_updates", "--nocapture"])
         .env("STATIC_CALL_WRITER", "mprotect")
         .output()

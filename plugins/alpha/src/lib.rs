@@ -150,11 +150,11 @@ pub extern "C" fn alpha_unload_now() -> i32 {
 #[cfg(target_arch = "aarch64")]
 static UNLOAD_HOOK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Test hook (aarch64): `hook` runs inside this library's unload, once its
-/// copy of the crate has shut down and before glibc unregisters that copy's
-/// `pthread_atfork` handlers. Its argument says what an update of `STEP`
-/// from there returned: 0 `Reentrant` (the copy is shut down, as expected),
-/// 1 `Ok`, 2 another error.
+/// Test hook (aarch64): `hook` runs inside this library's unload, from its
+/// own destructor, which runs before its copy of the crate shuts down (that
+/// copy's hook has priority 100: last). Its argument says what an update of
+/// `STEP` from there returned: 1 `Ok` (as expected: the copy still works),
+/// 0 `Reentrant` or `ShutDown`, 2 another error.
 #[cfg(target_arch = "aarch64")]
 #[unsafe(no_mangle)]
 pub extern "C" fn alpha_set_unload_hook(hook: Option<extern "C" fn(i32)>) {
@@ -162,17 +162,15 @@ pub extern "C" fn alpha_set_unload_hook(hook: Option<extern "C" fn(i32)>) {
 }
 
 /// Runs the unload hook, if any. A plain `.fini_array` entry of this crate's
-/// own object: the linker places it before the entries of the rlibs linked
-/// after it (`static_call`'s shut-down) and after crtbegin's, and the array
-/// runs last to first, so this runs after the crate's shut-down and before
-/// `__cxa_finalize` (crtbegin's entry), which unregisters the atfork
-/// handlers. The hook's argument checks the first half of that order.
+/// own object: it runs before `static_call`'s shut-down (priority 100, which
+/// the linker sorts first in the array, and the array runs last to first).
+/// The hook's argument checks that order.
 #[cfg(target_arch = "aarch64")]
 extern "C" fn on_unload() {
     let hook = UNLOAD_HOOK.load(std::sync::atomic::Ordering::SeqCst);
     if hook != 0 {
         let code = match STEP.try_update(step_add) {
-            Err(static_call::Error::Reentrant) => 0,
+            Err(static_call::Error::Reentrant | static_call::Error::ShutDown) => 0,
             Ok(_) => 1,
             Err(_) => 2,
         };
