@@ -222,8 +222,9 @@ impl PatchLock {
         }
         // The holder was another thread of the parent, which this child
         // does not have: take the lock over and finish what it was doing.
-        let took = self.owner.compare_exchange(o, thread_id() | (o & WAITERS), AcqRel, Relaxed);
-        if crate::os::linux::thread_alive(holder_of(o)) || took.is_err() {
+        if crate::os::linux::thread_alive(holder_of(o))
+            || self.owner.compare_exchange(o, thread_id() | (o & WAITERS), AcqRel, Relaxed).is_err()
+        {
             return;
         }
         self.holder.store(self_thread(), Release);
