@@ -15,6 +15,10 @@
 //!
 //! # Two copies in one module
 //!
+//! The sections are named `_v2`: their records point to keys that start
+//! with a `KeyPrefix` (a `_v1` record's key started with its slot), and
+//! every version that keeps that will keep the name.
+//!
 //! Cargo links two semver-incompatible versions of this crate into one
 //! executable when two dependencies want different majors. Both copies'
 //! records land in the same sections (the section names and the record
@@ -38,21 +42,21 @@ struct Record {
 }
 
 core::arch::global_asm!(
-    ".pushsection static_call_sites_v1, \"aR\", %progbits",
+    ".pushsection static_call_sites_v2, \"aR\", %progbits",
     ".balign 4",
     ".long 0, 0",
     ".popsection",
-    ".pushsection static_call_tramps_v1, \"aR\", %progbits",
+    ".pushsection static_call_tramps_v2, \"aR\", %progbits",
     ".balign 4",
     ".long 0, 0",
     ".popsection",
 );
 
 extern "C" {
-    static __start_static_call_sites_v1: Record;
-    static __stop_static_call_sites_v1: Record;
-    static __start_static_call_tramps_v1: Record;
-    static __stop_static_call_tramps_v1: Record;
+    static __start_static_call_sites_v2: Record;
+    static __stop_static_call_sites_v2: Record;
+    static __start_static_call_tramps_v2: Record;
+    static __stop_static_call_tramps_v2: Record;
 }
 
 /// One call site.
@@ -151,8 +155,8 @@ fn build() -> Registry {
     // SAFETY: the linker-defined bounds of our own sections.
     let (mut sites, mut tramps) = unsafe {
         (
-            records(&raw const __start_static_call_sites_v1, &raw const __stop_static_call_sites_v1),
-            records(&raw const __start_static_call_tramps_v1, &raw const __stop_static_call_tramps_v1),
+            records(&raw const __start_static_call_sites_v2, &raw const __stop_static_call_sites_v2),
+            records(&raw const __start_static_call_tramps_v2, &raw const __stop_static_call_tramps_v2),
         )
     };
     tramps.sort_by_key(|&(at, k)| (key_addr(k), at));

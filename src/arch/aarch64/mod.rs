@@ -200,7 +200,7 @@ macro_rules! __static_call_aarch64_site {
         ::core::arch::asm!(
             "2:",
             "bl {__static_call_key}_sc_tramp",
-            ".pushsection static_call_sites_v1, \"aR\", %progbits",
+            ".pushsection static_call_sites_v2, \"aR\", %progbits",
             ".balign 4",
             ".long 2b - .",
             ".long {__static_call_key} - .",
@@ -242,7 +242,7 @@ macro_rules! __static_call_aarch64_trampoline {
                 ".byte 1, 0, 0",
                 ".size {k}_sc_tramp, 32",
                 ".popsection",
-                ".pushsection static_call_tramps_v1, \"aR\", %progbits",
+                ".pushsection static_call_tramps_v2, \"aR\", %progbits",
                 ".balign 4",
                 ".long {k}_sc_tramp - .",
                 ".long {k} - .",
