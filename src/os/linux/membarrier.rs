@@ -47,6 +47,8 @@ pub fn register() -> Result<(), Error> {
 
 /// Whether this process registered (so that [`sync_core`] works): not in
 /// a process that runs on the slots because `membarrier` is refused.
+/// (x86-64's unload asks.)
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub fn registered() -> bool {
     REGISTERED.load(Ordering::Acquire) == super::fork::generation()
 }
