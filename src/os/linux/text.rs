@@ -638,8 +638,9 @@ impl Session {
                 let buf = unsafe { &mut *PAGE_BUF.0.get() };
                 // SAFETY: `read` is given the gaps of a span, which lie on
                 // the page of one of its writes (`Spans`): mapped text (the
-                // caller's contract), readable; only the patch lock holder
-                // writes it, and it is us.
+                // caller's contract), readable; only the holder of the
+                // module's text lock writes it (every copy of the crate in
+                // the module takes it: `text_lock`), and it is us.
                 let read = |at: usize, into: &mut [u8]| unsafe {
                     std::ptr::copy_nonoverlapping(at as *const u8, into.as_mut_ptr(), into.len())
                 };
