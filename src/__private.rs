@@ -10,9 +10,12 @@
 
 pub use crate::abi::{FloatRegister, IntegerRegister, Zeroable};
 pub use crate::key::{Key, StaticCall};
-pub use crate::raw::{NoTarget, RawKey};
-pub use crate::Error;
+pub use crate::raw::{NoTarget, RawKey, Target};
+pub use crate::rust_fn::{catch, conjure, from_pair, to_pair, Frame, Pair, RustKey};
+pub use crate::Retarget;
+pub use crate::{Error, Site};
 pub use core;
+pub use std::vec::Vec;
 
 /// Expands to its `inline` arm where sites are patched, else to its
 /// `portable` arm: the backend is this crate's choice, made by its own

@@ -10,7 +10,7 @@
 #![allow(unsafe_code)]
 
 use crate::owner::{self, Change};
-use crate::raw::{KeyPrefix, CRATE_VERSION, KEY_ABI, KEY_MAGIC};
+use crate::raw::{KeyPrefix, Target, CRATE_VERSION, KEY_ABI, KEY_MAGIC};
 pub use crate::raw::{NoTarget, RawKey};
 use crate::{Error, Site, Zeroable};
 use core::marker::PhantomData;
@@ -53,29 +53,7 @@ impl<F: Copy, R> Key<F, R> {
     /// trampoline (never called).
     #[doc(hidden)]
     pub const unsafe fn __new(target: *mut (), no_target: NoTarget, trampoline: Option<extern "C" fn()>) -> Self {
-        // Evaluated where the key is declared: the stubs and the owner are
-        // those of the copy of this crate linked into the key's module.
-        let none = match no_target {
-            NoTarget::Nop => none_unit as extern "C" fn() as *mut (),
-            NoTarget::Zero => none_zero as extern "C" fn() -> u64 as *mut (),
-        };
-        let slot = if target.is_null() { none } else { target };
-        Key {
-            raw: RawKey {
-                prefix: KeyPrefix {
-                    magic: KEY_MAGIC,
-                    abi: KEY_ABI,
-                    version: CRATE_VERSION,
-                    owner: &owner::OWNER as *const owner::Owner as *const (),
-                },
-                slot: AtomicPtr::new(slot),
-                target: AtomicPtr::new(target),
-                none,
-                no_target,
-            },
-            _trampoline: trampoline,
-            _f: PhantomData,
-        }
+        Key { raw: raw_key(Target::same(target), no_target), _trampoline: trampoline, _f: PhantomData }
     }
 
     #[doc(hidden)]
@@ -106,7 +84,7 @@ impl<F: Copy, R> Key<F, R> {
         // A key this copy cannot read (another copy's, of another layout)
         // has no target this copy could name.
         owner::owner_of(&self.raw).ok()?;
-        Self::from_ptr(self.raw.load())
+        Self::from_ptr(self.raw.load_shown())
     }
 
     /// Makes `f` the target of every call site of this key and of its
@@ -173,7 +151,7 @@ impl<F: Copy, R> Key<F, R> {
     /// panicking. On error nothing changed: not the target, not a byte of
     /// text.
     pub fn try_update(&self, f: F) -> Result<Option<F>, Error> {
-        owner::update_one(&self.raw, Self::to_ptr(f)).map(Self::from_ptr)
+        owner::update_one(&self.raw, Target::same(Self::to_ptr(f))).map(|old| Self::from_ptr(old.shown))
     }
 
     /// The call sites of this key, in address order, with the instruction each
@@ -201,13 +179,37 @@ impl<F: Copy, R: Zeroable> Key<F, R> {
 
     /// [`Key::reset`] that returns the reason as an [`Error`].
     pub fn try_reset(&self) -> Result<Option<F>, Error> {
-        owner::update_one(&self.raw, core::ptr::null_mut()).map(Self::from_ptr)
+        owner::update_one(&self.raw, Target::NONE).map(|old| Self::from_ptr(old.shown))
     }
 }
 
 impl<F, R> core::fmt::Debug for Key<F, R> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Key").field("target", &self.raw.load()).finish()
+        f.debug_struct("Key").field("target", &self.raw.load_shown()).finish()
+    }
+}
+
+/// A key's untyped part, built where the key is declared (a `const`): the
+/// stubs and the owner are those of the copy of this crate linked into the
+/// key's module.
+pub(crate) const fn raw_key(target: Target, no_target: NoTarget) -> RawKey {
+    let none = match no_target {
+        NoTarget::Nop => none_unit as extern "C" fn() as *mut (),
+        NoTarget::Zero => none_zero as extern "C" fn() -> u64 as *mut (),
+    };
+    let slot = if target.code.is_null() { none } else { target.code };
+    RawKey {
+        prefix: KeyPrefix {
+            magic: KEY_MAGIC,
+            abi: KEY_ABI,
+            version: CRATE_VERSION,
+            owner: &owner::OWNER as *const owner::Owner as *const (),
+        },
+        slot: AtomicPtr::new(slot),
+        target: AtomicPtr::new(target.code),
+        shown: AtomicPtr::new(target.shown),
+        none,
+        no_target,
     }
 }
 
@@ -228,11 +230,35 @@ pub struct Batch {
     pub(crate) changes: Vec<Change>,
 }
 
+/// A key that `f` can become the target of: every `extern "C"` key for its
+/// function-pointer type, every key of a Rust `fn` type for its fn items and
+/// non-capturing closures. What [`Batch::update`] takes.
+///
+/// # Safety
+///
+/// `__target` returns the key's untyped part and a target valid for it:
+/// code that sites and the trampoline may call with the key's signature
+/// (as the macro's expansion passes it), and what `get()` returns as the
+/// key's function-pointer type. Implemented by this crate and by
+/// `#[static_call]`'s expansion only.
+pub unsafe trait Retarget<T> {
+    #[doc(hidden)]
+    fn __target(&self, f: T) -> (&'static RawKey, Target);
+}
+
+// SAFETY: an `extern "C"` key's target is an `F`, called as itself.
+unsafe impl<K: StaticCall> Retarget<K::Fn> for K {
+    fn __target(&self, f: K::Fn) -> (&'static RawKey, Target) {
+        (self.key().__raw(), Target::same(Key::<K::Fn, K::Ret>::to_ptr(f)))
+    }
+}
+
 impl Batch {
     /// Adds "make `f` the target of `key`" to the batch; a later change of the
     /// same key in the batch replaces this one.
-    pub fn update<K: StaticCall>(&mut self, key: &K, f: K::Fn) -> &mut Self {
-        self.changes.push(Change { key: key.key().__raw(), new: Key::<K::Fn, K::Ret>::to_ptr(f) });
+    pub fn update<K: Retarget<T>, T>(&mut self, key: &K, f: T) -> &mut Self {
+        let (key, new) = key.__target(f);
+        self.changes.push(Change { key, new });
         self
     }
 
@@ -241,7 +267,7 @@ impl Batch {
     where
         K::Ret: Zeroable,
     {
-        self.changes.push(Change { key: key.key().__raw(), new: core::ptr::null_mut() });
+        self.changes.push(Change { key: key.key().__raw(), new: Target::NONE });
         self
     }
 }

@@ -73,6 +73,7 @@ mod key;
 mod mode;
 mod owner;
 mod raw;
+mod rust_fn;
 mod site;
 
 // Pure encodings: compiled on every x86-64 and aarch64 target so that their
@@ -122,8 +123,9 @@ patching! {
 
 pub use abi::{FloatRegister, IntegerRegister, Zeroable};
 pub use error::{CopyVersion, Error};
-pub use key::{Batch, Key, StaticCall};
+pub use key::{Batch, Key, Retarget, StaticCall};
 pub use mode::{Mode, TextWriter};
+pub use rust_fn::RustKey;
 pub use site::{NotDirect, Site, SiteState};
 
 /// Whether this build patches call sites (Linux x86-64 or aarch64 without

@@ -31,7 +31,7 @@
 //! for the call.
 #![allow(unsafe_code)]
 
-use crate::raw::{KeyPrefix, RawKey, CRATE_VERSION, KEY_ABI, KEY_MAGIC};
+use crate::raw::{KeyPrefix, RawKey, Target, CRATE_VERSION, KEY_ABI, KEY_MAGIC};
 use crate::site::RawSite;
 use crate::{backend, CopyVersion, Error, Site};
 
@@ -39,7 +39,7 @@ use crate::{backend, CopyVersion, Error, Site};
 const OWNER_MAGIC: [u8; 8] = *b"SCALLOWN";
 /// The version of [`Owner`] and of everything its entry points exchange
 /// (`Change`, `RawSite`, `RawError`, the key layout after its prefix).
-const OWNER_ABI: u32 = 2;
+const OWNER_ABI: u32 = 3;
 
 /// One change of a batch: make `new` (null: none) the target of `key`.
 #[doc(hidden)]
@@ -47,7 +47,7 @@ const OWNER_ABI: u32 = 2;
 #[repr(C)]
 pub struct Change {
     pub(crate) key: *const RawKey,
-    pub(crate) new: *mut (),
+    pub(crate) new: Target,
 }
 
 impl Change {
@@ -58,7 +58,7 @@ impl Change {
     }
 }
 
-type UpdateFn = unsafe extern "C" fn(*const Change, usize, *mut *mut (), *mut RawError) -> bool;
+type UpdateFn = unsafe extern "C" fn(*const Change, usize, *mut Target, *mut RawError) -> bool;
 type SitesFn = unsafe extern "C" fn(*const RawKey, *mut RawSite, usize) -> usize;
 
 /// A copy's entry points for the keys it owns.
@@ -156,7 +156,7 @@ pub struct RawError {
 ///
 /// `changes` points to `n` changes of keys, `old` to `n` writable pointers,
 /// `err` to a writable `RawError`.
-unsafe extern "C" fn serve_update(changes: *const Change, n: usize, old: *mut *mut (), err: *mut RawError) -> bool {
+unsafe extern "C" fn serve_update(changes: *const Change, n: usize, old: *mut Target, err: *mut RawError) -> bool {
     // SAFETY: the caller's contract.
     let (changes, old) = unsafe { (core::slice::from_raw_parts(changes, n), core::slice::from_raw_parts_mut(old, n)) };
     let r = if changes.iter().all(|c| owned_here(&c.key().prefix)) {
@@ -195,7 +195,7 @@ unsafe extern "C" fn serve_sites(key: *const RawKey, out: *mut RawSite, cap: usi
 
 // ---------------------------------------------------------------- routing
 
-fn remote_update(owner: &'static Owner, changes: &[Change], old: &mut [*mut ()]) -> Result<(), Error> {
+fn remote_update(owner: &'static Owner, changes: &[Change], old: &mut [Target]) -> Result<(), Error> {
     let mut err = RawError::default();
     // SAFETY: a table of our version; the slices are valid for the call.
     let ok = unsafe { (owner.update)(changes.as_ptr(), changes.len(), old.as_mut_ptr(), &mut err) };
@@ -207,7 +207,7 @@ fn remote_update(owner: &'static Owner, changes: &[Change], old: &mut [*mut ()])
 }
 
 /// Applies changes of keys of one owner.
-fn apply(owner: &'static Owner, changes: &[Change], old: &mut [*mut ()]) -> Result<(), Error> {
+fn apply(owner: &'static Owner, changes: &[Change], old: &mut [Target]) -> Result<(), Error> {
     if is_ours(owner) {
         backend::update_many(changes, old)
     } else {
@@ -217,8 +217,8 @@ fn apply(owner: &'static Owner, changes: &[Change], old: &mut [*mut ()]) -> Resu
 
 /// Makes `new` (null: none) the target of `key`, by its owner; returns the
 /// previous target. Allocates nothing.
-pub fn update_one(key: &RawKey, new: *mut ()) -> Result<*mut (), Error> {
-    let mut old = [core::ptr::null_mut()];
+pub fn update_one(key: &RawKey, new: Target) -> Result<Target, Error> {
+    let mut old = [Target::NONE];
     apply(owner_of(key)?, &[Change { key, new }], &mut old)?;
     Ok(old[0])
 }
@@ -232,7 +232,7 @@ pub fn update_many(changes: &mut Vec<Change>) -> Result<(), Error> {
     changes.reverse();
     changes.sort_by_key(|c| (owner_table(c.key()) as *const Owner as usize, c.key as usize));
     changes.dedup_by_key(|c| c.key as usize);
-    let mut old = vec![core::ptr::null_mut(); changes.len()];
+    let mut old = vec![Target::NONE; changes.len()];
     let mut done = 0;
     while done < changes.len() {
         let owner = owner_table(changes[done].key());
@@ -249,7 +249,7 @@ pub fn update_many(changes: &mut Vec<Change>) -> Result<(), Error> {
                     .zip(&old[start..stop])
                     .map(|(c, &p)| Change { key: c.key, new: p })
                     .collect();
-                let mut ignored = vec![core::ptr::null_mut(); back.len()];
+                let mut ignored = vec![Target::NONE; back.len()];
                 if let Err(e2 @ Error::Poisoned { .. }) = apply(o, &back, &mut ignored) {
                     return Err(e2);
                 }

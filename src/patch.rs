@@ -31,7 +31,7 @@
 #![allow(unsafe_code)]
 
 use crate::arch::native::{self as arch, protocol, INSN_LEN, TRAMP_SIZE};
-use crate::raw::RawKey;
+use crate::raw::{RawKey, Target};
 use crate::os::linux::text::{self, Session};
 use crate::os::linux::text_lock::{self, TextLock};
 use crate::os::linux::{fork, futex_wait, futex_wake, membarrier, thread_id};
@@ -102,7 +102,7 @@ enum Phase {
 #[derive(Clone, Copy)]
 struct Pending {
     changes: *const Change,
-    old: *const *mut (),
+    old: *const Target,
     n: usize,
     /// The update is `init`'s (its plan leads from the assembled forms).
     init: bool,
@@ -113,7 +113,7 @@ impl Pending {
         Pending { changes: std::ptr::null(), old: std::ptr::null(), n: 0, init }
     }
 
-    fn of(changes: &[Change], old: &[*mut ()]) -> Pending {
+    fn of(changes: &[Change], old: &[Target]) -> Pending {
         Pending { changes: changes.as_ptr(), old: old.as_ptr(), n: changes.len().min(old.len()), init: false }
     }
 
@@ -746,7 +746,7 @@ fn check_handler() -> Result<(), Error> {
 
 /// Applies `changes` (each key at most once, every key owned by this copy)
 /// and returns, in `old`, each key's previous target (null: none).
-fn update_locked(st: &mut State, changes: &[Change], old: &mut [*mut ()]) -> Result<(), Error> {
+fn update_locked(st: &mut State, changes: &[Change], old: &mut [Target]) -> Result<(), Error> {
     if let Some(e) = st.poisoned {
         return Err(e);
     }
@@ -756,7 +756,7 @@ fn update_locked(st: &mut State, changes: &[Change], old: &mut [*mut ()]) -> Res
         Err(e) => return Err(e),
     };
     for (o, c) in old.iter_mut().zip(changes) {
-        *o = c.key().load();
+        *o = c.key().load_target();
     }
     if slots {
         // Nothing is patched: every call jumps through the slot, so one
@@ -778,7 +778,7 @@ fn update_locked(st: &mut State, changes: &[Change], old: &mut [*mut ()]) -> Res
     }
     st.plan.clear();
     for c in changes {
-        plan_key(&mut st.plan, reg, c.key(), From::Target(c.key().load()), c.new);
+        plan_key(&mut st.plan, reg, c.key(), From::Target(c.key().load()), c.new.code);
     }
     let r = apply(st, reg, Pending::of(changes, old));
     st.plan.clear();
@@ -789,7 +789,7 @@ fn update_locked(st: &mut State, changes: &[Change], old: &mut [*mut ()]) -> Res
 
 /// Applies changes of keys this copy owns, deduplicated (see
 /// `owner::update_many`). Allocates nothing.
-pub fn update_many(changes: &[Change], old: &mut [*mut ()]) -> Result<(), Error> {
+pub fn update_many(changes: &[Change], old: &mut [Target]) -> Result<(), Error> {
     let mut g = LOCK.lock()?;
     update_locked(g.state(), changes, old)
 }

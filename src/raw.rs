@@ -47,8 +47,8 @@ pub struct KeyPrefix {
 /// "SCALLKEY": the magic of every key.
 pub(crate) const KEY_MAGIC: [u8; 8] = *b"SCALLKEY";
 /// The layout of [`RawKey`] after its prefix. Version 1 (no prefix, the slot
-/// first) is never recognized.
-pub(crate) const KEY_ABI: u32 = 2;
+/// first) is never recognized; version 2 had no `shown`.
+pub(crate) const KEY_ABI: u32 = 3;
 
 /// This copy's crate version, packed as in [`KeyPrefix::version`].
 pub(crate) const CRATE_VERSION: u32 = {
@@ -87,8 +87,13 @@ pub(crate) const CRATE_VERSION: u32 = {
 pub struct RawKey {
     pub(crate) prefix: KeyPrefix,
     pub(crate) slot: AtomicPtr<()>,
-    /// The target, null for none: what `get()` returns.
+    /// The target's code, null for none: what sites and the trampoline
+    /// call (for a key of a Rust `fn` type, the target's shim).
     pub(crate) target: AtomicPtr<()>,
+    /// What `get()` returns, null for none: the target itself (for a key
+    /// of a Rust `fn` type, a Rust function pointer that calls it). Stored
+    /// with `target`, by the same lock holder.
+    pub(crate) shown: AtomicPtr<()>,
     /// The stub the slot holds while the key has no target.
     pub(crate) none: *mut (),
     pub(crate) no_target: NoTarget,
@@ -102,17 +107,63 @@ const _: () = assert!(core::mem::offset_of!(RawKey, prefix) == 0);
 const _: () = assert!(core::mem::size_of::<KeyPrefix>() == 24);
 
 // SAFETY: `prefix`, `none` and `no_target` are never written after
-// construction and point to code and to an immutable static; the slot and
-// the target are atomic.
+// construction and point to code and to an immutable static; the slot, the
+// target and `shown` are atomic.
 unsafe impl Sync for RawKey {}
 // SAFETY: as above.
 unsafe impl Send for RawKey {}
 
+/// A key's target as an update stores it: the code sites call and the
+/// pointer `get()` returns (both null: none; equal but for keys of a Rust
+/// `fn` type, whose code is the target's shim).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct Target {
+    pub(crate) code: *mut (),
+    pub(crate) shown: *mut (),
+}
+
+impl Target {
+    /// No target.
+    pub const NONE: Target = Target { code: core::ptr::null_mut(), shown: core::ptr::null_mut() };
+
+    /// A target whose code is what `get()` returns (an `extern "C"` key's).
+    pub const fn same(p: *mut ()) -> Target {
+        Target { code: p, shown: p }
+    }
+
+    /// A target whose code (a shim) differs from what `get()` returns.
+    pub const fn shim(code: *mut (), shown: *mut ()) -> Target {
+        Target { code, shown }
+    }
+}
+
 impl RawKey {
-    /// The current target, null for none.
+    /// The current target's code, null for none.
     #[inline(always)]
     pub fn load(&self) -> *mut () {
         self.target.load(Ordering::Acquire)
+    }
+
+    /// The current target as stored (code and shown).
+    #[cfg_attr(
+        not(all(
+            any(target_arch = "x86_64", target_arch = "aarch64"),
+            target_os = "linux",
+            not(feature = "portable"),
+            not(miri)
+        )),
+        allow(dead_code)
+    )]
+    pub(crate) fn load_target(&self) -> Target {
+        Target { code: self.target.load(Ordering::Acquire), shown: self.shown.load(Ordering::Acquire) }
+    }
+
+    /// What `get()` returns, null for none.
+    #[inline]
+    pub fn load_shown(&self) -> *mut () {
+        self.shown.load(Ordering::Acquire)
     }
 
     /// Makes `target` (null: none) the key's target: the slot then holds
@@ -128,8 +179,9 @@ impl RawKey {
         allow(dead_code)
     )]
     #[inline]
-    pub(crate) fn store(&self, target: *mut ()) {
-        self.slot.store(if target.is_null() { self.none } else { target }, Ordering::Release);
-        self.target.store(target, Ordering::Release);
+    pub(crate) fn store(&self, t: Target) {
+        self.slot.store(if t.code.is_null() { self.none } else { t.code }, Ordering::Release);
+        self.target.store(t.code, Ordering::Release);
+        self.shown.store(t.shown, Ordering::Release);
     }
 }

@@ -14,4 +14,8 @@
 fn ui() {
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui/*.rs");
+    // A passing case makes trybuild build (not only check) every case, so
+    // that the errors raised while instantiating a target's shim (a
+    // capturing closure, a function pointer value) are seen too.
+    t.pass("tests/ui-pass/*.rs");
 }

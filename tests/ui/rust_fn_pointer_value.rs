@@ -8,5 +8,6 @@ fn double(x: u64) -> u64 {
 static K: fn(u64) -> u64 = double;
 
 fn main() {
-    K.call(1);
+    let old = K.update(|x| x + 1).unwrap();
+    K.update(old);
 }

@@ -1,0 +1,8 @@
+use static_call::static_call;
+
+#[static_call]
+static K: fn(u64) -> u64 = |x| x;
+
+fn main() {
+    K.reset();
+}
