@@ -53,7 +53,7 @@ impl<F: Copy, R> Key<F, R> {
     /// trampoline (never called).
     #[doc(hidden)]
     pub const unsafe fn __new(target: *mut (), no_target: NoTarget, trampoline: Option<extern "C" fn()>) -> Self {
-        Key { raw: raw_key(Target::same(target), no_target), _trampoline: trampoline, _f: PhantomData }
+        Key { raw: raw_key(Target::same(target), no_target, false), _trampoline: trampoline, _f: PhantomData }
     }
 
     #[doc(hidden)]
@@ -192,7 +192,7 @@ impl<F, R> core::fmt::Debug for Key<F, R> {
 /// A key's untyped part, built where the key is declared (a `const`): the
 /// stubs and the owner are those of the copy of this crate linked into the
 /// key's module.
-pub(crate) const fn raw_key(target: Target, no_target: NoTarget) -> RawKey {
+pub(crate) const fn raw_key(target: Target, no_target: NoTarget, rust: bool) -> RawKey {
     let none = match no_target {
         NoTarget::Nop => none_unit as extern "C" fn() as *mut (),
         NoTarget::Zero => none_zero as extern "C" fn() -> u64 as *mut (),
@@ -210,6 +210,7 @@ pub(crate) const fn raw_key(target: Target, no_target: NoTarget) -> RawKey {
         shown: AtomicPtr::new(target.shown),
         none,
         no_target,
+        rust,
     }
 }
 

@@ -676,6 +676,17 @@ fn init_locked(st: &mut State) -> Result<(), Error> {
         return Err(e);
     }
     for t in reg.tramps.iter().filter(|t| !t.damaged) {
+        if t.key.rust {
+            // A Rust target's shim that only tail-jumps: its sites call
+            // where it jumps (the same code, one jump fewer). Nothing reads
+            // the stored code yet but this plan: every site and trampoline
+            // still holds its assembled form.
+            let code = t.key.load();
+            let to = crate::rust_fn::threaded(code);
+            if to != code {
+                t.key.store(Target::shim(to, t.key.load_shown()));
+            }
+        }
         plan_key(&mut st.plan, reg, t.key, From::Assembled, t.key.load());
     }
     // A write that fails here is undone (or poisons): init can be retried.

@@ -97,6 +97,9 @@ pub struct RawKey {
     /// The stub the slot holds while the key has no target.
     pub(crate) none: *mut (),
     pub(crate) no_target: NoTarget,
+    /// A key of a Rust `fn` type: its code is a shim that init may thread
+    /// (`rust_fn::threaded`).
+    pub(crate) rust: bool,
 }
 
 /// Where the slot lies in a key: the assembly templates spell this number

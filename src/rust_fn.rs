@@ -39,14 +39,16 @@ use core::mem::MaybeUninit;
 pub type Payload = Box<dyn Any + Send + 'static>;
 
 /// What a call site of a key of a Rust `fn` type passes to the target's
-/// shim, in its own stack frame: where a panic goes, the arguments that do
+/// shim (`Copy`: nothing in it is dropped), in its own stack frame: where a panic goes, the arguments that do
 /// not travel in registers (`N` pointers to the caller's moved values), and
 /// the result when it does not travel in registers.
 #[doc(hidden)]
 #[repr(C)]
 pub struct Frame<R, const N: usize> {
-    /// The target's panic, if it panicked: the caller resumes it.
-    pub panic: Option<Payload>,
+    /// The target's panic, if it panicked (a leaked `Box<Payload>`, null
+    /// if not): the caller resumes it. One word, no drop glue, so that the
+    /// caller's check is one compare with zero.
+    pub panic: *mut Payload,
     /// Pointers to the arguments passed in memory, each moved out of the
     /// caller (which does not drop them) and read by the shim.
     pub spill: [*mut u8; N],
@@ -59,16 +61,22 @@ impl<R, const N: usize> Frame<R, N> {
     /// A frame with no panic, no spilled argument yet, no result.
     #[inline(always)]
     pub fn new() -> Self {
-        Frame { panic: None, spill: [core::ptr::null_mut(); N], ret: MaybeUninit::uninit() }
+        Frame { panic: core::ptr::null_mut(), spill: [core::ptr::null_mut(); N], ret: MaybeUninit::uninit() }
     }
 
     /// Resumes the target's panic, if it panicked. Called after the site's
     /// asm returned, in the caller's own Rust code.
     #[inline(always)]
     pub fn rethrow(&mut self) {
-        if let Some(p) = self.panic.take() {
-            resume(p)
+        if !self.panic.is_null() {
+            resume(self.panic)
         }
+    }
+
+    /// Records the target's panic (the shim's landing pad).
+    #[cold]
+    pub fn caught(&mut self, p: Payload) {
+        self.panic = Box::into_raw(Box::new(p));
     }
 }
 
@@ -80,8 +88,10 @@ impl<R, const N: usize> Default for Frame<R, N> {
 
 #[cold]
 #[inline(never)]
-fn resume(p: Payload) -> ! {
-    std::panic::resume_unwind(p)
+fn resume(p: *mut Payload) -> ! {
+    // SAFETY: a non-null `panic` is a `Box<Payload>` leaked by `caught`,
+    // resumed once (the caller returns no further).
+    std::panic::resume_unwind(*unsafe { Box::from_raw(p) })
 }
 
 /// Runs a target in a shim, catching its panic. A target that cannot
@@ -178,7 +188,7 @@ impl<F: Copy> RustKey<F> {
     /// calls the same target; `trampoline` emits the key's trampoline.
     #[doc(hidden)]
     pub const unsafe fn __new(target: Target, trampoline: Option<extern "C" fn()>) -> Self {
-        RustKey { raw: crate::key::raw_key(target, NoTarget::Nop), _trampoline: trampoline, _f: PhantomData }
+        RustKey { raw: crate::key::raw_key(target, NoTarget::Nop, true), _trampoline: trampoline, _f: PhantomData }
     }
 
     #[doc(hidden)]
@@ -203,6 +213,7 @@ impl<F: Copy> RustKey<F> {
     /// As [`RustKey::__new`] for `target`.
     #[doc(hidden)]
     pub unsafe fn __try_update(&self, target: Target) -> Result<Option<F>, Error> {
+        let target = Target::shim(threaded(target.code), target.shown);
         owner::update_one(&self.raw, target).map(|old| shown::<F>(old.shown))
     }
 
@@ -216,6 +227,42 @@ impl<F: Copy> RustKey<F> {
 impl<F> core::fmt::Debug for RustKey<F> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("RustKey").field("target", &self.raw.load_shown()).finish()
+    }
+}
+
+/// The code a shim's callers may call instead of the shim: where it jumps,
+/// when its first instruction is an unconditional direct jump (a target
+/// that cannot unwind, not inlined into its shim), followed a few times;
+/// else the shim itself.
+pub(crate) fn threaded(code: *mut ()) -> *mut () {
+    #[cfg(all(
+        any(target_arch = "x86_64", target_arch = "aarch64"),
+        target_os = "linux",
+        not(feature = "portable"),
+        not(miri)
+    ))]
+    {
+        let mut at = code as usize;
+        for _ in 0..4 {
+            // SAFETY: `at` is a function of this process (a shim, or where a
+            // shim's jump leads), mapped and readable: text is mapped
+            // readable here, as the patcher's checks of sites also read it.
+            let bytes = unsafe { core::ptr::read_unaligned(at as *const [u8; 12]) };
+            match crate::arch::native::jumps::tail_jump(at, &bytes) {
+                Some(next) => at = next,
+                None => break,
+            }
+        }
+        at as *mut ()
+    }
+    #[cfg(not(all(
+        any(target_arch = "x86_64", target_arch = "aarch64"),
+        target_os = "linux",
+        not(feature = "portable"),
+        not(miri)
+    )))]
+    {
+        code
     }
 }
 
@@ -256,7 +303,7 @@ mod tests {
     #[test]
     fn frames_resume_a_caught_panic_with_its_payload() {
         let mut frame = Frame::<(), 0>::new();
-        frame.panic = catch(|| -> () { std::panic::panic_any(41u32) }).err();
+        frame.caught(catch(|| -> () { std::panic::panic_any(41u32) }).unwrap_err());
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| frame.rethrow())).unwrap_err();
         assert_eq!(caught.downcast_ref::<u32>(), Some(&41));
         let mut clean = Frame::<(), 0>::new();

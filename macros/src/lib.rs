@@ -646,9 +646,11 @@ fn expand_rust(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> sy
     let bound = quote!(#for_binder ::core::ops::Fn(#(#tys),*) #output);
     let tt = format_ident!("StaticCallTarget");
 
-    // Where each argument travels. The first integer register carries the
-    // frame pointer.
-    let (mut ints, mut floats, mut spills) = (1usize, 0usize, 0usize);
+    // Where each argument travels. The integer register after the
+    // arguments' carries the frame pointer (so that the arguments stand
+    // where a Rust callee of the same signature usually wants them, and a
+    // shim that tail-jumps moves nothing): one is kept for it.
+    let (mut ints, mut floats, mut spills) = (0usize, 0usize, 0usize);
     struct Arg {
         name: Ident,
         ty: Type,
@@ -666,7 +668,7 @@ fn expand_rust(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> sy
         };
         let mut regs = Vec::new();
         if need > 0 {
-            if ints + need <= INT_REGS.len() {
+            if ints + need < INT_REGS.len() {
                 regs = (ints..ints + need).collect();
                 ints += need;
             } else {
@@ -700,7 +702,7 @@ fn expand_rust(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> sy
 
     // The shim's C signature: the frame, the integer registers, the
     // floating-point ones; its result.
-    let int_params: Vec<Ident> = (1..ints).map(|i| format_ident!("__i{}", i)).collect();
+    let int_params: Vec<Ident> = (0..ints).map(|i| format_ident!("__i{}", i)).collect();
     let float_params: Vec<(Ident, Type)> = plan
         .iter()
         .filter(|a| a.how == Travel::Float)
@@ -715,18 +717,13 @@ fn expand_rust(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> sy
         _ => quote!(()),
     };
     let int_u64 = int_params.iter().map(|_| quote!(u64));
-    let shim_ty = quote!(unsafe extern "C" fn(*mut u8, #(#int_u64,)* #(#float_tys),*) -> #shim_ret);
+    let shim_ty = quote!(unsafe extern "C" fn(#(#int_u64,)* *mut u8, #(#float_tys),*) -> #shim_ret);
 
     // The caller: each value to its register or into the frame.
     let mut marshal = Vec::new();
-    let mut x86 = vec![{
-        let r = INT_REGS[0].0;
-        quote!(in(#r) __fp,)
-    }];
-    let mut arm = vec![{
-        let r = INT_REGS[0].1;
-        quote!(in(#r) __fp,)
-    }];
+    let (fp_x86, fp_arm) = INT_REGS[ints];
+    let mut x86 = vec![quote!(in(#fp_x86) __fp,)];
+    let mut arm = vec![quote!(in(#fp_arm) __fp,)];
     let mut call_ints: Vec<TokenStream> = Vec::new();
     let mut call_floats: Vec<TokenStream> = Vec::new();
     // The shim: each value back from where it travelled.
@@ -844,7 +841,7 @@ fn expand_rust(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> sy
         Some(Travel::Int) | Some(Travel::Float) => quote!(__r0 = __r;),
         _ => quote!(let _ = __r;),
     };
-    let call_args = quote!(__fp, #(#call_ints,)* #(#call_floats),*);
+    let call_args = quote!(#(#call_ints,)* __fp, #(#call_floats),*);
 
     let site_call =
         if args.out_of_line { quote!(#sc::trampoline_addr!(#key) as *mut ()) } else { quote!(#key.__raw().load()) };
@@ -1005,8 +1002,8 @@ fn expand_rust(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> sy
             #[doc(hidden)]
             #[allow(clippy::too_many_arguments, unused_unsafe)]
             unsafe extern "C" fn __shim<#tt>(
-                __frame: *mut u8,
                 #(#int_params: u64,)*
+                __frame: *mut u8,
                 #(#float_names: #float_tys),*
             ) -> #shim_ret
             where
@@ -1022,7 +1019,7 @@ fn expand_rust(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> sy
                     ::core::result::Result::Err(__p) => {
                         // SAFETY: the frame is the caller's, alive for the
                         // call; the caller resumes the panic.
-                        unsafe { (*__frame).panic = ::core::option::Option::Some(__p) };
+                        unsafe { (*__frame).caught(__p) };
                         #shim_err
                     }
                 }

@@ -21,6 +21,7 @@
 //! under QEMU, `tests/encodings.rs` checks that what the assembler emitted
 //! for the templates is what these functions say it is.
 
+pub mod jumps;
 #[cfg(all(target_os = "linux", not(feature = "portable"), not(miri)))]
 pub mod protocol;
 

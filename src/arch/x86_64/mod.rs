@@ -11,6 +11,7 @@
 //! past it, never inside it. That is what makes the int3 protocol sound
 //! ([`protocol`]).
 
+pub mod jumps;
 #[cfg(all(target_os = "linux", not(feature = "portable"), not(miri)))]
 pub mod protocol;
 #[cfg(all(target_os = "linux", not(feature = "portable"), not(miri)))]
