@@ -95,7 +95,10 @@ fn callers_see_only_old_or_new_targets_and_their_panics() {
     }
     let s = static_call::stats();
     let overlapped = OVERLAPPED.load(Ordering::Relaxed);
-    eprintln!("{i} updates, {} panics caught, {overlapped} calls during an update, {s:?}", panics.load(Ordering::Relaxed));
+    eprintln!(
+        "{i} updates, {} panics caught, {overlapped} calls during an update, {s:?}",
+        panics.load(Ordering::Relaxed)
+    );
     assert_eq!(wrong.load(Ordering::Relaxed), 0);
     assert!(panics.load(Ordering::Relaxed) >= 20);
     if static_call::PATCHING && TRAPS {

@@ -488,7 +488,12 @@ fn expand_c(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> syn::
         impl #marker {
             #[doc = #doc_call]
             #[inline(always)]
-            #[allow(clippy::too_many_arguments, clippy::missing_safety_doc)]
+            #[allow(
+                clippy::too_many_arguments,
+                clippy::missing_safety_doc,
+                clippy::inline_asm_x86_intel_syntax,
+                clippy::inline_asm_x86_att_syntax
+            )]
             #vis #unsafety fn call #lifetimes (self, #(#arg_names: #arg_tys),*) #output {
                 #prelude
                 #sc::backend! {
@@ -934,7 +939,12 @@ fn expand_rust(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> sy
             /// Calls the current target: an inline call site. A panic in the
             /// target unwinds from here.
             #[inline(always)]
-            #[allow(clippy::too_many_arguments, clippy::missing_safety_doc)]
+            #[allow(
+                clippy::too_many_arguments,
+                clippy::missing_safety_doc,
+                clippy::inline_asm_x86_intel_syntax,
+                clippy::inline_asm_x86_att_syntax
+            )]
             #vis #unsafety fn call #lifetimes (self, #(#names: #tys),*) #output {
                 #sc::backend! {
                     inline { #inline_body }

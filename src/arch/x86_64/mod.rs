@@ -272,7 +272,7 @@ macro_rules! __static_call_x86_64_trampoline {
 
     (@emit $key:path, $holder:ident, $head:literal) => {
         #[doc(hidden)]
-        #[allow(non_snake_case)]
+        #[allow(non_snake_case, clippy::inline_asm_x86_intel_syntax, clippy::inline_asm_x86_att_syntax)]
         #[unsafe(naked)]
         extern "C" fn $holder() {
             ::core::arch::naked_asm!(
