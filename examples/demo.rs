@@ -36,6 +36,29 @@ pub static HASH: extern "C" fn(u64) -> u64 = fnv1a;
 #[static_call]
 static ON_EVENT: extern "C" fn(u32);
 
+/// A request and a response: Rust types a key of a Rust `fn` type passes as
+/// they are (DESIGN §8).
+pub struct Request {
+    pub path: String,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct Response {
+    pub status: u16,
+    pub body: String,
+}
+
+fn not_found(r: &Request) -> Response {
+    Response { status: 404, body: format!("no route to {}", r.path) }
+}
+
+fn echo(r: &Request) -> Response {
+    Response { status: 200, body: r.path.to_uppercase() }
+}
+
+#[static_call]
+static ROUTE: fn(&Request) -> Response = not_found;
+
 #[inline(never)]
 fn hash(x: u64) -> u64 {
     HASH.call(x)
@@ -189,6 +212,42 @@ fn main() -> Result<(), static_call::Error> {
     show_sites("After HASH.update(murmur), ON_EVENT.update(count_event)");
     assert_eq!(hash_twice(5), murmur(murmur(5)));
     assert!(!patching() || HASH.sites().iter().all(|s| s.state() == SiteState::Direct));
+
+    // A key of a Rust fn type: fn items and non-capturing closures as
+    // targets, any argument and result types, a panic reaches the caller.
+    println!();
+    let req = Request { path: "/demo".into() };
+    let before = ROUTE.call(&req);
+    ROUTE.update(echo);
+    let after = ROUTE.call(&req);
+    ROUTE.update(|r: &Request| -> Response { panic!("handler failed on {}", r.path) });
+    let prev_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    // (Built with panic = "abort", a panic cannot be caught: not called.)
+    let message = if cfg!(panic = "abort") {
+        None
+    } else {
+        let caught = std::panic::catch_unwind(|| ROUTE.call(&req));
+        caught.err().and_then(|p| p.downcast_ref::<String>().cloned())
+    };
+    std::panic::set_hook(prev_hook);
+    ROUTE.update(echo);
+    println!("Rust key ROUTE: fn(&Request) -> Response");
+    println!(
+        "  before: {} {:?}; after ROUTE.update(echo): {} {:?}",
+        before.status, before.body, after.status, after.body
+    );
+    match &message {
+        Some(m) => println!("  a panicking target: caught at the caller, payload {m:?}"),
+        None if cfg!(panic = "abort") => println!("  (panic = \"abort\": the panicking target is not called)"),
+        None => println!("  a panicking target: not caught"),
+    }
+    for site in ROUTE.sites() {
+        println!("  {site}");
+    }
+    assert_eq!(after, Response { status: 200, body: "/DEMO".into() });
+    assert!(cfg!(panic = "abort") || message.as_deref() == Some("handler failed on /demo"));
+    assert!(!patching() || ROUTE.sites().iter().all(|s| s.state() == SiteState::Direct));
 
     // `--sites-only`: stop here (under an emulator such as QEMU, where
     // timings mean nothing).

@@ -1,7 +1,8 @@
 //! Hot function pointers that cost what a direct call costs.
 //!
-//! `#[static_call]` declares a key: a static holding a typed `extern "C"`
-//! target. Each `KEY.call(..)` expression is a call site, emitted as an aligned
+//! `#[static_call]` declares a key: a static holding a typed target, an
+//! `extern "C"` function or, for a key of a Rust `fn` type, a Rust fn item
+//! or non-capturing closure. Each `KEY.call(..)` expression is a call site, emitted as an aligned
 //! `call rel32` to the key's out-of-line trampoline and recorded in a linker
 //! section. On Linux x86-64, [`init`] and every update rewrite those calls in
 //! place to call the target directly, while other threads keep calling: an
@@ -28,13 +29,29 @@
 //! assert_eq!(HASH.call(7), fnv1a(7));
 //! HASH.update(ident);
 //! assert_eq!(HASH.call(7), 7);
+//!
+//! #[static_call]
+//! static LEN: fn(&str) -> usize = str::len;
+//! assert_eq!(LEN.call("abc"), 3);
+//! LEN.update(|s: &str| s.chars().count() * 10);
+//! assert_eq!(LEN.call("abc"), 30);
+//! let caught = std::panic::catch_unwind(|| {
+//!     LEN.update(|_: &str| -> usize { panic!("no") });
+//!     LEN.call("x")
+//! });
+//! assert!(caught.is_err());
+//! assert_eq!(LEN.update(str::len).is_some(), true);
+//! assert_eq!(LEN.call("abcd"), 4);
 //! ```
 //!
 //! # Rules
 //!
-//! - Targets are `extern "C"`: the site passes arguments in registers by the
-//!   System V rules (x86-64) or AAPCS64 (aarch64). A panic in a target
-//!   aborts the process.
+//! - An `extern "C"` key's site passes arguments in registers by the System
+//!   V rules (x86-64) or AAPCS64 (aarch64); a panic in its target aborts the
+//!   process. A key of a Rust `fn` type calls a per-target `extern "C"` shim
+//!   that the target inlines into (or tail-jumps to), passes any `Sized`
+//!   types (in registers or through the caller's frame), and a panic in its
+//!   target unwinds to the caller: see `docs/rust-targets.md`.
 //! - Inline sites take up to 6 integer-class arguments ([`IntegerRegister`])
 //!   and up to 8 `f32`/`f64`, and return `()`, an integer-class value or a
 //!   float (the same limits on both architectures, although AAPCS64 would

@@ -301,3 +301,14 @@ fn unit_results_and_batches_of_both_kinds() {
     assert_eq!(BIN.call(10, 0), 5);
     BIN.update(add::<u32>);
 }
+
+#[static_call(out_of_line)]
+static OOL: fn(&str, String) -> String = |a, b| format!("{a}{b}");
+
+#[test]
+fn an_out_of_line_rust_key_calls_through_its_trampoline() {
+    assert_eq!(OOL.call("x", "y".into()), "xy");
+    OOL.update(|a: &str, b: String| format!("{b}{a}"));
+    assert_eq!(OOL.call("x", "y".into()), "yx");
+    assert!(OOL.sites().is_empty());
+}
