@@ -19,7 +19,7 @@ fn b(s: &str, x: u64) -> String {
 }
 /// Panics for every seventh input, with the input as payload.
 fn c(s: &str, x: u64) -> String {
-    if x % 7 == 0 {
+    if x.is_multiple_of(7) {
         std::panic::panic_any(x);
     }
     format!("c{}:{x}", s.len())
@@ -57,8 +57,8 @@ fn callers_see_only_old_or_new_targets_and_their_panics() {
                     }
                     match r {
                         Ok(s) if s == format!("a4:{x}") || s == format!("b4:{x}") => {}
-                        Ok(s) if s == format!("c4:{x}") && x % 7 != 0 => {}
-                        Err(p) if p == x && x % 7 == 0 => {
+                        Ok(s) if s == format!("c4:{x}") && !x.is_multiple_of(7) => {}
+                        Err(p) if p == x && x.is_multiple_of(7) => {
                             panics.fetch_add(1, Ordering::Relaxed);
                         }
                         _ => {
