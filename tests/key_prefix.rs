@@ -27,6 +27,10 @@ struct Fake {
     rest: [usize; 8],
 }
 
+/// This copy's key layout (`raw::KEY_ABI`: 3 since keys also record what
+/// `get()` returns).
+const OUR_LAYOUT: u32 = 3;
+
 /// Poison: any of these followed as a pointer faults at once.
 const WILD: usize = 0x10;
 
@@ -39,7 +43,7 @@ fn as_key(f: &'static Fake) -> &'static K {
 fn ours() -> CopyVersion {
     let v = |s: &str| s.parse::<u32>().unwrap();
     CopyVersion {
-        abi: 2,
+        abi: OUR_LAYOUT,
         version: v(env!("CARGO_PKG_VERSION_MAJOR")) << 16
             | v(env!("CARGO_PKG_VERSION_MINOR")) << 8
             | v(env!("CARGO_PKG_VERSION_PATCH")),
@@ -91,7 +95,7 @@ fn an_owner_table_of_another_layout_is_not_called() {
     let fake = FAKE.get_or_init(|| {
         Box::leak(Box::new(Fake {
             magic: *b"SCALLKEY",
-            abi: 2,
+            abi: OUR_LAYOUT,
             version: 3 << 16 | 1,
             owner: &OWNER as *const FakeOwner as usize,
             rest: [WILD; 8],
