@@ -244,11 +244,21 @@ pub(crate) fn threaded(code: *mut ()) -> *mut () {
     {
         let mut at = code as usize;
         for _ in 0..4 {
-            // SAFETY: `at` is a function of this process (a shim, or where a
-            // shim's jump leads), mapped and readable: text is mapped
-            // readable here, as the patcher's checks of sites also read it.
-            let bytes = unsafe { core::ptr::read_unaligned(at as *const [u8; 12]) };
-            match crate::arch::native::jumps::tail_jump(at, &bytes) {
+            let here = at;
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `here` is a function of this process (a shim, or where
+            // a shim's jump leads), mapped and readable, as the patcher's
+            // checks also read text; the decoder asks only for bytes of the
+            // instruction it decodes, so none past the function's end.
+            let next = crate::arch::native::jumps::tail_jump(here, &|i| unsafe {
+                core::ptr::read_volatile((here + i) as *const u8)
+            });
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: as above, one aligned instruction word at a time.
+            let next = crate::arch::native::jumps::tail_jump(here, &|i| unsafe {
+                core::ptr::read_volatile((here + 4 * i) as *const u32)
+            });
+            match next {
                 Some(next) => at = next,
                 None => break,
             }

@@ -3,15 +3,16 @@
 //! registers and stack, so a caller may call the destination instead (see
 //! the x86-64 module).
 
-/// `bti c`, `bti j`, `bti jc`, `paciasp`-free landing pads that may open a
+/// `bti c`, `bti j`, `bti jc`, landing pads that may open a
 /// function built for branch target identification.
 const BTI: [u32; 3] = [0xd503_245f, 0xd503_249f, 0xd503_24df];
 
-/// Where the function whose first bytes (at `at`) are `bytes` branches, if
-/// its first instruction (after a `bti`) is `b imm26`.
-pub fn tail_jump(at: usize, bytes: &[u8; 12]) -> Option<usize> {
-    let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-    let (at, w) = if BTI.contains(&word(0)) { (at + 4, word(4)) } else { (at, word(0)) };
+/// Where the function at `at` branches, if its first instruction (after a
+/// `bti`) is `b imm26`. `word(i)` reads the instruction at `at + 4 * i`;
+/// the second is asked for only after a `bti` (which a function's code
+/// always follows).
+pub fn tail_jump(at: usize, word: &dyn Fn(usize) -> u32) -> Option<usize> {
+    let (at, w) = if BTI.contains(&word(0)) { (at + 4, word(1)) } else { (at, word(0)) };
     if w >> 26 != 0b000101 {
         return None;
     }
@@ -23,12 +24,13 @@ pub fn tail_jump(at: usize, bytes: &[u8; 12]) -> Option<usize> {
 mod tests {
     use super::*;
 
-    fn at(words: &[u32]) -> [u8; 12] {
-        let mut out = [0; 12];
-        for (i, w) in words.iter().enumerate() {
-            out[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
-        }
-        out
+    fn at(words: &[u32]) -> Vec<u32> {
+        words.to_vec()
+    }
+
+    /// Decodes `w` at `at`, failing if a word past `w` is asked for.
+    fn tail_jump(at: usize, w: &[u32]) -> Option<usize> {
+        super::tail_jump(at, &|i| w[i])
     }
 
     #[test]
