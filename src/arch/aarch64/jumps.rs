@@ -22,7 +22,6 @@ pub fn tail_jump(at: usize, word: &dyn Fn(usize) -> u32) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
 
     fn at(words: &[u32]) -> Vec<u32> {
         words.to_vec()

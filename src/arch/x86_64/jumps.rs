@@ -26,7 +26,6 @@ pub fn tail_jump(at: usize, byte: &dyn Fn(usize) -> u8) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
 
     /// Decodes `b` at `at`, failing if a byte past `b` is asked for.
     fn tail_jump(at: usize, b: &[u8]) -> Option<usize> {
