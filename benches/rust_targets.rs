@@ -43,6 +43,54 @@ fn maybe_panic(x: u64) -> u64 {
     x
 }
 
+/// A target that may panic (not on the inputs measured): its shim keeps a
+/// catch frame and calls it.
+#[inline(never)]
+fn may_panic(x: u64) -> u64 {
+    if x == 0 {
+        panic!("zero");
+    }
+    x.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(7) | 1
+}
+
+#[static_call]
+static MAY_PANIC: fn(u64) -> u64 = may_panic;
+
+/// The same, inlinable: the shim is its body and a landing pad.
+fn may_panic_inline(x: u64) -> u64 {
+    if x == 0 {
+        panic!("zero");
+    }
+    x.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(7) | 1
+}
+
+#[static_call]
+static MAY_PANIC_INLINE: fn(u64) -> u64 = may_panic_inline;
+
+#[inline(never)]
+fn key_may_inline(mut x: u64) -> u64 {
+    for _ in 0..N {
+        x = MAY_PANIC_INLINE.call(x);
+    }
+    x
+}
+
+#[inline(never)]
+fn direct_may(mut x: u64) -> u64 {
+    for _ in 0..N {
+        x = may_panic(x);
+    }
+    x
+}
+
+#[inline(never)]
+fn key_may(mut x: u64) -> u64 {
+    for _ in 0..N {
+        x = MAY_PANIC.call(x);
+    }
+    x
+}
+
 extern "C" fn step_c(x: u64) -> u64 {
     x.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(7) ^ 1
 }
@@ -153,7 +201,7 @@ fn key_panic(mut x: u64) -> u64 {
 
 type Case = (&'static str, fn(u64) -> u64, u64);
 
-const CASES: [Case; 9] = [
+const CASES: [Case; 12] = [
     ("direct fn(u64) -> u64", direct, N),
     ("key fn(u64) -> u64 (shim: tail jump)", key, N),
     ("extern \"C\" key, same fn", c_key, N),
@@ -161,6 +209,9 @@ const CASES: [Case; 9] = [
     ("key, target inlined in its shim", key_inline, N),
     ("direct fn(&str) -> usize", direct_str, N),
     ("key fn(&str) -> usize", key_str, N),
+    ("direct fn that may panic (does not)", direct_may, N),
+    ("key, target may panic (does not)", key_may, N),
+    ("key, same target inlinable", key_may_inline, N),
     ("direct call that panics (caught)", direct_panic, P),
     ("key call that panics (caught)", key_panic, P),
 ];
@@ -203,7 +254,7 @@ fn table() {
         })
         .collect();
     println!("{:<40} {:>10} {:>8}", "case", "ns/call", "ratio");
-    let base = [0, 0, 0, 3, 3, 5, 5, 7, 7];
+    let base = [0, 0, 0, 3, 3, 5, 5, 7, 7, 7, 10, 10];
     for (i, (name, _, _)) in CASES.iter().enumerate() {
         println!("{:<40} {:>10.3} {:>8.3}", name, med[i], med[i] / med[base[i]]);
     }
