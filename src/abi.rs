@@ -211,8 +211,9 @@ mod sealed {
 }
 
 /// A return type with a value for calls made while a key has no target: all
-/// bits zero (what `xor eax, eax` leaves in `rax`). Required by `reset` and by
-/// a declaration without a target.
+/// bits zero (what the zero form, `mov eax, 0`, leaves in `rax`; on aarch64
+/// the key's stub zeroes `x0`). Required by `reset` and by a declaration
+/// without a target.
 ///
 /// # Safety
 ///

@@ -163,7 +163,7 @@ impl<F: Copy, R> Key<F, R> {
 
 impl<F: Copy, R: Zeroable> Key<F, R> {
     /// Removes the target: calls do nothing and return zero (sites become a
-    /// five-byte `nop`, or `xor eax, eax` when the return type is not `()`).
+    /// five-byte `nop`, or `mov eax, 0` when the return type is not `()`).
     /// Returns the previous target.
     ///
     /// # Panics

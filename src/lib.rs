@@ -79,6 +79,20 @@
 //!   update from a signal handler that interrupted an update on the same
 //!   thread returns [`Error::Reentrant`]. [`batch`] allocates. `fork()` waits
 //!   for an update in progress.
+//!
+//! # Cargo features
+//!
+//! None is on by default: a build compiles this crate, `libc` and the macro
+//! crate (with `syn` and `quote`), nothing more. Features are additive (the
+//! API is the same with any of them).
+//!
+//! - `portable`: the atomic-function-pointer backend even where sites could
+//!   be patched.
+//! - `disasm`: [`Site`]'s `Display` decodes whatever instruction a site
+//!   holds with iced-x86 (x86-64; nothing changes on aarch64). Without it the
+//!   crate's own decoder prints every form this crate writes exactly as
+//!   iced-x86 does (`call 0x...`, `nop [rax+rax]`, `mov eax, 0`), and any
+//!   other bytes, after the bytes themselves, as `(not a static_call form)`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

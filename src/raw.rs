@@ -19,7 +19,7 @@ use core::sync::atomic::{AtomicPtr, Ordering};
 pub enum NoTarget {
     /// Return type `()`: sites become a 5-byte `nop`, the trampoline `ret`.
     Nop = 0,
-    /// A zeroable return type: `xor eax, eax`.
+    /// A zeroable return type: `mov eax, 0` (x86-64), a `bl` to the key's zeroing stub (aarch64).
     Zero = 1,
 }
 

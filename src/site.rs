@@ -11,7 +11,7 @@ pub enum SiteState {
     Trampoline,
     /// A five-byte `nop`: the key has no target and returns `()`.
     Nop,
-    /// `xor eax, eax`: the key has no target and returns zero.
+    /// `mov eax, 0` (x86-64; on aarch64 a `bl` to the key's zeroing stub): the key has no target and returns zero.
     Zero,
 }
 

@@ -46,7 +46,7 @@ fn check_trampoline(t: usize, slot: usize) {
     assert_eq!(b[8..10], [0xff, 0x25], "jmp qword ptr [rip + disp32]");
     let disp = i32::from_le_bytes(b[10..14].try_into().unwrap());
     assert_eq!((t + 14).wrapping_add(disp as isize as usize), slot, "the far jump reads the key's slot");
-    assert_eq!(b[14..17], [0x0f, 0xb9, 0xcc], "ud1 esp, ecx");
+    assert_eq!(b[14..17], [0x0f, 0xb9, 0xcc], "ud1 ecx, esp (AT&T: ud1 %esp, %ecx)");
     assert_eq!(&b[17..23], b"SCALL\x01");
     assert!(b[23..].iter().all(|&x| x == 0xcc));
 }

@@ -4,8 +4,8 @@
 //! 1. before `init`: the site calls the trampoline, which jumps to the target;
 //! 2. after `init`: the site calls the target directly;
 //! 3. after `update` to a second target that transforms values differently;
-//! 4. after `reset`, where the return type allows it: the site is `xor eax,
-//!    eax` on x86-64, a `bl` to a zeroing stub on aarch64 (or a `nop`), and
+//! 4. after `reset`, where the return type allows it: the site is `mov eax,
+//!    0` on x86-64, a `bl` to a zeroing stub on aarch64 (or a `nop`), and
 //!    the call returns zero (or does nothing).
 //!
 //! The targets written in assembly (registers as the callee sees them,

@@ -101,6 +101,13 @@ fn changed_bytes_refuse_the_whole_update_and_nothing_is_written() {
 
     // 1. A debugger's breakpoint on one site.
     common::poke_text(site, BREAKPOINT);
+    // `Site`'s `Display` shows what is there: with the `disasm` feature
+    // iced-x86 decodes the breakpoint; without it (the default) the crate's
+    // own decoder says, after the bytes, that it is none of its forms.
+    let shown = K.sites()[1].to_string();
+    let decoded =
+        if cfg!(all(feature = "disasm", target_arch = "x86_64")) { " int3" } else { " (not a static_call form)" };
+    assert!(shown.starts_with(&format!("{site:#x}: ")) && shown.contains(decoded), "{shown}");
     let before = snapshot();
     assert_refused(K.try_update(t2).map(drop), site, &before);
     common::assert_text_protected(&protections);
