@@ -198,7 +198,9 @@ unsafe impl<T> IntegerRegister for Option<NonNull<T>> {
 /// Sealed: the inline site binds the value itself to the register.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not `f32` or `f64`",
-    note = "only `f32` and `f64`, written by those names, travel in SSE registers at an inline static call site"
+    note = "only `f32` and `f64`, written by those names, travel in SSE registers at an inline static call site; \
+            a type of your own named `f64` or `f32`: write it with its path (`units::f64`), and it travels as \
+            any other type"
 )]
 pub trait FloatRegister: sealed::Sealed + Copy {}
 impl FloatRegister for f32 {}

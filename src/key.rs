@@ -259,6 +259,14 @@ impl Batch {
     /// same key in the batch replaces this one.
     pub fn update<K: Retarget<T>, T>(&mut self, key: &K, f: T) -> &mut Self {
         let (key, new) = key.__target(f);
+        // A Rust target's shim that only tail-jumps: its sites call where it
+        // jumps, as after `update`. (`rust` is read only of a key whose
+        // prefix says it is this copy's.)
+        let new = if owner::owned_here(&key.prefix) && key.rust {
+            Target::shim(crate::rust_fn::threaded(new.code), new.shown)
+        } else {
+            new
+        };
         self.changes.push(Change { key, new });
         self
     }

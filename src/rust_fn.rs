@@ -232,8 +232,12 @@ impl<F> core::fmt::Debug for RustKey<F> {
 
 /// The code a shim's callers may call instead of the shim: where it jumps,
 /// when its first instruction is an unconditional direct jump (a target
-/// that cannot unwind, not inlined into its shim), followed a few times;
-/// else the shim itself.
+/// that cannot unwind, not inlined into its shim); else the shim itself.
+///
+/// One jump only, the shim's own: the shim is this crate's expansion,
+/// compiled once and never changed, while the target's own first
+/// instruction may be changed by others later (a tracer's detour, a hot
+/// patch), so the sites call the target's entry, as a direct call would.
 pub(crate) fn threaded(code: *mut ()) -> *mut () {
     #[cfg(all(
         any(target_arch = "x86_64", target_arch = "aarch64"),
@@ -242,9 +246,8 @@ pub(crate) fn threaded(code: *mut ()) -> *mut () {
         not(miri)
     ))]
     {
-        let mut at = code as usize;
-        for _ in 0..4 {
-            let here = at;
+        let here = code as usize;
+        {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `here` is a function of this process (a shim, or where
             // a shim's jump leads), mapped and readable, as the patcher's
@@ -258,12 +261,8 @@ pub(crate) fn threaded(code: *mut ()) -> *mut () {
             let next = crate::arch::native::jumps::tail_jump(here, &|i| unsafe {
                 core::ptr::read_volatile((here + 4 * i) as *const u32)
             });
-            match next {
-                Some(next) => at = next,
-                None => break,
-            }
+            next.unwrap_or(here) as *mut ()
         }
-        at as *mut ()
     }
     #[cfg(not(all(
         any(target_arch = "x86_64", target_arch = "aarch64"),

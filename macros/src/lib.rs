@@ -235,14 +235,51 @@ fn sort_attrs(attrs: &[Attribute]) -> Attrs {
 /// The names of a key's arguments: the ones its type gives (`fn(req:
 /// &Request)`), else `arg0`, `arg1`, ...
 fn arg_names(f: &TypeBareFn) -> Vec<Ident> {
+    let given: Vec<String> =
+        f.inputs.iter().filter_map(|a| a.name.as_ref().map(|(id, _)| id.to_string())).filter(|n| n != "_").collect();
     f.inputs
         .iter()
         .enumerate()
         .map(|(i, a)| match &a.name {
             Some((id, _)) if id != "_" => Ident::new(&id.to_string(), id.span()),
-            _ => format_ident!("arg{}", i),
+            _ => {
+                // Not one the type gives another argument.
+                let mut name = format!("arg{i}");
+                while given.contains(&name) {
+                    name.push('_');
+                }
+                Ident::new(&name, proc_macro2::Span::call_site())
+            }
         })
         .collect()
+}
+
+/// The names the expansion's bodies use for the arguments, bound from the
+/// signature's names first thing (`let (..) = (..);`), so that no name a
+/// user gives an argument can meet a local of the expansion.
+fn inner_names(n: usize) -> Vec<Ident> {
+    (0..n).map(|i| format_ident!("__sc_arg{}", i)).collect()
+}
+
+/// A name for a generic parameter that no identifier in `tokens` (the key's
+/// type) is: a user type of that name would otherwise be hidden by it.
+fn fresh_type_name(base: &str, tokens: &TokenStream) -> Ident {
+    fn idents(t: &TokenStream, out: &mut Vec<String>) {
+        for tt in t.clone() {
+            match tt {
+                proc_macro2::TokenTree::Ident(i) => out.push(i.to_string()),
+                proc_macro2::TokenTree::Group(g) => idents(&g.stream(), out),
+                _ => {}
+            }
+        }
+    }
+    let mut used = Vec::new();
+    idents(tokens, &mut used);
+    let mut name = base.to_string();
+    while used.contains(&name) {
+        name.push('_');
+    }
+    Ident::new(&name, proc_macro2::Span::call_site())
 }
 
 fn expand(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
@@ -336,7 +373,8 @@ fn key_static(decl: &Decl, c: &Common, what: &str) -> TokenStream {
 fn expand_c(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> syn::Result<TokenStream> {
     let Decl { vis, ident, ty, target, .. } = decl;
     let c = common(decl, f);
-    let Common { marker, key, holder, names: arg_names, tys: arg_tys, sig, .. } = &c;
+    let Common { marker, key, holder, names: user_names, tys: arg_tys, sig, .. } = &c;
+    let arg_names = &inner_names(user_names.len());
     let Attrs { cfgs, lints_elsewhere: lints, .. } = &c.attrs;
     let unit = is_unit(&f.output);
     let ret_static = static_ret(&f.output);
@@ -494,7 +532,8 @@ fn expand_c(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> syn::
                 clippy::inline_asm_x86_intel_syntax,
                 clippy::inline_asm_x86_att_syntax
             )]
-            #vis #unsafety fn call #lifetimes (self, #(#arg_names: #arg_tys),*) #output {
+            #vis #unsafety fn call #lifetimes (self, #(#user_names: #arg_tys),*) #output {
+                let (#(#arg_names,)*) = (#(#user_names,)*);
                 #prelude
                 #sc::backend! {
                     inline { #inline_body }
@@ -622,7 +661,8 @@ fn expand_rust(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> sy
         ));
     };
     let c = common(decl, f);
-    let Common { marker, key, holder, names, tys, sig, .. } = &c;
+    let Common { marker, key, holder, names: user_names, tys, sig, .. } = &c;
+    let names = &inner_names(user_names.len());
     let Attrs { cfgs, lints_elsewhere: lints, .. } = &c.attrs;
     let binder: Vec<syn::Lifetime> = f
         .lifetimes
@@ -648,8 +688,11 @@ fn expand_rust(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> sy
         ReturnType::Type(_, t) if !is_unit(&f.output) => Some((**t).clone()),
         _ => None,
     };
+    // `Send + Sync`: every thread may call the target (a closure that
+    // captured a zero-sized `!Send` value is refused).
     let bound = quote!(#for_binder ::core::ops::Fn(#(#tys),*) #output);
-    let tt = format_ident!("StaticCallTarget");
+    let bound = quote!(::core::marker::Send + ::core::marker::Sync + #bound);
+    let tt = fresh_type_name("StaticCallTarget", &quote!(#ty));
 
     // Where each argument travels. The integer register after the
     // arguments' carries the frame pointer (so that the arguments stand
@@ -750,7 +793,7 @@ fn expand_rust(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> sy
             }
             Travel::Ptr => {
                 let (v0, v1) = (format_ident!("__i{}", a.regs[0]), format_ident!("__i{}", a.regs[1]));
-                let p = format_ident!("__p_{}", n);
+                let p = format_ident!("__p{}", a.regs[0]);
                 let ((r0, ar0), (r1, ar1)) = (INT_REGS[a.regs[0]], INT_REGS[a.regs[1]]);
                 marshal.push(quote!(
                     // SAFETY: `#t` is a reference or raw pointer type; the
@@ -770,14 +813,17 @@ fn expand_rust(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> sy
             Travel::Float => {
                 let v = format_ident!("__f{}", a.regs[0]);
                 let (r, ar) = FLOAT_REGS[a.regs[0]];
-                marshal.push(quote!(let #v: #t = #n;));
+                // The type, not its spelling, decides: `type f64 = u64` is
+                // refused here rather than sent in the wrong register.
+                let check = quote_spanned!(t.span()=> #sc::assert_float::<#t>());
+                marshal.push(quote!(#check; let #v: #t = #n;));
                 x86.push(quote!(in(#r) #v,));
                 arm.push(quote!(in(#ar) #v,));
                 call_floats.push(quote!(#v));
                 unmarshal.push(quote!(let #n: #bt = #v;));
             }
             Travel::Mem => {
-                let m = format_ident!("__m_{}", n);
+                let m = format_ident!("__m{}", a.regs[0]);
                 let j = a.regs[0];
                 marshal.push(quote!(
                     let #m = ::core::mem::ManuallyDrop::new(#n);
@@ -825,6 +871,8 @@ fn expand_rust(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> sy
             )
         }
         (Some(Travel::Float), Some(t), _) => {
+            let check = quote_spanned!(t.span()=> #sc::assert_float::<#t>());
+            marshal.push(quote!(#check;));
             let (r, ar) = FLOAT_RET;
             x86.push(quote!(lateout(#r) __r0,));
             arm.push(quote!(lateout(#ar) __r0,));
@@ -848,21 +896,23 @@ fn expand_rust(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> sy
     };
     let call_args = quote!(#(#call_ints,)* __fp, #(#call_floats),*);
 
-    let site_call =
-        if args.out_of_line { quote!(#sc::trampoline_addr!(#key) as *mut ()) } else { quote!(#key.__raw().load()) };
     // Through a pointer: the portable backend (the key's target), or an
-    // `out_of_line` key (its trampoline).
-    let through_pointer = quote!({
-        // SAFETY: the key's code is a shim of exactly this C signature (the
-        // key's constructor and `__try_update` contracts), and the
-        // trampoline jumps to it.
-        let __s = unsafe { ::core::mem::transmute::<*mut (), #shim_ty>(#site_call) };
-        // SAFETY: the arguments are what the shim reads.
-        let __r = unsafe { __s(#call_args) };
-        #portable_ret
-    });
+    // `out_of_line` key (its trampoline, which only the inline backend
+    // emits).
+    let through = |site_call: TokenStream| {
+        quote!({
+            // SAFETY: the key's code is a shim of exactly this C signature (the
+            // key's constructor and `__try_update` contracts), and the
+            // trampoline jumps to it.
+            let __s = unsafe { ::core::mem::transmute::<*mut (), #shim_ty>(#site_call) };
+            // SAFETY: the arguments are what the shim reads.
+            let __r = unsafe { __s(#call_args) };
+            #portable_ret
+        })
+    };
+    let through_pointer = through(quote!(#key.__raw().load()));
     let inline_call = if args.out_of_line {
-        through_pointer.clone()
+        through(quote!(#sc::trampoline_addr!(#key) as *mut ()))
     } else {
         quote!(
             // SAFETY: the site calls the key's trampoline or (patched) the
@@ -945,7 +995,8 @@ fn expand_rust(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> sy
                 clippy::inline_asm_x86_intel_syntax,
                 clippy::inline_asm_x86_att_syntax
             )]
-            #vis #unsafety fn call #lifetimes (self, #(#names: #tys),*) #output {
+            #vis #unsafety fn call #lifetimes (self, #(#user_names: #tys),*) #output {
+                let (#(#names,)*) = (#(#user_names,)*);
                 #sc::backend! {
                     inline { #inline_body }
                     portable { #portable_body }
@@ -1167,6 +1218,9 @@ fn inline_site(
                     ));
                 };
                 floats += 1;
+                // The type, not its spelling, decides (`type f64 = u64`).
+                let check = quote_spanned!(ty.span()=> #sc::assert_float::<#ty>());
+                prelude.push(quote!(#check;));
                 x86.push(quote!(in(#reg) #name,));
                 arm.push(quote!(in(#areg) #name,));
             }
@@ -1180,6 +1234,8 @@ fn inline_site(
     let (decl, result) = match ret {
         None => (quote!(), quote!()),
         Some((t, Class::Float)) => {
+            let check = quote_spanned!(t.span()=> #sc::assert_float::<#t>());
+            prelude.push(quote!(#check;));
             let (r, ar) = FLOAT_RET;
             x86.push(quote!(lateout(#r) __ret,));
             arm.push(quote!(lateout(#ar) __ret,));
