@@ -96,6 +96,18 @@ fn assembled_sites_and_trampolines() {
             assert_eq!(bytes[..], s.bytes()[..common::INSN_LEN], "{name}: Site::bytes is what the text holds");
             if cfg!(target_arch = "x86_64") {
                 assert_eq!((s.address() + 1) % 4, 0, "{name}: the rel32 is 4-byte aligned: {s}");
+                // At least three `cs` prefixes before the call (the last is
+                // the byte the indirect form's opcode takes), and from the
+                // first of them one instruction up to the site's end.
+                assert_eq!(common::read_bytes(s.address() - 3, 3), [0x2e; 3], "{name}: {s}");
+                #[cfg(target_arch = "x86_64")]
+                {
+                    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+                    let text = common::read_bytes(s.address() - 3, 8);
+                    let i = Decoder::with_ip(64, &text, s.address() as u64 - 3, DecoderOptions::NONE).decode();
+                    assert_eq!((i.mnemonic(), i.len()), (Mnemonic::Call, 8), "{name}: {s}");
+                    assert_eq!(i.near_branch_target(), tramp as u64, "{name}: {s}");
+                }
             } else {
                 assert_eq!(s.address() % 4, 0, "{name}: {s}");
             }

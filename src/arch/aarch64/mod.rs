@@ -16,6 +16,10 @@
 //!   `adrp x16, key; ldr x16, [x16, :lo12:key]; br x16`, which jumps through
 //!   the key's slot (never null: a key without a target holds its stub).
 //!   With no target the head branches to that stub directly when in reach.
+//! - A site has no indirect form: an indirect call needs a load and a
+//!   `blr`, two instructions where a thread may stop between (and `ldr`,
+//!   `blr` are outside the set), so a far target is called through the
+//!   trampoline.
 //!
 //! The encoders are pure and unit-tested against encodings from the Arm ARM;
 //! under QEMU, `tests/encodings.rs` checks that what the assembler emitted
@@ -29,6 +33,9 @@ use crate::site::SiteState;
 
 /// Length of every patchable instruction.
 pub const INSN_LEN: usize = 4;
+/// Length of a patch (what the protocol rewrites at one address): one
+/// instruction.
+pub const PATCH_LEN: usize = INSN_LEN;
 
 /// `nop`.
 pub const NOP: u32 = 0xd503_201f;
@@ -92,9 +99,27 @@ pub fn decode(at: usize, bytes: &[u8; INSN_LEN]) -> Option<Insn> {
     }
 }
 
+/// Where the patch of the site at `site` starts: the site itself.
+pub fn site_patch_at(site: usize) -> usize {
+    site
+}
+
+/// Reads back a patch at `at`: the instruction and where it ends.
+pub fn decode_patch(at: usize, bytes: &[u8; PATCH_LEN]) -> Option<(Insn, usize)> {
+    decode(at, bytes).map(|i| (i, at.wrapping_add(INSN_LEN)))
+}
+
 /// What a site holds when its key's target is `target` (0: none). `none` is
-/// the key's no-target stub.
-pub fn site_form(at: usize, tramp: usize, target: usize, none: usize, no_target: NoTarget) -> [u8; INSN_LEN] {
+/// the key's no-target stub. There is no indirect form (`_slot`): a far
+/// target is called through the trampoline.
+pub fn site_form(
+    at: usize,
+    tramp: usize,
+    _slot: usize,
+    target: usize,
+    none: usize,
+    no_target: NoTarget,
+) -> [u8; INSN_LEN] {
     let to = match (target, no_target) {
         (0, NoTarget::Nop) => return NOP.to_le_bytes(),
         (0, NoTarget::Zero) => none,
@@ -115,10 +140,34 @@ pub fn assembled_site(at: usize, tramp: usize) -> Option<[u8; INSN_LEN]> {
     encode(at, Insn::Call(tramp))
 }
 
+/// What the macro assembled at a trampoline's head: the far head.
+pub fn assembled_tramp(tramp: usize) -> [u8; INSN_LEN] {
+    far_head(tramp)
+}
+
 /// The head of a trampoline that reaches its target through the key's slot:
 /// `b` to the far form that follows (what the macro assembles).
 pub fn far_head(tramp: usize) -> [u8; INSN_LEN] {
     encode(tramp, Insn::Jmp(tramp + TRAMP_FAR_OFFSET)).expect("a trampoline reaches itself")
+}
+
+/// The instruction's four bytes, then a zero: what a [`crate::Site`]
+/// reports.
+pub fn site_bytes(patch: &[u8; PATCH_LEN]) -> [u8; 5] {
+    let mut b = [0; 5];
+    b[..INSN_LEN].copy_from_slice(patch);
+    b
+}
+
+/// The address and bytes (padded to five) that an error about the patch
+/// at `at` names, found and expected.
+pub fn window(
+    at: usize,
+    found: &[u8; PATCH_LEN],
+    expected: &[u8; PATCH_LEN],
+    _is_site: bool,
+) -> (usize, [u8; 5], [u8; 5]) {
+    (at, site_bytes(found), site_bytes(expected))
 }
 
 /// What a site's bytes say it does, if it does not call its trampoline. A
@@ -337,14 +386,18 @@ mod tests {
     #[test]
     fn forms() {
         let (at, tramp, none) = (0x10_0000, 0x10_0400, 0x10_0800);
-        assert_eq!(site_form(at, tramp, 0, none, NoTarget::Nop), NOP.to_le_bytes());
-        assert_eq!(decode(at, &site_form(at, tramp, 0, none, NoTarget::Zero)), Some(Insn::Call(none)));
-        assert_eq!(decode(at, &site_form(at, tramp, 0x20_0000, none, NoTarget::Zero)), Some(Insn::Call(0x20_0000)));
+        let slot = 0x20_0018;
+        assert_eq!(site_form(at, tramp, slot, 0, none, NoTarget::Nop), NOP.to_le_bytes());
+        assert_eq!(decode(at, &site_form(at, tramp, slot, 0, none, NoTarget::Zero)), Some(Insn::Call(none)));
+        assert_eq!(
+            decode(at, &site_form(at, tramp, slot, 0x20_0000, none, NoTarget::Zero)),
+            Some(Insn::Call(0x20_0000))
+        );
         let far = 0x7f00_0000_0000;
-        assert_eq!(decode(at, &site_form(at, tramp, far, none, NoTarget::Zero)), Some(Insn::Call(tramp)));
+        assert_eq!(decode(at, &site_form(at, tramp, slot, far, none, NoTarget::Zero)), Some(Insn::Call(tramp)));
         assert_eq!(tramp_form(tramp, far, none, NoTarget::Zero), far_head(tramp));
         assert_eq!(decode(tramp, &tramp_form(tramp, 0, none, NoTarget::Nop)), Some(Insn::Jmp(none)));
-        let bytes = site_form(at, tramp, 0, none, NoTarget::Zero);
+        let bytes = site_form(at, tramp, slot, 0, none, NoTarget::Zero);
         assert_eq!(site_state(at, &bytes, tramp, none, false), Some(SiteState::Zero));
         assert_eq!(site_state(at, &bytes, tramp, none, true), Some(SiteState::Direct), "a target folded onto the stub");
         assert_eq!(site_state(at, &assembled_site(at, tramp).unwrap(), tramp, none, false), None);
