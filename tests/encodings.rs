@@ -56,20 +56,20 @@ fn check_trampoline(t: usize, slot: usize) {
     let b = common::read_bytes(t, 32);
     let word = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
     assert_eq!(t % 32, 0, "trampolines are 32-byte aligned");
-    assert_eq!(word(0), 0x1400_0002, "head: b +8, to the far form");
-    assert_eq!(word(4), 0xd42a_6860, "brk #0x5343");
+    assert_eq!(word(0), 0xd503_201f, "head: nop, falling through into the far form");
     // adrp x16, page; ldr x16, [x16, #lo12]: decoded by hand.
-    let adrp = word(8);
+    let adrp = word(4);
     assert_eq!(adrp & 0x9f00_001f, 0x9000_0010, "adrp x16: {adrp:#010x}");
     let imm = ((((adrp >> 5) & 0x7_ffff) << 2) | ((adrp >> 29) & 3)) as i64;
-    let page = (((t + 8) & !0xfff) as i64 + (((imm << 43) >> 43) << 12)) as usize;
-    let ldr = word(12);
+    let page = (((t + 4) & !0xfff) as i64 + (((imm << 43) >> 43) << 12)) as usize;
+    let ldr = word(8);
     assert_eq!(ldr & 0xffc0_03ff, 0xf940_0210, "ldr x16, [x16, #imm]: {ldr:#010x}");
     let lo = (((ldr >> 10) & 0xfff) * 8) as usize;
     assert_eq!(page + lo, slot, "the far form reads the key's slot");
-    assert_eq!(word(16), 0xd61f_0200, "br x16");
+    assert_eq!(word(12), 0xd61f_0200, "br x16");
+    assert_eq!(word(16), 0xd42a_6860, "brk #0x5343");
     assert_eq!(word(20), 0xd42a_6860, "brk #0x5343");
-    assert_eq!(&b[24..32], b"SCALL\x01\x00\x00");
+    assert_eq!(&b[24..32], b"SCALL\x02\x00\x00", "signature, layout version 2");
 }
 
 #[test]

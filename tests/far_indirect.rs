@@ -9,7 +9,8 @@
 //! its far form for whoever calls it.
 //!
 //! On aarch64 (no indirect site form: a `bl` cannot become a load and a
-//! branch in one instruction) far sites stay on the trampoline.
+//! branch in one instruction) far sites stay on the trampoline, whose far
+//! head is a `nop` that falls through into `adrp; ldr x16; br x16`.
 #![cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 
 mod common;
@@ -92,11 +93,12 @@ fn slot_of<K: StaticCall>(k: &K) -> usize {
 }
 
 /// The trampoline head of the far form: x86-64 `jmp +3` (to `jmp [rip +
-/// slot]` at +8), aarch64 `b +8` (to `adrp x16; ldr x16; br x16`).
+/// slot]` at +8), aarch64 `nop` (falls through into `adrp x16; ldr x16;
+/// br x16`).
 #[cfg(target_arch = "x86_64")]
 const FAR_HEAD: &[u8] = &[0xe9, 0x03, 0x00, 0x00, 0x00];
 #[cfg(target_arch = "aarch64")]
-const FAR_HEAD: &[u8] = &0x1400_0002u32.to_le_bytes();
+const FAR_HEAD: &[u8] = &0xd503_201fu32.to_le_bytes();
 
 fn head_of<K: StaticCall>(k: &K) -> Vec<u8> {
     let t = static_call::__private::trampoline_of(k.key()).expect("a trampoline");

@@ -3,8 +3,8 @@
 //! purpose) is called through the key's slot: on x86-64 each site becomes
 //! one indirect call, `call qword ptr [rip + slot]` (`SiteState::Indirect`),
 //! and the trampoline keeps its `jmp [rip + slot]` for whoever calls it; on
-//! aarch64 (beyond ±128 MiB) sites call the trampoline, which branches to
-//! `adrp; ldr x16; br x16`. Near targets keep direct calls. A
+//! aarch64 (beyond ±128 MiB) sites call the trampoline, whose head falls
+//! through into `adrp; ldr x16; br x16`. Near targets keep direct calls. A
 //! plugin's own sites calling a function of the host are far too.
 #![cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 
@@ -48,9 +48,10 @@ fn head(at: usize) -> [u8; common::INSN_LEN] {
 /// The trampoline head that jumps to its own `jmp [rip + slot]` at +8.
 #[cfg(target_arch = "x86_64")]
 const FAR_HEAD: [u8; 5] = [0xe9, 0x03, 0x00, 0x00, 0x00];
-/// The trampoline head that branches to its own far form at +8 (`b +8`).
+/// The trampoline head that falls through into its own far form at +4
+/// (`nop`).
 #[cfg(target_arch = "aarch64")]
-const FAR_HEAD: [u8; 4] = 0x1400_0002u32.to_le_bytes();
+const FAR_HEAD: [u8; 4] = 0xd503_201fu32.to_le_bytes();
 
 /// What a site with a far target executes.
 const FAR_STATE: SiteState = if cfg!(target_arch = "x86_64") { SiteState::Indirect } else { SiteState::Trampoline };

@@ -12,14 +12,15 @@
 //!   the target is within ±128 MiB, else left on the trampoline. With no
 //!   target: `nop` (unit return), or `bl` to the key's zeroing stub (which
 //!   zeroes `x0` and returns; never `mov x0, #0`, which is outside the set).
-//! - A trampoline head is `b target`, or `b` to the trampoline's own far form
-//!   `adrp x16, key; ldr x16, [x16, :lo12:key]; br x16`, which jumps through
-//!   the key's slot (never null: a key without a target holds its stub).
-//!   With no target the head branches to that stub directly when in reach.
+//! - A trampoline head is `b target`, or a `nop` that falls through into the
+//!   trampoline's own far form `adrp x16, key; ldr x16, [x16, :lo12:key];
+//!   br x16`, which jumps through the key's slot (never null: a key without
+//!   a target holds its stub). With no target the head branches to that
+//!   stub directly when in reach.
 //! - A site has no indirect form: an indirect call needs a load and a
 //!   `blr`, two instructions where a thread may stop between (and `ldr`,
 //!   `blr` are outside the set), so a far target is called through the
-//!   trampoline.
+//!   trampoline: `bl`, `nop`, `adrp`, `ldr`, `br`.
 //!
 //! The encoders are pure and unit-tested against encodings from the Arm ARM;
 //! under QEMU, `tests/encodings.rs` checks that what the assembler emitted
@@ -44,15 +45,17 @@ pub const B: u32 = 0x1400_0000;
 /// `bl` with a zero offset.
 pub const BL: u32 = 0x9400_0000;
 /// `brk #0x5343` ("SC"): never executed (it stops straight-line speculation
-/// past the head and past the far jump).
+/// past the far jump's `br`).
 pub const BRK_SC: u32 = 0xd420_0000 | (0x5343 << 5);
 /// `br x16`.
 pub const BR_X16: u32 = 0xd61f_0200;
 
 /// Byte size of a trampoline (and its alignment).
 pub const TRAMP_SIZE: usize = 32;
-/// Offset of the far form (`adrp x16; ldr x16; br x16`) within a trampoline.
-pub const TRAMP_FAR_OFFSET: usize = 8;
+/// Offset of the far form (`adrp x16; ldr x16; br x16`) within a
+/// trampoline: right after the head, which falls through into it as a
+/// `nop`.
+pub const TRAMP_FAR_OFFSET: usize = 4;
 
 /// What a patchable instruction does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -146,9 +149,10 @@ pub fn assembled_tramp(tramp: usize) -> [u8; INSN_LEN] {
 }
 
 /// The head of a trampoline that reaches its target through the key's slot:
-/// `b` to the far form that follows (what the macro assembles).
-pub fn far_head(tramp: usize) -> [u8; INSN_LEN] {
-    encode(tramp, Insn::Jmp(tramp + TRAMP_FAR_OFFSET)).expect("a trampoline reaches itself")
+/// a `nop`, which falls through into the far form (what the macro
+/// assembles).
+pub fn far_head(_tramp: usize) -> [u8; INSN_LEN] {
+    NOP.to_le_bytes()
 }
 
 /// The instruction's four bytes, then a zero: what a [`crate::Site`]
@@ -199,24 +203,26 @@ fn ldr_x16_lo12(slot: usize) -> Option<u32> {
 }
 
 /// The whole expected image of the trampoline at `tramp` whose key slot is
-/// at `slot`, with `head` as its first instruction: head, `brk`, `adrp x16`,
-/// `ldr x16`, `br x16`, `brk`, then the signature `"SCALL"`, version 1 and
+/// at `slot`, with `head` as its first instruction: head, `adrp x16`, `ldr
+/// x16`, `br x16` (the far form, which a `nop` head falls through into),
+/// two `brk`, then the signature `"SCALL"`, version 2 (version 1 had a `brk`
+/// after the head and the far form at +8, which its head branched to) and
 /// two zero bytes. `None` if the slot is out of `adrp` reach or misaligned
 /// (which the linker would have refused).
 pub fn trampoline_image(tramp: usize, slot: usize, head: [u8; INSN_LEN]) -> Option<[u8; TRAMP_SIZE]> {
     let words = [
         u32::from_le_bytes(head),
-        BRK_SC,
         adrp_x16(tramp + TRAMP_FAR_OFFSET, slot)?,
         ldr_x16_lo12(slot)?,
         BR_X16,
+        BRK_SC,
         BRK_SC,
     ];
     let mut image = [0u8; TRAMP_SIZE];
     for (i, w) in words.iter().enumerate() {
         image[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
     }
-    image[24..32].copy_from_slice(b"SCALL\x01\x00\x00");
+    image[24..32].copy_from_slice(b"SCALL\x02\x00\x00");
     Some(image)
 }
 
@@ -265,9 +271,12 @@ macro_rules! __static_call_aarch64_site {
 #[macro_export]
 macro_rules! __static_call_aarch64_trampoline {
     // The trampoline of a key: 32 bytes, 32-aligned, in its own section,
-    // emitted from a naked function as on x86-64. The assembled head is
-    // `b +8`, to the far form through the key's slot, so that a process
-    // that cannot patch runs correctly on the slots alone.
+    // emitted from a naked function as on x86-64. The assembled head is a
+    // `nop` that falls through into the far form through the key's slot
+    // (no taken branch before the load), so that a process that cannot
+    // patch runs correctly on the slots alone. Patching may make the head
+    // `b target` (or `b` to the no-target stub), and back to the `nop`:
+    // both in the concurrent-modification set (DESIGN §7).
     ($key:path, $holder:ident, target) => {
         #[doc(hidden)]
         #[allow(non_snake_case)]
@@ -280,15 +289,15 @@ macro_rules! __static_call_aarch64_trampoline {
                 ".hidden {k}_sc_tramp",
                 ".type {k}_sc_tramp, %function",
                 "{k}_sc_tramp:",
-                ".inst 0x14000002",
-                ".inst 0xd42a6860",
+                ".inst 0xd503201f",
                 // The slot, at `raw::SLOT_OFFSET` in the key.
                 "adrp x16, {k} + 24",
                 "ldr x16, [x16, :lo12:{k} + 24]",
                 "br x16",
                 ".inst 0xd42a6860",
+                ".inst 0xd42a6860",
                 ".ascii \"SCALL\"",
-                ".byte 1, 0, 0",
+                ".byte 2, 0, 0",
                 ".size {k}_sc_tramp, 32",
                 ".popsection",
                 ".pushsection static_call_tramps_v2, \"aR\", %progbits",
@@ -336,7 +345,7 @@ mod tests {
         assert_eq!(encode(0x1000, Insn::Jmp(0x0ffc)), Some(0x17ff_ffffu32.to_le_bytes()));
         assert_eq!(encode(0x1000, Insn::Nop), Some(0xd503_201fu32.to_le_bytes()));
         assert_eq!(BRK_SC, 0xd42a_6860);
-        assert_eq!(far_head(0x4000), 0x1400_0002u32.to_le_bytes());
+        assert_eq!(far_head(0x4000), NOP.to_le_bytes());
         // As aarch64-linux-gnu-as assembled them (objdump): `adrp x16,
         // 0x412000` at 0x400008, `ldr x16, [x16, #24]`, `adrp x16, 0x3ff000`
         // at 0x400010.
@@ -370,16 +379,18 @@ mod tests {
             let slot = ((tramp as i64 + off) as usize) & !7;
             let image = trampoline_image(tramp, slot, far_head(tramp)).unwrap();
             let word = |i: usize| u32::from_le_bytes(image[i..i + 4].try_into().unwrap());
+            // The head is a `nop` that falls through into `adrp x16` at +4.
             // Decode adrp and ldr by hand and recompute the slot address.
-            let adrp = word(8);
+            prop_assert_eq!(decode(tramp, &image[..4].try_into().unwrap()), Some(Insn::Nop));
+            let adrp = word(4);
             let immlo = ((adrp >> 29) & 3) as i64;
             let immhi = (((adrp >> 5) & 0x7_ffff) as i64) << 2;
             let pages = ((immhi | immlo) << 43) >> 43;
-            let page = (((tramp + 8) & !0xfff) as i64 + (pages << 12)) as usize;
-            let lo = (((word(12) >> 10) & 0xfff) * 8) as usize;
+            let page = (((tramp + 4) & !0xfff) as i64 + (pages << 12)) as usize;
+            let lo = (((word(8) >> 10) & 0xfff) * 8) as usize;
             prop_assert_eq!(page + lo, slot);
-            prop_assert_eq!(word(16), BR_X16);
-            prop_assert_eq!(decode(tramp, &image[..4].try_into().unwrap()), Some(Insn::Jmp(tramp + 8)));
+            prop_assert_eq!(word(12), BR_X16);
+            prop_assert_eq!(word(16), BRK_SC);
         }
     }
 
