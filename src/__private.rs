@@ -84,6 +84,17 @@ pub fn set_trap_hook(hook: Option<extern "C" fn()>) {
     crate::arch::native::protocol::set_trap_hook(hook)
 }
 
+/// Test introspection: of the traps the SIGTRAP handler emulated, how many
+/// it emulated as an indirect call through a key's slot (x86-64's
+/// `SiteState::Indirect` form), and of those it rewound, how many onto
+/// that form. `(0, 0)` where no `int3` is written.
+pub fn indirect_traps() -> (u64, u64) {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri)))]
+    return crate::arch::native::protocol::indirect_trap_stats();
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable"), not(miri))))]
+    (0, 0)
+}
+
 /// The address of a key's trampoline, for introspection and tests (`None`
 /// on the portable backend).
 pub fn trampoline_of<F: Copy, R>(key: &'static Key<F, R>) -> Option<usize> {

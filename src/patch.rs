@@ -30,7 +30,7 @@
 //! program's copy (see "Fork" below).
 #![allow(unsafe_code)]
 
-use crate::arch::native::{self as arch, protocol, INSN_LEN, TRAMP_SIZE};
+use crate::arch::native::{self as arch, protocol, INSN_LEN, PATCH_LEN, TRAMP_SIZE};
 use crate::raw::{RawKey, Target};
 use crate::os::linux::text::{self, Session};
 use crate::os::linux::text_lock::{self, TextLock};
@@ -415,7 +415,7 @@ fn finish_inherited(st: &mut State) {
 fn rewrite(plan: &[Patch]) -> Result<(), Error> {
     let _text = TextLock::take_as(holder_of(LOCK.owner.load(Relaxed)))?;
     let writer = text::for_update(plan[0].at)?;
-    let session = Session::open(writer, plan.iter().map(|p| p.at), INSN_LEN)?;
+    let session = Session::open(writer, plan.iter().map(|p| p.at), PATCH_LEN)?;
     let written = protocol::resume(&session, plan);
     let restored = session.close();
     let poisoned = |e: Error| match e {
@@ -431,12 +431,14 @@ fn rewrite(plan: &[Patch]) -> Result<(), Error> {
 
 // ---------------------------------------------------------------- the plan
 
-/// One instruction to rewrite.
+/// One instruction to rewrite: a patch (`arch::PATCH_LEN` bytes at `at`,
+/// a trampoline's or `arch::site_patch_at` of a site's), its bytes now and
+/// its bytes to be.
 #[derive(Clone, Copy, Debug)]
 pub struct Patch {
     pub at: usize,
-    pub old: [u8; INSN_LEN],
-    pub new: [u8; INSN_LEN],
+    pub old: [u8; PATCH_LEN],
+    pub new: [u8; PATCH_LEN],
     pub is_site: bool,
 }
 
@@ -493,13 +495,14 @@ static SHUT_POISONED: AtomicBool = AtomicBool::new(false);
 
 // ---------------------------------------------------------------- forms
 
-/// What a site holds when its key's target is `target` (null: none).
-fn site_form(s: &SiteEntry, target: *mut ()) -> [u8; INSN_LEN] {
-    arch::site_form(s.at, s.tramp, target as usize, s.key.none as usize, s.key.no_target)
+/// What a site's patch holds when its key's target is `target` (null:
+/// none).
+fn site_form(s: &SiteEntry, target: *mut ()) -> [u8; PATCH_LEN] {
+    arch::site_form(s.at, s.tramp, registry::slot_addr(s.key), target as usize, s.key.none as usize, s.key.no_target)
 }
 
-/// What a trampoline head holds when its key's target is `target`.
-fn tramp_form(t: &TrampEntry, target: *mut ()) -> [u8; INSN_LEN] {
+/// What a trampoline's patch holds when its key's target is `target`.
+fn tramp_form(t: &TrampEntry, target: *mut ()) -> [u8; PATCH_LEN] {
     arch::tramp_form(t.at, target as usize, t.key.none as usize, t.key.no_target)
 }
 
@@ -514,7 +517,7 @@ enum From {
 fn plan_key(plan: &mut Vec<Patch>, reg: &Registry, key: &RawKey, from: From, to: *mut ()) {
     let Some(t) = reg.tramp_of(key) else { return };
     let old = match from {
-        From::Assembled => arch::far_head(t.at),
+        From::Assembled => arch::assembled_tramp(t.at),
         From::Target(p) => tramp_form(t, p),
     };
     push(plan, t.at, old, tramp_form(t, to), false);
@@ -523,12 +526,12 @@ fn plan_key(plan: &mut Vec<Patch>, reg: &Registry, key: &RawKey, from: From, to:
             From::Assembled => arch::assembled_site(s.at, s.tramp).expect("checked at load"),
             From::Target(p) => site_form(s, p),
         };
-        push(plan, s.at, old, site_form(s, to), true);
+        push(plan, arch::site_patch_at(s.at), old, site_form(s, to), true);
     }
 }
 
-fn push(plan: &mut Vec<Patch>, at: usize, old: [u8; INSN_LEN], new: [u8; INSN_LEN], is_site: bool) {
-    debug_assert!(arch::decode(at, &new).is_some(), "we decode what we encode");
+fn push(plan: &mut Vec<Patch>, at: usize, old: [u8; PATCH_LEN], new: [u8; PATCH_LEN], is_site: bool) {
+    debug_assert!(arch::decode_patch(at, &new).is_some(), "we decode what we encode");
     debug_assert!(plan.len() < plan.capacity(), "plan capacity reserved at init");
     plan.push(Patch { at, old, new, is_site });
 }
@@ -543,7 +546,8 @@ fn apply(st: &mut State, reg: &Registry, pending: Pending) -> Result<(), Error> 
     for p in st.plan.iter() {
         let found = registry::current_bytes(p.at);
         if found != p.old {
-            return Err(Error::UnexpectedBytes { address: p.at, found: pad(found), expected: pad(p.old) });
+            let (address, found, expected) = arch::window(p.at, &found, &p.old, p.is_site);
+            return Err(Error::UnexpectedBytes { address, found, expected });
         }
     }
     for t in reg.tramps.iter().filter(|t| t.damaged && st.plan.iter().any(|p| p.at == t.at)) {
@@ -561,7 +565,7 @@ fn apply(st: &mut State, reg: &Registry, pending: Pending) -> Result<(), Error> 
     // module's text lock (see `text_lock`); held until the session closed.
     let _text = TextLock::take_as(holder_of(LOCK.owner.load(Relaxed)))?;
     let writer = text::for_update(st.plan[0].at)?;
-    let session = Session::open(writer, st.plan.iter().map(|p| p.at), INSN_LEN).inspect_err(|e| {
+    let session = Session::open(writer, st.plan.iter().map(|p| p.at), PATCH_LEN).inspect_err(|e| {
         if let Error::ProtectionNotRestored { .. } = e {
             st.poisoned = Some(*e);
         }
@@ -594,8 +598,8 @@ fn apply(st: &mut State, reg: &Registry, pending: Pending) -> Result<(), Error> 
     r
 }
 
-/// An instruction's bytes as the public types hold them (five bytes; on
-/// aarch64 the four of the instruction, then a zero).
+/// A five- (x86-64) or four-byte (aarch64) instruction's bytes as the
+/// public types hold them (five bytes; on aarch64 the four, then a zero).
 pub fn pad(bytes: [u8; INSN_LEN]) -> [u8; 5] {
     let mut out = [0; 5];
     out[..INSN_LEN].copy_from_slice(&bytes);
@@ -813,9 +817,10 @@ pub fn sites(key: &RawKey) -> Vec<Site> {
     reg.sites_of(key)
         .iter()
         .map(|s| {
-            let bytes = registry::current_bytes(s.at);
+            let bytes = registry::current_bytes(arch::site_patch_at(s.at));
             let (state, reason) = match arch::site_state(s.at, &bytes, s.tramp, s.key.none as usize, !s.key.load().is_null()) {
                 Some(SiteState::Direct) => (SiteState::Direct, None),
+                Some(SiteState::Indirect) => (SiteState::Indirect, Some(NotDirect::OutOfReach)),
                 Some(state) => (state, Some(NotDirect::NoTarget)),
                 None => {
                     let reason = s.refused.unwrap_or(if SLOTS.get().is_some() {
@@ -830,7 +835,7 @@ pub fn sites(key: &RawKey) -> Vec<Site> {
                     (SiteState::Trampoline, Some(reason))
                 }
             };
-            Site { address: s.at, state, reason, bytes: pad(bytes) }
+            Site { address: s.at, state, reason, bytes: arch::site_bytes(&bytes) }
         })
         .collect()
 }

@@ -28,7 +28,7 @@
 //! it did not build, and never patches another copy's instruction.
 #![allow(unsafe_code)]
 
-use crate::arch::native::{assembled_site, trampoline_image, well_placed, INSN_LEN, TRAMP_SIZE};
+use crate::arch::native::{assembled_site, site_bytes, site_patch_at, trampoline_image, well_placed, INSN_LEN, PATCH_LEN, TRAMP_SIZE};
 use crate::owner::owned_here;
 use crate::raw::{RawKey, SLOT_OFFSET};
 use crate::site::NotDirect;
@@ -61,6 +61,8 @@ extern "C" {
 
 /// One call site.
 pub struct SiteEntry {
+    /// The site's address (x86-64: of its assembled `call rel32`; its
+    /// patch starts at `arch::site_patch_at(at)`).
     pub at: usize,
     pub key: &'static RawKey,
     pub tramp: usize,
@@ -82,8 +84,9 @@ pub struct Registry {
     pub sites: Box<[SiteEntry]>,
     /// Sorted by key.
     pub tramps: Box<[TrampEntry]>,
-    /// Every address this crate may patch (trampolines, sites not refused),
-    /// sorted: what the SIGTRAP handler searches.
+    /// Every address where a patch of this crate starts (trampolines, the
+    /// patches of sites not refused), sorted: what the SIGTRAP handler
+    /// searches.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub addrs: Box<[usize]>,
 }
@@ -97,8 +100,9 @@ fn key_addr(k: &RawKey) -> usize {
     k as *const RawKey as usize
 }
 
-/// Where a trampoline's far form reads the key's slot.
-fn slot_addr(k: &RawKey) -> usize {
+/// Where a trampoline's far form (and an indirect site) reads the key's
+/// slot.
+pub fn slot_addr(k: &RawKey) -> usize {
     key_addr(k) + SLOT_OFFSET
 }
 
@@ -136,19 +140,25 @@ unsafe fn records(start: *const Record, stop: *const Record) -> Vec<(usize, &'st
     out
 }
 
-fn read_insn(at: usize) -> [u8; INSN_LEN] {
-    let mut b = [0; INSN_LEN];
+fn read_text<const N: usize>(at: usize) -> [u8; N] {
+    let mut b = [0; N];
     for (i, x) in b.iter_mut().enumerate() {
-        // SAFETY: `at` is an instruction of this module's text (registry
-        // entries only), which is mapped readable.
+        // SAFETY: `at..at + N` is a patch or an instruction of this module's
+        // text (registry entries only: a site's patch starts on its own
+        // last `cs` prefix), which is mapped readable.
         *x = unsafe { std::ptr::read_volatile((at + i) as *const u8) };
     }
     b
 }
 
-/// The current bytes of the instruction at a site or trampoline head.
-pub fn current_bytes(at: usize) -> [u8; INSN_LEN] {
-    read_insn(at)
+fn read_insn(at: usize) -> [u8; INSN_LEN] {
+    read_text(at)
+}
+
+/// The current bytes of the patch at `at` (a trampoline, or
+/// `site_patch_at` of a site).
+pub fn current_bytes(at: usize) -> [u8; PATCH_LEN] {
+    read_text(at)
 }
 
 fn build() -> Registry {
@@ -182,9 +192,13 @@ fn build() -> Registry {
         .map(|(at, key)| {
             let tramp =
                 tramps.binary_search_by_key(&key_addr(key), |t| key_addr(t.key)).map(|i| tramps[i].at).unwrap_or(0);
-            let found = read_insn(at);
+            // The whole patch: on x86-64 the byte before the call, the last
+            // `cs` prefix, is the indirect form's opcode byte, so a site
+            // whose byte there is not `cs` is never patched either (our
+            // template always emits three `cs` there).
+            let found = current_bytes(site_patch_at(at));
             let refused = if tramp == 0 || assembled_site(at, tramp) != Some(found) {
-                Some(NotDirect::Refused(crate::patch::pad(found)))
+                Some(NotDirect::Refused(site_bytes(&found)))
             } else if !well_placed(at) {
                 Some(NotDirect::Misplaced)
             } else {
@@ -195,7 +209,7 @@ fn build() -> Registry {
         .collect();
 
     let mut addrs: Vec<usize> = tramps.iter().filter(|t| !t.damaged).map(|t| t.at).collect();
-    addrs.extend(sites.iter().filter(|s| s.refused.is_none()).map(|s| s.at));
+    addrs.extend(sites.iter().filter(|s| s.refused.is_none()).map(|s| site_patch_at(s.at)));
     addrs.sort_unstable();
     Registry { sites, tramps, addrs: addrs.into_boxed_slice() }
 }

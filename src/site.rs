@@ -11,8 +11,17 @@ pub enum SiteState {
     Trampoline,
     /// A five-byte `nop`: the key has no target and returns `()`.
     Nop,
-    /// `mov eax, 0` (x86-64; on aarch64 a `bl` to the key's zeroing stub): the key has no target and returns zero.
+    /// `mov eax, 0` (aarch64: `bl` to a stub that zeroes `x0`): the key has
+    /// no target and returns zero.
     Zero,
+    /// `call qword ptr [rip + slot]` (x86-64): the target is out of rel32
+    /// reach (typically in a `dlopen`ed library), so the site calls through
+    /// the key's slot, one indirect call, what an `AtomicPtr` call costs.
+    /// The instruction starts one byte before [`Site::address`] (on the
+    /// site's last `cs` prefix) and ends where the `call rel32` ended. Never
+    /// on aarch64, where such a site stays on the [`Trampoline`](Self::Trampoline).
+    /// Its [`Site::reason`] is [`NotDirect::OutOfReach`].
+    Indirect,
 }
 
 /// Why a site is not [`SiteState::Direct`].
@@ -25,7 +34,10 @@ pub enum NotDirect {
     /// The key has no target.
     NoTarget,
     /// The target is more than 2 GiB away (typically in a `dlopen`ed
-    /// library): the site calls the trampoline, which jumps through the key.
+    /// library): the site calls through the key's slot, with one indirect
+    /// call ([`SiteState::Indirect`], x86-64), or by calling the trampoline,
+    /// which jumps through the slot (aarch64, or an x86-64 site that the
+    /// slot itself is out of reach of).
     OutOfReach,
     /// The assembler did not place the call's rel32 on a 4-byte boundary: the
     /// site is never patched and keeps calling the trampoline.
@@ -67,7 +79,10 @@ pub struct Site {
 }
 
 impl Site {
-    /// The first byte of the call instruction.
+    /// The site's address: where the macro assembled its call opcode
+    /// (x86-64: the `e8` of `call rel32`, behind its `cs` prefixes). It
+    /// never changes; an [`Indirect`](SiteState::Indirect) site's
+    /// instruction starts one byte before it.
     pub fn address(&self) -> usize {
         self.address
     }
@@ -82,8 +97,11 @@ impl Site {
         self.reason
     }
 
-    /// The bytes of the instruction: five on x86-64; on aarch64 the four
-    /// of the instruction (little-endian), then a zero.
+    /// The five bytes at [`address`](Self::address) on x86-64 (the whole
+    /// instruction but its prefixes, or for an
+    /// [`Indirect`](SiteState::Indirect) site the five after its opcode
+    /// `ff`: `15` and the displacement); on aarch64 the four of the
+    /// instruction (little-endian), then a zero.
     pub fn bytes(&self) -> [u8; 5] {
         self.bytes
     }
@@ -91,13 +109,25 @@ impl Site {
 
 impl fmt::Display for Site {
     /// `0x55d0c0a01b3f: e8 4c 0a 00 00  call 0x55d0c0a02590` followed by the
-    /// reason when the site is not direct.
+    /// reason when the site is not direct. An indirect site shows its whole
+    /// instruction, from the byte before the address: `0x55d0c0a01b3e: ff
+    /// 15 c4 3e 00 00  call qword ptr [0x55d0c0a05a08]`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:#x}: ", self.address)?;
-        for b in &self.bytes[..SHOWN] {
+        let mut insn = [0u8; 6];
+        let (at, len) = if self.state == SiteState::Indirect {
+            // The opcode `ff` stands on the byte before the address.
+            insn[0] = 0xff;
+            insn[1..].copy_from_slice(&self.bytes);
+            (self.address.wrapping_sub(1), 6)
+        } else {
+            insn[..5].copy_from_slice(&self.bytes);
+            (self.address, SHOWN)
+        };
+        write!(f, "{at:#x}: ")?;
+        for b in &insn[..len] {
             write!(f, "{b:02x} ")?;
         }
-        write!(f, " {}", crate::backend::disassemble(self.address, &self.bytes))?;
+        write!(f, " {}", crate::backend::disassemble(at, &insn[..len.max(5)]))?;
         if let Some(r) = self.reason {
             write!(f, "  ({r})")?;
         }
@@ -124,6 +154,7 @@ impl From<&Site> for RawSite {
             SiteState::Trampoline => 1,
             SiteState::Nop => 2,
             SiteState::Zero => 3,
+            SiteState::Indirect => 4,
         };
         let (reason, refused) = match s.reason {
             None => (0, [0; 5]),
@@ -144,6 +175,7 @@ impl From<&RawSite> for Site {
             0 => SiteState::Direct,
             2 => SiteState::Nop,
             3 => SiteState::Zero,
+            4 => SiteState::Indirect,
             _ => SiteState::Trampoline,
         };
         let reason = match r.reason {

@@ -56,20 +56,20 @@ fn check_trampoline(t: usize, slot: usize) {
     let b = common::read_bytes(t, 32);
     let word = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
     assert_eq!(t % 32, 0, "trampolines are 32-byte aligned");
-    assert_eq!(word(0), 0x1400_0002, "head: b +8, to the far form");
-    assert_eq!(word(4), 0xd42a_6860, "brk #0x5343");
+    assert_eq!(word(0), 0xd503_201f, "head: nop, falling through into the far form");
     // adrp x16, page; ldr x16, [x16, #lo12]: decoded by hand.
-    let adrp = word(8);
+    let adrp = word(4);
     assert_eq!(adrp & 0x9f00_001f, 0x9000_0010, "adrp x16: {adrp:#010x}");
     let imm = ((((adrp >> 5) & 0x7_ffff) << 2) | ((adrp >> 29) & 3)) as i64;
-    let page = (((t + 8) & !0xfff) as i64 + (((imm << 43) >> 43) << 12)) as usize;
-    let ldr = word(12);
+    let page = (((t + 4) & !0xfff) as i64 + (((imm << 43) >> 43) << 12)) as usize;
+    let ldr = word(8);
     assert_eq!(ldr & 0xffc0_03ff, 0xf940_0210, "ldr x16, [x16, #imm]: {ldr:#010x}");
     let lo = (((ldr >> 10) & 0xfff) * 8) as usize;
     assert_eq!(page + lo, slot, "the far form reads the key's slot");
-    assert_eq!(word(16), 0xd61f_0200, "br x16");
+    assert_eq!(word(12), 0xd61f_0200, "br x16");
+    assert_eq!(word(16), 0xd42a_6860, "brk #0x5343");
     assert_eq!(word(20), 0xd42a_6860, "brk #0x5343");
-    assert_eq!(&b[24..32], b"SCALL\x01\x00\x00");
+    assert_eq!(&b[24..32], b"SCALL\x02\x00\x00", "signature, layout version 2");
 }
 
 #[test]
@@ -96,6 +96,18 @@ fn assembled_sites_and_trampolines() {
             assert_eq!(bytes[..], s.bytes()[..common::INSN_LEN], "{name}: Site::bytes is what the text holds");
             if cfg!(target_arch = "x86_64") {
                 assert_eq!((s.address() + 1) % 4, 0, "{name}: the rel32 is 4-byte aligned: {s}");
+                // At least three `cs` prefixes before the call (the last is
+                // the byte the indirect form's opcode takes), and from the
+                // first of them one instruction up to the site's end.
+                assert_eq!(common::read_bytes(s.address() - 3, 3), [0x2e; 3], "{name}: {s}");
+                #[cfg(target_arch = "x86_64")]
+                {
+                    use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+                    let text = common::read_bytes(s.address() - 3, 8);
+                    let i = Decoder::with_ip(64, &text, s.address() as u64 - 3, DecoderOptions::NONE).decode();
+                    assert_eq!((i.mnemonic(), i.len()), (Mnemonic::Call, 8), "{name}: {s}");
+                    assert_eq!(i.near_branch_target(), tramp as u64, "{name}: {s}");
+                }
             } else {
                 assert_eq!(s.address() % 4, 0, "{name}: {s}");
             }

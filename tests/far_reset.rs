@@ -1,6 +1,8 @@
 //! A key moved between a far target (more than 2 GiB from its sites, so
-//! called through the trampoline's `jmp [rip + slot]`; aarch64: beyond
-//! ±128 MiB, `ldr x16, slot; br x16`) and no target, while threads call it. The slot is never null (DESIGN 3.2): a caller that loads
+//! called through the key's slot: x86-64 `call qword ptr [rip + slot]` at
+//! each site; aarch64: beyond ±128 MiB, the trampoline's `ldr x16, slot;
+//! br x16`) and no target, while threads call it. The slot is never null
+//! (DESIGN 3.2): a caller that loads
 //! it at any instant of `reset` or `update` reaches the old target, the new
 //! one, or the stub that does what "no target" means. Before the slot had a
 //! stub, `reset` stored null first and a caller in the window jumped to 0.
@@ -54,12 +56,14 @@ fn out(x: u64) -> u64 {
 
 use common::reaches;
 
-/// The word the trampoline's far jump reads: the key's slot, its first field.
+/// The word the far forms read: the key's slot, after its 24-byte
+/// versioned prefix. (This read the prefix's magic before, never 0, so
+/// that the assertions on it held whatever the slot held.)
 fn slot_of<K: static_call::StaticCall>(key: &K) -> usize {
     let k: *const static_call::Key<K::Fn, K::Ret> = key.key();
-    // SAFETY: a key is `repr(C)` and starts with its slot, an aligned
+    // SAFETY: a key is `repr(C)`; its slot, at offset 24, is an aligned
     // pointer-sized atomic; a volatile read of it is a plain load.
-    unsafe { std::ptr::read_volatile(k.cast::<usize>()) }
+    unsafe { std::ptr::read_volatile(k.cast::<u8>().add(24).cast::<usize>()) }
 }
 
 /// Rounds of `churn`: fewer on aarch64, which the tests run under QEMU.

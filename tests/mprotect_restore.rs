@@ -38,11 +38,13 @@ fn calls(tag: u64) -> (u64, u64) {
     (call_k(5), (tag << 48) | 5)
 }
 
-/// The bytes of every site and of the trampoline.
-fn text() -> Vec<[u8; 5]> {
+/// The bytes of every site's patch (x86-64: from the byte before its
+/// address) and of the trampoline.
+fn text() -> Vec<Vec<u8>> {
     let t = trampoline_of(&*K).unwrap();
-    let mut v: Vec<[u8; 5]> = K.sites().iter().map(|s| s.bytes()).collect();
-    v.push(std::array::from_fn(|i| common::read_bytes(t, 5)[i]));
+    let mut v: Vec<Vec<u8>> =
+        K.sites().iter().map(|s| common::read_bytes(common::patch_of(s.address()), common::PATCH_LEN)).collect();
+    v.push(common::read_bytes(t, 32));
     v
 }
 

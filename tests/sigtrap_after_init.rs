@@ -40,7 +40,8 @@ fn set_handler(handler: usize, flags: i32) -> libc::sigaction {
 }
 
 fn site_bytes() -> Vec<Vec<u8>> {
-    let mut v: Vec<_> = K.sites().iter().map(|s| common::read_bytes(s.address(), 5)).collect();
+    let mut v: Vec<_> =
+        K.sites().iter().map(|s| common::read_bytes(common::patch_of(s.address()), common::PATCH_LEN)).collect();
     v.push(common::read_bytes(static_call::__private::trampoline_of(&K).unwrap(), 32));
     v
 }

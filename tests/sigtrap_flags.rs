@@ -43,7 +43,12 @@ fn our_entry_with_other_flags_or_mask_is_displaced_until_init() {
     static_call::init().unwrap();
     let ours = action();
     assert_ne!(ours.sa_flags & libc::SA_NODEFER, 0);
-    let bytes = || K.sites().iter().map(|s| s.bytes()).collect::<Vec<_>>();
+    let bytes = || {
+        K.sites()
+            .iter()
+            .map(|s| common::read_bytes(common::patch_of(s.address()), common::PATCH_LEN))
+            .collect::<Vec<_>>()
+    };
     let before = bytes();
 
     let mut cases: Vec<(&str, libc::sigaction)> = Vec::new();

@@ -75,7 +75,13 @@ fn blocked_later_child() {
     static_call::init().unwrap();
     assert!(matches!(static_call::mode(), Mode::Patching(_)));
     assert!(K.sites().iter().all(|s| s.state() == SiteState::Direct));
-    let bytes: Vec<_> = K.sites().iter().map(|s| s.bytes()).collect();
+    let patches = || {
+        K.sites()
+            .iter()
+            .map(|s| common::read_bytes(common::patch_of(s.address()), common::PATCH_LEN))
+            .collect::<Vec<_>>()
+    };
+    let bytes = patches();
     let writes = static_call::__private::text_writes();
 
     block_sigtrap(libc::SIG_BLOCK);
@@ -90,7 +96,7 @@ fn blocked_later_child() {
     let msg = std::panic::catch_unwind(|| K.update(two)).expect_err("update panics").downcast::<String>().unwrap();
     assert!(msg.contains("SIGTRAP is blocked"), "{msg}");
     assert_eq!(static_call::__private::text_writes(), writes, "nothing written");
-    assert_eq!(K.sites().iter().map(|s| s.bytes()).collect::<Vec<_>>(), bytes);
+    assert_eq!(patches(), bytes);
     assert_eq!(call_k(1), 2);
     assert_eq!(K.get().map(|f| f(1)), Some(2));
 

@@ -54,14 +54,15 @@ fn branch(at: usize, to: usize, call: bool) -> Vec<u8> {
     }
 }
 
-/// Every byte this test's keys may change: each site's instruction (five
-/// bytes on x86-64, four on aarch64), each trampoline's thirty-two.
+/// Every byte this test's keys may change: each site's patch (six bytes
+/// from the one before its address on x86-64, four on aarch64), each
+/// trampoline's thirty-two.
 fn snapshot() -> Vec<(usize, Vec<u8>)> {
     let mut v: Vec<_> = K
         .sites()
         .iter()
         .chain(OTHER.sites().iter())
-        .map(|s| (s.address(), common::read_bytes(s.address(), common::INSN_LEN)))
+        .map(|s| (s.address(), common::read_bytes(common::patch_of(s.address()), common::PATCH_LEN)))
         .collect();
     for t in [static_call::__private::trampoline_of(&K), static_call::__private::trampoline_of(&OTHER)] {
         let t = t.expect("trampoline");
@@ -129,6 +130,18 @@ fn changed_bytes_refuse_the_whole_update_and_nothing_is_written() {
     let msg = msg.downcast_ref::<String>().unwrap();
     assert!(msg.contains(&format!("{site:#x}")), "{msg}");
     assert_eq!(snapshot(), before);
+
+    // 1b. x86-64: a breakpoint on the byte before the site, the last `cs`
+    // prefix, where the indirect form's opcode and our own `int3` go: the
+    // error names that byte.
+    if cfg!(target_arch = "x86_64") {
+        common::poke_text(site, &original);
+        common::poke_text(site - 1, BREAKPOINT);
+        let before = snapshot();
+        assert_refused(K.try_update(t2).map(drop), site - 1, &before);
+        assert_eq!(K.get().map(|f| f(0)), Some(t1(0)), "the target did not change");
+        common::poke_text(site - 1, &[0x2e]);
+    }
 
     // 2. Another patcher retargeted the site to a function of its own (a
     // valid call: calling it is fine, and reaches the intruder).

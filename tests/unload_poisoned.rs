@@ -45,7 +45,7 @@ fn poisoned_unload_child() {
     fail_text_write_after(K.sites().len() + 1, usize::MAX);
     let e = K.try_update(t2).expect_err("the injected failures fail the update");
     assert!(matches!(e, Error::Poisoned { .. }), "{e:?}");
-    assert!(K.sites().iter().all(|s| s.bytes()[0] == 0xcc), "the int3s stay");
+    assert!(K.sites().iter().all(|s| common::read_bytes(common::patch_of(s.address()), 1) == [0xcc]), "the int3s stay");
 
     assert_eq!(unload_now(), "KeptPoisoned");
     assert_eq!(current_handler().sa_sigaction, ours, "the handler stays installed");

@@ -2,7 +2,8 @@
 //! every form run: a direct call, the no-target forms (`nop`, and the zero
 //! form, which once was `cs cs cs xor eax, eax` behind the site's own `cs`
 //! padding: nine prefixes, refused by valgrind as an illegal instruction),
-//! and back. Skipped, with a message, where valgrind is not installed (CI
+//! the indirect call of a far target (`cs`.. `call qword ptr [rip +
+//! slot]`), and back. Skipped, with a message, where valgrind is not installed (CI
 //! installs it).
 #![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
 
@@ -102,6 +103,16 @@ fn valgrind_child() {
     assert_eq!(zero(41), 42);
     unit(5);
     assert_eq!(SEEN.load(std::sync::atomic::Ordering::SeqCst), 5);
+    // A far target: the indirect form `call qword ptr [rip + slot]` behind
+    // each site's remaining prefixes (two to five), and back.
+    let page = common::far_page(zero0 as fn(u64) -> u64 as usize);
+    // SAFETY: the page holds `x + 7` at 0, of this type.
+    let plus7: extern "C" fn(u64) -> u64 = unsafe { std::mem::transmute::<usize, extern "C" fn(u64) -> u64>(page) };
+    ZERO.update(plus7);
+    assert!(ZERO.sites().iter().all(|s| s.state() == SiteState::Indirect), "{:?}", ZERO.sites());
+    assert_eq!(zero(41), 48);
+    ZERO.update(plus1);
+    assert_eq!(zero(41), 42);
     ZERO.reset();
     UNIT.reset();
     assert_eq!(zero(41), 0);

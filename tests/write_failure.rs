@@ -66,14 +66,17 @@ fn t1(x: u64) -> u64 {
 /// trampolines, both targets, and the protection of every page involved.
 #[derive(Debug, PartialEq, Eq)]
 struct Snapshot {
-    sites: Vec<(usize, [u8; 5])>,
+    /// Each site's address and its patch (x86-64: from the byte before
+    /// the address, where the `int3` goes).
+    sites: Vec<(usize, Vec<u8>)>,
     tramps: Vec<(usize, [u8; 32])>,
     targets: [usize; 2],
     protections: Vec<(usize, String)>,
 }
 
 fn snapshot() -> Snapshot {
-    let sites: Vec<_> = K.sites().iter().chain(K2.sites().iter()).map(|s| (s.address(), s.bytes())).collect();
+    let patch = |at: usize| common::read_bytes(common::patch_of(at), common::PATCH_LEN);
+    let sites: Vec<_> = K.sites().iter().chain(K2.sites().iter()).map(|s| (s.address(), patch(s.address()))).collect();
     let tramps: Vec<_> = [trampoline_of(&*K).unwrap(), trampoline_of(&*K2).unwrap()]
         .into_iter()
         .map(|t| {
@@ -104,8 +107,11 @@ fn check_error(e: Error, writer: TextWriter, snap: &Snapshot) {
         TextWriter::ProcMem => assert_eq!((errno, proc_mem_errno), (0, libc::EIO), "{e:?}"),
         _ => assert_eq!((errno, proc_mem_errno), (libc::EIO, 0), "{e:?}"),
     }
-    let ours = snap.sites.iter().map(|s| s.0).chain(snap.tramps.iter().map(|t| t.0));
-    assert!(ours.flat_map(|at| at..at + 5).any(|at| at == address), "{address:#x} is not being patched");
+    let ours = snap.sites.iter().map(|s| common::patch_of(s.0)).chain(snap.tramps.iter().map(|t| t.0));
+    assert!(
+        ours.flat_map(|at| at..at + common::PATCH_LEN).any(|at| at == address),
+        "{address:#x} is not being patched"
+    );
 }
 
 #[test]
@@ -163,7 +169,8 @@ fn write_failure_child() {
     // `r1` runs with the mprotect writer, one write per instruction with
     // the /proc/self/mem writer.
     assert_eq!(K.sites().len(), 3);
-    let mut insns: Vec<usize> = K.sites().iter().map(|s| s.address()).chain(trampoline_of(&*K)).collect();
+    let mut insns: Vec<usize> =
+        K.sites().iter().map(|s| common::patch_of(s.address())).chain(trampoline_of(&*K)).collect();
     insns.sort_unstable();
     let (r1, r2) = (common::page_runs(insns.iter().copied()), common::page_runs(insns.iter().map(|a| a + 1)));
     let writes = |insns: &[usize], r1: usize, r2: usize| match (ARM, writer) {
@@ -221,7 +228,8 @@ fn write_failure_child() {
     }
 
     // A batch of two keys fails as a whole.
-    let mut both: Vec<usize> = insns.iter().copied().chain(K2.sites().iter().map(|s| s.address())).collect();
+    let mut both: Vec<usize> =
+        insns.iter().copied().chain(K2.sites().iter().map(|s| common::patch_of(s.address()))).collect();
     both.extend(trampoline_of(&*K2));
     both.sort_unstable();
     let (b1, b2) = (common::page_runs(both.iter().copied()), common::page_runs(both.iter().map(|a| a + 1)));
@@ -270,7 +278,7 @@ fn write_failure_child() {
         let r = K.try_update(b);
         UPDATING.store(false, Ordering::SeqCst);
         r.expect_err("the injected failure fails the update");
-        assert_eq!(K.sites().iter().map(|s| (s.address(), s.bytes())).collect::<Vec<_>>(), at_a.sites[..3]);
+        assert_eq!(snapshot().sites[..3], at_a.sites[..3]);
         assert_eq!(K.get().map(|f| f as usize), Some(a as *const () as usize));
         common::assert_no_wx();
         i += 1;

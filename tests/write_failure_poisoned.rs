@@ -48,20 +48,23 @@ fn s2(x: u64) -> u64 {
     K.call(std::hint::black_box(x))
 }
 
-fn text() -> (Vec<[u8; 5]>, [u8; 32]) {
+/// Each site's patch (from the byte before its address on x86-64, where
+/// the `int3` goes), and the trampoline.
+fn text() -> (Vec<Vec<u8>>, [u8; 32]) {
     let t = trampoline_of(&*K).unwrap();
     let mut image = [0u8; 32];
     for (i, x) in image.iter_mut().enumerate() {
         // SAFETY: a trampoline is 32 bytes of mapped, readable text.
         *x = unsafe { std::ptr::read_volatile((t + i) as *const u8) };
     }
-    (K.sites().iter().map(|s| s.bytes()).collect(), image)
+    (K.sites().iter().map(|s| common::read_bytes(common::patch_of(s.address()), common::PATCH_LEN)).collect(), image)
 }
 
-/// Page-runs of K's instructions (sites and trampoline): of their first
-/// bytes (step 1 and 3 writes) and of their bodies (step 2).
+/// Page-runs of K's patches (sites and trampoline): of their first bytes
+/// (step 1 and 3 writes) and of their bodies (step 2).
 fn runs() -> (usize, usize) {
-    let mut insns: Vec<usize> = K.sites().iter().map(|s| s.address()).chain(trampoline_of(&*K)).collect();
+    let mut insns: Vec<usize> =
+        K.sites().iter().map(|s| common::patch_of(s.address())).chain(trampoline_of(&*K)).collect();
     insns.sort_unstable();
     (common::page_runs(insns.iter().copied()), common::page_runs(insns.iter().map(|a| a + 1)))
 }
@@ -161,8 +164,11 @@ fn poisoned_update_child() {
     let e = K.try_update(b).expect_err("the injected failures fail the update");
     let Error::Poisoned { address, errno } = e else { panic!("expected Poisoned, got {e:?}") };
     assert_eq!(errno, libc::EIO);
-    let ours = K.sites().into_iter().map(|s| s.address()).chain(trampoline_of(&*K));
-    assert!(ours.flat_map(|at| at..at + 5).any(|at| at == address), "{address:#x} is not being patched");
+    let ours = K.sites().into_iter().map(|s| common::patch_of(s.address())).chain(trampoline_of(&*K));
+    assert!(
+        ours.flat_map(|at| at..at + common::PATCH_LEN).any(|at| at == address),
+        "{address:#x} is not being patched"
+    );
     assert_eq!(target(), b as *const () as usize);
     if common::TRAPS {
         // The int3s stay, and are emulated as the new instruction.

@@ -173,7 +173,8 @@ pub fn page_runs(addrs: impl IntoIterator<Item = usize>) -> usize {
 }
 
 /// Maps one page of code at least 4 GiB away from `near`, holding
-/// code returning its first argument plus 7 at offset 0 and plus 9 at 16.
+/// code returning its first argument plus 7 at offset 0 and plus 9 at 16,
+/// and at 32 code storing 42 to the `u64` its first argument points to.
 pub fn far_page(near: usize) -> usize {
     const GIB: usize = 1 << 30;
     for k in 4..64 {
@@ -200,18 +201,28 @@ pub fn far_page(near: usize) -> usize {
                 unsafe { libc::munmap(p, 4096) };
                 continue;
             }
-            // x86-64: `lea rax, [rdi + 7]; ret`; aarch64: `add x0, x0, #7; ret`.
+            // x86-64: `lea rax, [rdi + 7]; ret`, the same with 9, `mov qword
+            // ptr [rdi], 42; ret`; aarch64: `add x0, x0, #7; ret`, with 9,
+            // `mov x1, #42; str x1, [x0]; ret`.
             #[cfg(target_arch = "x86_64")]
-            let code: [&[u8]; 2] = [&[0x48, 0x8d, 0x47, 0x07, 0xc3], &[0x48, 0x8d, 0x47, 0x09, 0xc3]];
+            let code: [&[u8]; 3] = [
+                &[0x48, 0x8d, 0x47, 0x07, 0xc3],
+                &[0x48, 0x8d, 0x47, 0x09, 0xc3],
+                &[0x48, 0xc7, 0x07, 0x2a, 0x00, 0x00, 0x00, 0xc3],
+            ];
             #[cfg(target_arch = "aarch64")]
-            let code: [&[u8]; 2] =
-                [&[0x00, 0x1c, 0x00, 0x91, 0xc0, 0x03, 0x5f, 0xd6], &[0x00, 0x24, 0x00, 0x91, 0xc0, 0x03, 0x5f, 0xd6]];
+            let code: [&[u8]; 3] = [
+                &[0x00, 0x1c, 0x00, 0x91, 0xc0, 0x03, 0x5f, 0xd6],
+                &[0x00, 0x24, 0x00, 0x91, 0xc0, 0x03, 0x5f, 0xd6],
+                &[0x41, 0x05, 0x80, 0xd2, 0x01, 0x00, 0x00, 0xf9, 0xc0, 0x03, 0x5f, 0xd6],
+            ];
             // SAFETY: our fresh RW page; then made RX (never W+X). On
             // aarch64 the instruction cache is made coherent with what was
             // written before the page is executed.
             unsafe {
                 std::ptr::copy_nonoverlapping(code[0].as_ptr(), p as *mut u8, code[0].len());
                 std::ptr::copy_nonoverlapping(code[1].as_ptr(), (p as *mut u8).add(16), code[1].len());
+                std::ptr::copy_nonoverlapping(code[2].as_ptr(), (p as *mut u8).add(32), code[2].len());
                 assert_eq!(libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC), 0);
                 #[cfg(target_arch = "aarch64")]
                 for line in (p as usize..p as usize + 64).step_by(16) {
@@ -284,6 +295,23 @@ pub const TRAPS: bool = cfg!(target_arch = "x86_64");
 
 /// The length of a patchable instruction.
 pub const INSN_LEN: usize = if cfg!(target_arch = "aarch64") { 4 } else { 5 };
+
+/// Length of what the protocol rewrites at one address (a patch): x86-64
+/// six bytes (a site's last `cs` prefix and its five-byte form, or the
+/// indirect call `ff 15 disp32`; a trampoline's head and its `ret`),
+/// aarch64 one instruction.
+pub const PATCH_LEN: usize = if cfg!(target_arch = "aarch64") { 4 } else { 6 };
+
+/// Where the patch of the site at `site` starts, the byte the `int3` goes
+/// on: x86-64 the site's last `cs` prefix, one byte before the site's
+/// address; aarch64 the site itself.
+pub fn patch_of(site: usize) -> usize {
+    if cfg!(target_arch = "aarch64") {
+        site
+    } else {
+        site - 1
+    }
+}
 
 /// The target of the direct call a site's bytes hold (`Site::bytes`):
 /// x86-64 `call rel32` (`e8`), aarch64 `bl`; `None` for anything else.

@@ -12,10 +12,15 @@
 //!   the target is within ±128 MiB, else left on the trampoline. With no
 //!   target: `nop` (unit return), or `bl` to the key's zeroing stub (which
 //!   zeroes `x0` and returns; never `mov x0, #0`, which is outside the set).
-//! - A trampoline head is `b target`, or `b` to the trampoline's own far form
-//!   `adrp x16, key; ldr x16, [x16, :lo12:key]; br x16`, which jumps through
-//!   the key's slot (never null: a key without a target holds its stub).
-//!   With no target the head branches to that stub directly when in reach.
+//! - A trampoline head is `b target`, or a `nop` that falls through into the
+//!   trampoline's own far form `adrp x16, key; ldr x16, [x16, :lo12:key];
+//!   br x16`, which jumps through the key's slot (never null: a key without
+//!   a target holds its stub). With no target the head branches to that
+//!   stub directly when in reach.
+//! - A site has no indirect form: an indirect call needs a load and a
+//!   `blr`, two instructions where a thread may stop between (and `ldr`,
+//!   `blr` are outside the set), so a far target is called through the
+//!   trampoline: `bl`, `nop`, `adrp`, `ldr`, `br`.
 //!
 //! The encoders are pure and unit-tested against encodings from the Arm ARM;
 //! under QEMU, `tests/encodings.rs` checks that what the assembler emitted
@@ -30,6 +35,9 @@ use crate::site::SiteState;
 
 /// Length of every patchable instruction.
 pub const INSN_LEN: usize = 4;
+/// Length of a patch (what the protocol rewrites at one address): one
+/// instruction.
+pub const PATCH_LEN: usize = INSN_LEN;
 
 /// `nop`.
 pub const NOP: u32 = 0xd503_201f;
@@ -38,15 +46,17 @@ pub const B: u32 = 0x1400_0000;
 /// `bl` with a zero offset.
 pub const BL: u32 = 0x9400_0000;
 /// `brk #0x5343` ("SC"): never executed (it stops straight-line speculation
-/// past the head and past the far jump).
+/// past the far jump's `br`).
 pub const BRK_SC: u32 = 0xd420_0000 | (0x5343 << 5);
 /// `br x16`.
 pub const BR_X16: u32 = 0xd61f_0200;
 
 /// Byte size of a trampoline (and its alignment).
 pub const TRAMP_SIZE: usize = 32;
-/// Offset of the far form (`adrp x16; ldr x16; br x16`) within a trampoline.
-pub const TRAMP_FAR_OFFSET: usize = 8;
+/// Offset of the far form (`adrp x16; ldr x16; br x16`) within a
+/// trampoline: right after the head, which falls through into it as a
+/// `nop`.
+pub const TRAMP_FAR_OFFSET: usize = 4;
 
 /// What a patchable instruction does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -93,9 +103,27 @@ pub fn decode(at: usize, bytes: &[u8; INSN_LEN]) -> Option<Insn> {
     }
 }
 
+/// Where the patch of the site at `site` starts: the site itself.
+pub fn site_patch_at(site: usize) -> usize {
+    site
+}
+
+/// Reads back a patch at `at`: the instruction and where it ends.
+pub fn decode_patch(at: usize, bytes: &[u8; PATCH_LEN]) -> Option<(Insn, usize)> {
+    decode(at, bytes).map(|i| (i, at.wrapping_add(INSN_LEN)))
+}
+
 /// What a site holds when its key's target is `target` (0: none). `none` is
-/// the key's no-target stub.
-pub fn site_form(at: usize, tramp: usize, target: usize, none: usize, no_target: NoTarget) -> [u8; INSN_LEN] {
+/// the key's no-target stub. There is no indirect form (`_slot`): a far
+/// target is called through the trampoline.
+pub fn site_form(
+    at: usize,
+    tramp: usize,
+    _slot: usize,
+    target: usize,
+    none: usize,
+    no_target: NoTarget,
+) -> [u8; INSN_LEN] {
     let to = match (target, no_target) {
         (0, NoTarget::Nop) => return NOP.to_le_bytes(),
         (0, NoTarget::Zero) => none,
@@ -116,10 +144,35 @@ pub fn assembled_site(at: usize, tramp: usize) -> Option<[u8; INSN_LEN]> {
     encode(at, Insn::Call(tramp))
 }
 
+/// What the macro assembled at a trampoline's head: the far head.
+pub fn assembled_tramp(tramp: usize) -> [u8; INSN_LEN] {
+    far_head(tramp)
+}
+
 /// The head of a trampoline that reaches its target through the key's slot:
-/// `b` to the far form that follows (what the macro assembles).
-pub fn far_head(tramp: usize) -> [u8; INSN_LEN] {
-    encode(tramp, Insn::Jmp(tramp + TRAMP_FAR_OFFSET)).expect("a trampoline reaches itself")
+/// a `nop`, which falls through into the far form (what the macro
+/// assembles).
+pub fn far_head(_tramp: usize) -> [u8; INSN_LEN] {
+    NOP.to_le_bytes()
+}
+
+/// The instruction's four bytes, then a zero: what a [`crate::Site`]
+/// reports.
+pub fn site_bytes(patch: &[u8; PATCH_LEN]) -> [u8; 5] {
+    let mut b = [0; 5];
+    b[..INSN_LEN].copy_from_slice(patch);
+    b
+}
+
+/// The address and bytes (padded to five) that an error about the patch
+/// at `at` names, found and expected.
+pub fn window(
+    at: usize,
+    found: &[u8; PATCH_LEN],
+    expected: &[u8; PATCH_LEN],
+    _is_site: bool,
+) -> (usize, [u8; 5], [u8; 5]) {
+    (at, site_bytes(found), site_bytes(expected))
 }
 
 /// What a site's bytes say it does, if it does not call its trampoline. A
@@ -151,24 +204,26 @@ fn ldr_x16_lo12(slot: usize) -> Option<u32> {
 }
 
 /// The whole expected image of the trampoline at `tramp` whose key slot is
-/// at `slot`, with `head` as its first instruction: head, `brk`, `adrp x16`,
-/// `ldr x16`, `br x16`, `brk`, then the signature `"SCALL"`, version 1 and
+/// at `slot`, with `head` as its first instruction: head, `adrp x16`, `ldr
+/// x16`, `br x16` (the far form, which a `nop` head falls through into),
+/// two `brk`, then the signature `"SCALL"`, version 2 (version 1 had a `brk`
+/// after the head and the far form at +8, which its head branched to) and
 /// two zero bytes. `None` if the slot is out of `adrp` reach or misaligned
 /// (which the linker would have refused).
 pub fn trampoline_image(tramp: usize, slot: usize, head: [u8; INSN_LEN]) -> Option<[u8; TRAMP_SIZE]> {
     let words = [
         u32::from_le_bytes(head),
-        BRK_SC,
         adrp_x16(tramp + TRAMP_FAR_OFFSET, slot)?,
         ldr_x16_lo12(slot)?,
         BR_X16,
+        BRK_SC,
         BRK_SC,
     ];
     let mut image = [0u8; TRAMP_SIZE];
     for (i, w) in words.iter().enumerate() {
         image[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
     }
-    image[24..32].copy_from_slice(b"SCALL\x01\x00\x00");
+    image[24..32].copy_from_slice(b"SCALL\x02\x00\x00");
     Some(image)
 }
 
@@ -217,9 +272,12 @@ macro_rules! __static_call_aarch64_site {
 #[macro_export]
 macro_rules! __static_call_aarch64_trampoline {
     // The trampoline of a key: 32 bytes, 32-aligned, in its own section,
-    // emitted from a naked function as on x86-64. The assembled head is
-    // `b +8`, to the far form through the key's slot, so that a process
-    // that cannot patch runs correctly on the slots alone.
+    // emitted from a naked function as on x86-64. The assembled head is a
+    // `nop` that falls through into the far form through the key's slot
+    // (no taken branch before the load), so that a process that cannot
+    // patch runs correctly on the slots alone. Patching may make the head
+    // `b target` (or `b` to the no-target stub), and back to the `nop`:
+    // both in the concurrent-modification set (DESIGN §7).
     ($key:path, $holder:ident, target) => {
         #[doc(hidden)]
         #[allow(non_snake_case)]
@@ -232,15 +290,15 @@ macro_rules! __static_call_aarch64_trampoline {
                 ".hidden {k}_sc_tramp",
                 ".type {k}_sc_tramp, %function",
                 "{k}_sc_tramp:",
-                ".inst 0x14000002",
-                ".inst 0xd42a6860",
+                ".inst 0xd503201f",
                 // The slot, at `raw::SLOT_OFFSET` in the key.
                 "adrp x16, {k} + 24",
                 "ldr x16, [x16, :lo12:{k} + 24]",
                 "br x16",
                 ".inst 0xd42a6860",
+                ".inst 0xd42a6860",
                 ".ascii \"SCALL\"",
-                ".byte 1, 0, 0",
+                ".byte 2, 0, 0",
                 ".size {k}_sc_tramp, 32",
                 ".popsection",
                 ".pushsection static_call_tramps_v2, \"aR\", %progbits",
@@ -288,7 +346,7 @@ mod tests {
         assert_eq!(encode(0x1000, Insn::Jmp(0x0ffc)), Some(0x17ff_ffffu32.to_le_bytes()));
         assert_eq!(encode(0x1000, Insn::Nop), Some(0xd503_201fu32.to_le_bytes()));
         assert_eq!(BRK_SC, 0xd42a_6860);
-        assert_eq!(far_head(0x4000), 0x1400_0002u32.to_le_bytes());
+        assert_eq!(far_head(0x4000), NOP.to_le_bytes());
         // As aarch64-linux-gnu-as assembled them (objdump): `adrp x16,
         // 0x412000` at 0x400008, `ldr x16, [x16, #24]`, `adrp x16, 0x3ff000`
         // at 0x400010.
@@ -322,30 +380,36 @@ mod tests {
             let slot = ((tramp as i64 + off) as usize) & !7;
             let image = trampoline_image(tramp, slot, far_head(tramp)).unwrap();
             let word = |i: usize| u32::from_le_bytes(image[i..i + 4].try_into().unwrap());
+            // The head is a `nop` that falls through into `adrp x16` at +4.
             // Decode adrp and ldr by hand and recompute the slot address.
-            let adrp = word(8);
+            prop_assert_eq!(decode(tramp, &image[..4].try_into().unwrap()), Some(Insn::Nop));
+            let adrp = word(4);
             let immlo = ((adrp >> 29) & 3) as i64;
             let immhi = (((adrp >> 5) & 0x7_ffff) as i64) << 2;
             let pages = ((immhi | immlo) << 43) >> 43;
-            let page = (((tramp + 8) & !0xfff) as i64 + (pages << 12)) as usize;
-            let lo = (((word(12) >> 10) & 0xfff) * 8) as usize;
+            let page = (((tramp + 4) & !0xfff) as i64 + (pages << 12)) as usize;
+            let lo = (((word(8) >> 10) & 0xfff) * 8) as usize;
             prop_assert_eq!(page + lo, slot);
-            prop_assert_eq!(word(16), BR_X16);
-            prop_assert_eq!(decode(tramp, &image[..4].try_into().unwrap()), Some(Insn::Jmp(tramp + 8)));
+            prop_assert_eq!(word(12), BR_X16);
+            prop_assert_eq!(word(16), BRK_SC);
         }
     }
 
     #[test]
     fn forms() {
         let (at, tramp, none) = (0x10_0000, 0x10_0400, 0x10_0800);
-        assert_eq!(site_form(at, tramp, 0, none, NoTarget::Nop), NOP.to_le_bytes());
-        assert_eq!(decode(at, &site_form(at, tramp, 0, none, NoTarget::Zero)), Some(Insn::Call(none)));
-        assert_eq!(decode(at, &site_form(at, tramp, 0x20_0000, none, NoTarget::Zero)), Some(Insn::Call(0x20_0000)));
+        let slot = 0x20_0018;
+        assert_eq!(site_form(at, tramp, slot, 0, none, NoTarget::Nop), NOP.to_le_bytes());
+        assert_eq!(decode(at, &site_form(at, tramp, slot, 0, none, NoTarget::Zero)), Some(Insn::Call(none)));
+        assert_eq!(
+            decode(at, &site_form(at, tramp, slot, 0x20_0000, none, NoTarget::Zero)),
+            Some(Insn::Call(0x20_0000))
+        );
         let far = 0x7f00_0000_0000;
-        assert_eq!(decode(at, &site_form(at, tramp, far, none, NoTarget::Zero)), Some(Insn::Call(tramp)));
+        assert_eq!(decode(at, &site_form(at, tramp, slot, far, none, NoTarget::Zero)), Some(Insn::Call(tramp)));
         assert_eq!(tramp_form(tramp, far, none, NoTarget::Zero), far_head(tramp));
         assert_eq!(decode(tramp, &tramp_form(tramp, 0, none, NoTarget::Nop)), Some(Insn::Jmp(none)));
-        let bytes = site_form(at, tramp, 0, none, NoTarget::Zero);
+        let bytes = site_form(at, tramp, slot, 0, none, NoTarget::Zero);
         assert_eq!(site_state(at, &bytes, tramp, none, false), Some(SiteState::Zero));
         assert_eq!(site_state(at, &bytes, tramp, none, true), Some(SiteState::Direct), "a target folded onto the stub");
         assert_eq!(site_state(at, &assembled_site(at, tramp).unwrap(), tramp, none, false), None);

@@ -6,10 +6,36 @@
 //! and `tests/encodings.rs` checks that what the assembler emitted for the
 //! templates is what these functions say it is.
 //!
-//! Every patchable instruction is exactly [`INSN_LEN`] bytes long and is one
-//! instruction: a thread preempted anywhere can only ever be at its first byte or
-//! past it, never inside it. That is what makes the int3 protocol sound
-//! ([`protocol`]).
+//! # Patches
+//!
+//! What the protocol rewrites is a *patch* of [`PATCH_LEN`] bytes, and each
+//! holds exactly one instruction, so that a thread preempted anywhere is
+//! before it or past it, never inside it:
+//!
+//! - a trampoline's patch is its five-byte head (`jmp target`, the far head,
+//!   `ret`, the zero form) and the `ret` after it, which never changes;
+//! - a site's patch starts one byte before the site's address, on the last
+//!   of the `cs` prefixes the macro emits (at least three: `.balign 4, 0x2e`
+//!   then three more, unconditionally), and ends where the assembled `call
+//!   rel32` ends. It holds that prefix and a five-byte form (`call target`,
+//!   `call trampoline`, `nop`, `mov eax, 0`), or the six-byte indirect call
+//!   `call qword ptr [rip + slot]` (`ff 15 disp32`), which takes the
+//!   prefix's byte for its opcode ([`SiteState::Indirect`]: a far target at
+//!   the cost of a function pointer, not of two more jumps). The prefixes
+//!   before the patch never change, so the instruction a thread executes
+//!   from the site's first prefix is the patch's, behind unchanged
+//!   prefixes, and it ends, in every form, where the site ends: a thread
+//!   inside the target returns to the same address whichever form called
+//!   it. GCC's `-mindirect-branch-cs-prefix` makes the same room for the
+//!   kernel's retpoline rewriting (`arch/x86/kernel/alternative.c`).
+//!
+//! The protocol's `int3` goes on a patch's first byte: for a site, the byte
+//! before its address, behind the unchanged prefixes (`cs cs int3`: an
+//! `int3` whose trap reports the address just past it). A thread rewound by
+//! the handler resumes on that byte too, which decodes, in every form, as
+//! the whole instruction up to the site's end. No thread ever resumes on a
+//! site's address itself (which, in the indirect form, is the `ff 15`'s
+//! ModRM byte).
 
 pub mod jumps;
 #[cfg(all(target_os = "linux", not(feature = "portable"), not(miri)))]
@@ -20,15 +46,25 @@ pub mod trap;
 use crate::raw::NoTarget;
 use crate::site::SiteState;
 
-/// Length of every patchable instruction (a site, or the head of a trampoline).
+/// Length of every five-byte instruction this crate writes (a site's form
+/// other than the indirect call, or the head of a trampoline).
 pub const INSN_LEN: usize = 5;
+/// Length of a patch: what the protocol rewrites at a site (its last `cs`
+/// prefix and the five bytes after it) or a trampoline (its head and the
+/// `ret` after it). See the module's "Patches".
+pub const PATCH_LEN: usize = 6;
 
 /// `int3`, the breakpoint that guards an instruction while it is rewritten.
 pub const INT3: u8 = 0xcc;
+/// The `cs` segment-override prefix, which pads sites (ignored in 64-bit
+/// mode).
+pub const CS: u8 = 0x2e;
 /// `call rel32`.
 pub const CALL_REL32: u8 = 0xe8;
 /// `jmp rel32`.
 pub const JMP_REL32: u8 = 0xe9;
+/// `call qword ptr [rip + disp32]`: opcode `ff`, ModRM `15` (/2, RIP-relative).
+pub const CALL_RIP: [u8; 2] = [0xff, 0x15];
 /// The five-byte `nop dword ptr [rax+rax*1+0x0]`.
 pub const NOP5: [u8; INSN_LEN] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
 /// `mov eax, 0`: zeroes `rax` in one five-byte instruction with no prefix.
@@ -39,6 +75,8 @@ pub const NOP5: [u8; INSN_LEN] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
 pub const ZERO5: [u8; INSN_LEN] = [0xb8, 0x00, 0x00, 0x00, 0x00];
 /// `ret` padded with `int3` to five bytes.
 pub const RET5: [u8; INSN_LEN] = [0xc3, INT3, INT3, INT3, INT3];
+/// `ret`: the byte after a trampoline's head (the last of its patch).
+pub const RET: u8 = 0xc3;
 
 /// Byte size of a trampoline (and its alignment).
 pub const TRAMP_SIZE: usize = 32;
@@ -53,18 +91,22 @@ pub const TRAMP_FAR_END: usize = TRAMP_FAR_OFFSET + 6;
 /// slot]`, `ud1 esp, ecx` (stops straight-line speculation, and is the kernel's
 /// trampoline signature), then our own signature `"SCALL"` and version 1.
 pub const TRAMP_TAIL: [u8; TRAMP_SIZE - INSN_LEN] = [
-    0xc3, INT3, INT3, // +5: ret; int3; int3
+    RET, INT3, INT3, // +5: ret; int3; int3
     0xff, 0x25, 0, 0, 0, 0, // +8: jmp qword ptr [rip + disp32]
     0x0f, 0xb9, 0xcc, // +14: ud1 esp, ecx
     b'S', b'C', b'A', b'L', b'L', 1, // +17: signature, version
     INT3, INT3, INT3, INT3, INT3, INT3, INT3, INT3, INT3, // +23 .. +32
 ];
 
-/// What a five-byte patchable instruction does.
+/// What a patchable instruction does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Insn {
     /// `call target`.
     Call(usize),
+    /// `call qword ptr [rip + slot]`: a call of the function whose address
+    /// the word at `slot` holds when the call executes (sites only; six
+    /// bytes).
+    CallIndirect(usize),
     /// `jmp target` (trampolines only).
     Jmp(usize),
     /// Five-byte `nop`.
@@ -82,8 +124,9 @@ pub fn rel32(at: usize, target: usize) -> Option<i32> {
     i32::try_from((target as i64).wrapping_sub(next)).ok()
 }
 
-/// Encodes `insn` as it would stand at address `at`; `None` when a branch
-/// target is out of rel32 reach.
+/// Encodes the five-byte `insn` as it would stand at address `at`; `None`
+/// when a branch target is out of rel32 reach, and for the six-byte
+/// [`Insn::CallIndirect`] (see [`site_patch`]).
 pub fn encode(at: usize, insn: Insn) -> Option<[u8; INSN_LEN]> {
     let branch = |op: u8, target: usize| {
         let d = rel32(at, target)?.to_le_bytes();
@@ -91,6 +134,7 @@ pub fn encode(at: usize, insn: Insn) -> Option<[u8; INSN_LEN]> {
     };
     match insn {
         Insn::Call(t) => branch(CALL_REL32, t),
+        Insn::CallIndirect(_) => None,
         Insn::Jmp(t) => branch(JMP_REL32, t),
         Insn::Nop => Some(NOP5),
         Insn::Zero => Some(ZERO5),
@@ -98,7 +142,8 @@ pub fn encode(at: usize, insn: Insn) -> Option<[u8; INSN_LEN]> {
     }
 }
 
-/// Reads back what [`encode`] wrote at `at`; `None` for any other bytes.
+/// Reads back what [`encode`] wrote at `at` (five bytes); `None` for any
+/// other bytes.
 pub fn decode(at: usize, bytes: &[u8; INSN_LEN]) -> Option<Insn> {
     let target = || {
         let d = i32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
@@ -114,48 +159,144 @@ pub fn decode(at: usize, bytes: &[u8; INSN_LEN]) -> Option<Insn> {
     }
 }
 
-/// What a site holds when its key's target is `target` (0: none): `call
-/// target`, `call tramp` when the target is out of reach, or the no-target
-/// form (`none`, the key's stub, is reached through the slot only).
-pub fn site_form(at: usize, tramp: usize, target: usize, _none: usize, no_target: NoTarget) -> [u8; INSN_LEN] {
-    match (target, no_target) {
-        (0, NoTarget::Nop) => NOP5,
-        (0, NoTarget::Zero) => ZERO5,
-        (t, _) => {
-            encode(at, Insn::Call(t)).or_else(|| encode(at, Insn::Call(tramp))).expect("a site reaches its trampoline")
+/// Where the patch of the site at `site` starts: on its last `cs` prefix.
+pub fn site_patch_at(site: usize) -> usize {
+    site.wrapping_sub(1)
+}
+
+/// The patch of the site at `site` holding `insn`: the site's last `cs`
+/// prefix and a five-byte form, or the indirect call on that prefix's byte.
+/// `None` when a target (or the slot) is out of rel32 reach of the site's
+/// end.
+pub fn site_patch(site: usize, insn: Insn) -> Option<[u8; PATCH_LEN]> {
+    let mut p = [0; PATCH_LEN];
+    match insn {
+        Insn::CallIndirect(slot) => {
+            p[..2].copy_from_slice(&CALL_RIP);
+            p[2..].copy_from_slice(&rel32(site, slot)?.to_le_bytes());
         }
+        insn => {
+            p[0] = CS;
+            p[1..].copy_from_slice(&encode(site, insn)?);
+        }
+    }
+    Some(p)
+}
+
+/// A trampoline's patch with `head` as its head (the `ret` after it never
+/// changes).
+pub fn tramp_patch(head: [u8; INSN_LEN]) -> [u8; PATCH_LEN] {
+    let mut p = [RET; PATCH_LEN];
+    p[..INSN_LEN].copy_from_slice(&head);
+    p
+}
+
+/// Reads back a patch at `at` (what [`site_patch`] wrote at
+/// [`site_patch_at`], or [`tramp_patch`] at a trampoline): the instruction,
+/// and the address where it ends (a site's end, or the byte after a
+/// trampoline's head). `None` for any other bytes. Async-signal-safe.
+pub fn decode_patch(at: usize, bytes: &[u8; PATCH_LEN]) -> Option<(Insn, usize)> {
+    let site = at.wrapping_add(1);
+    let end = site.wrapping_add(INSN_LEN);
+    match *bytes {
+        [0xff, 0x15, a, b, c, d] => {
+            let slot = end.wrapping_add(i32::from_le_bytes([a, b, c, d]) as isize as usize);
+            Some((Insn::CallIndirect(slot), end))
+        }
+        [CS, a, b, c, d, e] => Some((decode(site, &[a, b, c, d, e])?, end)),
+        [a, b, c, d, e, RET] => Some((decode(at, &[a, b, c, d, e])?, at.wrapping_add(INSN_LEN))),
+        _ => None,
     }
 }
 
-/// What a trampoline head holds when its key's target is `target` (0:
+/// What a site's patch holds when its key's target is `target` (0: none),
+/// its key's slot being at `slot`: `call target`; `call qword ptr [rip +
+/// slot]` when the target is out of reach (and the slot is not); `call
+/// tramp` when both are; or the no-target form (`none`, the key's stub, is
+/// reached through the slot only).
+pub fn site_form(
+    site: usize,
+    tramp: usize,
+    slot: usize,
+    target: usize,
+    _none: usize,
+    no_target: NoTarget,
+) -> [u8; PATCH_LEN] {
+    let insn = match (target, no_target) {
+        (0, NoTarget::Nop) => Insn::Nop,
+        (0, NoTarget::Zero) => Insn::Zero,
+        (t, _) => {
+            return site_patch(site, Insn::Call(t))
+                .or_else(|| site_patch(site, Insn::CallIndirect(slot)))
+                .or_else(|| site_patch(site, Insn::Call(tramp)))
+                .expect("a site reaches its trampoline")
+        }
+    };
+    site_patch(site, insn).expect("a fixed form")
+}
+
+/// What a trampoline's patch holds when its key's target is `target` (0:
 /// none): `jmp target`, the far head, `ret` or the zero form.
-pub fn tramp_form(at: usize, target: usize, _none: usize, no_target: NoTarget) -> [u8; INSN_LEN] {
-    match (target, no_target) {
+pub fn tramp_form(at: usize, target: usize, _none: usize, no_target: NoTarget) -> [u8; PATCH_LEN] {
+    tramp_patch(match (target, no_target) {
         (0, NoTarget::Nop) => RET5,
         (0, NoTarget::Zero) => ZERO5,
         (t, _) => encode(at, Insn::Jmp(t)).unwrap_or_else(|| far_head(at)),
-    }
+    })
 }
 
-/// What the macro assembled at a site: `call tramp`.
-pub fn assembled_site(at: usize, tramp: usize) -> Option<[u8; INSN_LEN]> {
-    encode(at, Insn::Call(tramp))
+/// What the macro assembled at a site, as its patch: the last `cs` prefix
+/// and `call tramp`.
+pub fn assembled_site(site: usize, tramp: usize) -> Option<[u8; PATCH_LEN]> {
+    site_patch(site, Insn::Call(tramp))
 }
 
-/// What a site's bytes say it does, if it does not call its trampoline.
+/// What the macro assembled at a trampoline, as its patch: the far head.
+pub fn assembled_tramp(tramp: usize) -> [u8; PATCH_LEN] {
+    tramp_patch(far_head(tramp))
+}
+
+/// What a site's patch says it does, if it does not call its trampoline.
 pub fn site_state(
-    at: usize,
-    bytes: &[u8; INSN_LEN],
+    site: usize,
+    bytes: &[u8; PATCH_LEN],
     tramp: usize,
     _none: usize,
     _has_target: bool,
 ) -> Option<SiteState> {
-    match decode(at, bytes)? {
+    match decode_patch(site_patch_at(site), bytes)?.0 {
         Insn::Call(t) if t != tramp => Some(SiteState::Direct),
+        Insn::CallIndirect(_) => Some(SiteState::Indirect),
         Insn::Nop => Some(SiteState::Nop),
         Insn::Zero => Some(SiteState::Zero),
         _ => None,
     }
+}
+
+/// The five bytes at the site's address that a [`crate::Site`] reports:
+/// the patch but its first byte (the `cs` prefix, or an indirect call's
+/// opcode `ff`).
+pub fn site_bytes(patch: &[u8; PATCH_LEN]) -> [u8; 5] {
+    let mut b = [0; 5];
+    b.copy_from_slice(&patch[1..]);
+    b
+}
+
+/// The instruction and the five of its bytes that an error about a patch
+/// at `at` names, found and expected: for a site the five at its address
+/// (the byte after the patch's first), unless only that first byte
+/// differs; for a trampoline its head, unless only the `ret` after it
+/// differs.
+pub fn window(
+    at: usize,
+    found: &[u8; PATCH_LEN],
+    expected: &[u8; PATCH_LEN],
+    is_site: bool,
+) -> (usize, [u8; 5], [u8; 5]) {
+    let five = |b: &[u8; PATCH_LEN], from: usize| -> [u8; 5] { b[from..from + 5].try_into().expect("five bytes") };
+    let from =
+        if is_site { usize::from(found[1..] != expected[1..]) } else { usize::from(found[..5] == expected[..5]) };
+    (at + from, five(found, from), five(expected, from))
 }
 
 /// One instruction at `at`, in Intel syntax: with the `disasm` feature,
@@ -187,9 +328,14 @@ pub fn disassemble(at: usize, bytes: &[u8]) -> String {
 /// crate writes (as iced-x86 prints them); otherwise a note that it is not.
 #[cfg_attr(all(feature = "disasm", not(test)), allow(dead_code))]
 pub fn describe(at: usize, bytes: &[u8]) -> String {
+    if let [0xff, 0x15, a, b, c, d, ..] = *bytes {
+        let slot = at.wrapping_add(6).wrapping_add(i32::from_le_bytes([a, b, c, d]) as isize as usize);
+        return format!("call qword ptr [{slot:#x}]");
+    }
     let Some(five) = bytes.first_chunk::<INSN_LEN>() else { return "(bad)".to_string() };
     match decode(at, five) {
         Some(Insn::Call(t)) => format!("call {t:#x}"),
+        Some(Insn::CallIndirect(_)) => "(bad)".to_string(),
         Some(Insn::Jmp(t)) => format!("jmp {t:#x}"),
         Some(Insn::Nop) => "nop [rax+rax]".to_string(),
         Some(Insn::Zero) => "mov eax, 0".to_string(),
@@ -369,6 +515,137 @@ mod tests {
         }
     }
 
+    proptest! {
+        #[test]
+        fn indirect_call_reads_the_slot_and_ends_with_the_site(site in 0x1000usize..(1usize << 46), off in any::<i32>()) {
+            let site = site | 3; // well placed: the rel32 4-byte aligned
+            let slot = (site as i64 + 5 + off as i64) as usize;
+            let patch = site_patch(site, Insn::CallIndirect(slot)).unwrap();
+            prop_assert_eq!(&patch[..2], &CALL_RIP[..]);
+            // From the patch's first byte (where a rewound thread resumes),
+            // and behind the two `cs` prefixes that stay.
+            for (start, bytes) in [(site - 1, patch.to_vec()), (site - 3, [[CS, CS].as_slice(), &patch].concat())] {
+                let i = decode_iced(start, &bytes);
+                prop_assert_eq!(i.mnemonic(), Mnemonic::Call);
+                prop_assert_eq!(i.len(), bytes.len());
+                prop_assert_eq!(i.op0_kind(), iced_x86::OpKind::Memory);
+                prop_assert!(i.is_ip_rel_memory_operand());
+                prop_assert_eq!(i.ip_rel_memory_address(), slot as u64);
+                prop_assert_eq!(i.next_ip(), site as u64 + 5);
+            }
+            prop_assert_eq!(decode_patch(site - 1, &patch), Some((Insn::CallIndirect(slot), site + 5)));
+        }
+
+        #[test]
+        fn slot_out_of_reach_is_refused(site in 0x1000usize..(1usize << 40), far in (1u64 << 31)..(1u64 << 44)) {
+            let site = site | 3;
+            prop_assert_eq!(site_patch(site, Insn::CallIndirect(site + 5 + far as usize)), None);
+        }
+
+        /// Every transition between two site forms, at every step of the
+        /// protocol (before, `int3` on the patch's first byte, the body
+        /// written, the first byte written), decoded from the instruction's
+        /// start (its first prefix: 3 to 6 of them) and from the patch's
+        /// first byte (where a rewound thread resumes): always one
+        /// instruction, which is the old one, the `int3` (ending at the
+        /// site's address, so that the handler finds the patch at `rip -
+        /// 1`), or the new one, each ending at the site's end, as
+        /// `decode_patch` (what the handler emulates) says.
+        #[test]
+        fn every_transition_is_one_instruction_at_every_step(
+            site in 0x1000_0000usize..(1usize << 46),
+            prefixes in 3usize..=6,
+            from in 0usize..5,
+            to in 0usize..5,
+            t in -(1i64 << 30)..(1i64 << 30),
+            slot in -(1i64 << 30)..(1i64 << 30),
+        ) {
+            let site = site | 3;
+            let form = |i: usize| match i {
+                0 => Insn::Call(site - 0x1234), // the trampoline
+                1 => Insn::Call((site as i64 + t) as usize),
+                2 => Insn::CallIndirect((site as i64 + slot) as usize),
+                3 => Insn::Nop,
+                _ => Insn::Zero,
+            };
+            let (old, new) = (site_patch(site, form(from)).unwrap(), site_patch(site, form(to)).unwrap());
+            let start = site - prefixes;
+            let mut text = vec![CS; prefixes - 1];
+            text.extend_from_slice(&old);
+            let patch = prefixes - 1;
+            let mut states = vec![text.clone()];
+            text[patch] = INT3;
+            states.push(text.clone());
+            text[patch + 1..].copy_from_slice(&new[1..]);
+            states.push(text.clone());
+            text[patch] = new[0];
+            states.push(text.clone());
+            let want = |p: &[u8; PATCH_LEN]| decode_patch(site - 1, p).unwrap();
+            prop_assert_eq!(want(&old).1, site + 5);
+            prop_assert_eq!(want(&new).1, site + 5);
+            for (step, bytes) in states.iter().enumerate() {
+                for from_byte in [0, patch] {
+                    let at = start + from_byte;
+                    let i = decode_iced(at, &bytes[from_byte..]);
+                    prop_assert!(!i.is_invalid(), "step {}: {:02x?}", step, bytes);
+                    let seen: [u8; PATCH_LEN] = bytes[patch..].try_into().unwrap();
+                    if i.mnemonic() == Mnemonic::Int3 {
+                        prop_assert!(step == 1 || step == 2);
+                        prop_assert_eq!(i.next_ip(), site as u64, "the trap reports the site: the patch at rip - 1");
+                        continue;
+                    }
+                    prop_assert_eq!(i.next_ip(), site as u64 + 5, "step {}: ends with the site", step);
+                    prop_assert_eq!(i.len(), site + 5 - at, "step {}: one instruction", step);
+                    let is = if step == 0 { want(&old) } else { want(&new) };
+                    prop_assert_eq!(want(&seen), is, "step {}", step);
+                    match is.0 {
+                        Insn::Call(target) => prop_assert_eq!(i.near_branch_target(), target as u64),
+                        Insn::CallIndirect(slot) => prop_assert_eq!(i.ip_rel_memory_address(), slot as u64),
+                        Insn::Nop => prop_assert_eq!(i.mnemonic(), Mnemonic::Nop),
+                        _ => prop_assert_eq!(i.mnemonic(), Mnemonic::Mov),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn site_forms_prefer_direct_then_indirect_then_the_trampoline() {
+        let (site, tramp) = (0x5555_0000_1003usize, 0x5555_0000_2000usize);
+        let (near, far) = (0x5555_0010_0000usize, 0x7f00_0000_0000usize);
+        let near_slot = 0x5555_0020_0018usize;
+        let form = |target, slot| decode_patch(site - 1, &site_form(site, tramp, slot, target, 0, NoTarget::Zero));
+        assert_eq!(form(near, near_slot), Some((Insn::Call(near), site + 5)));
+        assert_eq!(form(far, near_slot), Some((Insn::CallIndirect(near_slot), site + 5)));
+        assert_eq!(form(far, far + 8), Some((Insn::Call(tramp), site + 5)), "slot out of reach: the trampoline");
+        assert_eq!(form(0, near_slot), Some((Insn::Zero, site + 5)));
+        let nop = site_form(site, tramp, near_slot, 0, 0, NoTarget::Nop);
+        assert_eq!(nop, [CS, 0x0f, 0x1f, 0x44, 0, 0]);
+        assert_eq!(
+            site_state(site, &site_form(site, tramp, near_slot, far, 0, NoTarget::Zero), tramp, 0, true),
+            Some(SiteState::Indirect)
+        );
+        assert_eq!(site_state(site, &assembled_site(site, tramp).unwrap(), tramp, 0, true), None);
+        // A trampoline's patch: the head and the `ret` after it.
+        let head = tramp_form(tramp, far, 0, NoTarget::Zero);
+        assert_eq!(head, assembled_tramp(tramp));
+        assert_eq!(decode_patch(tramp, &head), Some((Insn::Jmp(tramp + TRAMP_FAR_OFFSET), tramp + 5)));
+        assert_eq!(decode_patch(tramp, &tramp_form(tramp, 0, 0, NoTarget::Zero)), Some((Insn::Zero, tramp + 5)));
+        assert_eq!(decode_patch(tramp, &[0xe9, 3, 0, 0, 0, INT3]), None, "a head without its ret");
+        // What errors name: the five bytes at the site, or the prefix's
+        // byte when only it differs; a trampoline's head, or the byte
+        // after when only the `ret` differs.
+        let (a, b) = (assembled_site(site, tramp).unwrap(), site_form(site, tramp, near_slot, far, 0, NoTarget::Zero));
+        assert_eq!(window(site - 1, &b, &a, true), (site, site_bytes(&b), site_bytes(&a)));
+        let mut c = a;
+        c[0] = INT3;
+        assert_eq!(window(site - 1, &c, &a, true).0, site - 1);
+        assert_eq!(window(tramp, &head, &tramp_form(tramp, near, 0, NoTarget::Zero), false).0, tramp);
+        let mut d = head;
+        d[5] = INT3;
+        assert_eq!(window(tramp, &d, &head, false).0, tramp + 1);
+    }
+
     #[test]
     fn fixed_forms_are_single_five_byte_instructions() {
         let nop = decode_iced(0, &NOP5);
@@ -408,6 +685,11 @@ mod tests {
         ];
         for form in forms {
             assert_eq!(describe(at, &form), disassemble(at, &form), "{form:02x?}");
+        }
+        for slot in [at + 0x3e08, at - 0x1_0000] {
+            let p = site_patch(at + 1, Insn::CallIndirect(slot)).unwrap();
+            assert_eq!(describe(at, &p), disassemble(at, &p), "{p:02x?}");
+            assert_eq!(describe(at, &p), format!("call qword ptr [{slot:#x}]"));
         }
         assert_eq!(describe(at, &[INT3, 0, 0, 0, 0]), "(not a static_call form)");
     }

@@ -4,7 +4,7 @@
 //! published for the SIGTRAP handler, then
 //!
 //! 1. `int3` is written on each first byte, and all cores sync;
-//! 2. bytes 1..5 of each instruction (where they change), sync;
+//! 2. bytes 1..6 of each patch (where they change), sync;
 //! 3. each first byte, and no sync (see `write_protocol`: a core that still
 //!    executes a stale `int3` is rewound by the handler);
 //! 4. the plan is retracted ([`retire`]), waiting until no handler still
@@ -15,8 +15,10 @@
 //! handler (`os::linux::signal`, installed here with [`trap::handle`] as
 //! what it asks first) emulates the new instruction for it (or, if the
 //! update finished before the handler looked, rewinds it to execute the
-//! instruction again): see [`trap`]. Every instruction written is a single
-//! five-byte instruction, so a thread is never inside one.
+//! instruction again): see [`trap`]. Every patch written holds a single
+//! instruction (`arch::x86_64`, "Patches"), so a thread is never inside
+//! one: it is before the patch's first byte, where the `int3` goes, or past
+//! the instruction's end.
 //!
 //! # Safety
 //!
@@ -33,7 +35,7 @@ use crate::os::linux::{membarrier, shadow_stack_enabled, sigtrap_blocked};
 use crate::patch::Patch;
 use crate::Error;
 
-pub use trap::{retire, retract_waits, set_reader_hook, set_trap_hook};
+pub use trap::{indirect_trap_stats, retire, retract_waits, set_reader_hook, set_trap_hook};
 
 /// What patching needs of the process before anything else, in order: no
 /// CET shadow stack (an emulated `call` would push a return address the

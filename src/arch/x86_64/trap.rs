@@ -27,11 +27,22 @@
 //! context, and the word just below the interrupted stack pointer for an
 //! emulated `call` (the red zone, which the call site's inline asm leaves
 //! free because it is not `nostack`); it reads the word at the stack
-//! pointer for an emulated `ret`, and our own text (a byte of an address the
-//! registry holds).
+//! pointer for an emulated `ret`, a key's slot for an emulated indirect
+//! call (an address the plan's bytes name, which this copy encoded from a
+//! key: see [`Insn::CallIndirect`]), and our own text (a byte of an address
+//! the registry holds).
+//!
+//! Where a trap lands: the `int3` is on a patch's first byte (a
+//! trampoline's head; for a site the byte before its address, its last
+//! `cs` prefix: see the module `arch::x86_64`, "Patches"). The emulated
+//! instruction is the new one of the plan, and it returns (a call) or
+//! continues (`nop`, `mov eax, 0`) to the address where the patch's
+//! instruction ends, which is the site's end in every form. A rewind puts
+//! the thread back on the patch's first byte, where every form decodes as
+//! the whole instruction.
 #![allow(unsafe_code)]
 
-use super::{decode, Insn, INSN_LEN, INT3};
+use super::{decode_patch, Insn, INT3};
 use crate::os::linux::{futex_wait, futex_wake, StackCounters};
 use crate::patch::Patch;
 use crate::registry;
@@ -39,9 +50,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering:
 
 /// What the published plan says about a trap at an address.
 enum Trap {
-    /// The address is being patched: execute this instruction in the
-    /// thread's stead.
-    Emulate(Insn),
+    /// The address is being patched: execute this instruction, which ends
+    /// at the given address, in the thread's stead.
+    Emulate(Insn, usize),
     /// The address is ours and no longer holds the `int3`: the trap arrived
     /// after the update finished; run the instruction again.
     Rewind,
@@ -126,10 +137,10 @@ pub fn set_reader_hook(hook: Option<extern "C" fn()>) {
     READER_HOOK.store(hook.map_or(0, |f| f as usize), SeqCst);
 }
 
-/// The instruction the published plan writes at `at`, if a plan is published
-/// (`seq` odd) and has it. Async-signal-safe.
+/// The instruction the published plan writes at `at` and where it ends, if
+/// a plan is published (`seq` odd) and has it. Async-signal-safe.
 #[inline(never)]
-fn published_insn(at: usize) -> (usize, Option<Insn>) {
+fn published_insn(at: usize) -> (usize, Option<(Insn, usize)>) {
     // Any address in this frame selects our counter, the same on leaving.
     let here = 0u8;
     let sp = &here as *const u8 as usize;
@@ -142,7 +153,7 @@ fn published_insn(at: usize) -> (usize, Option<Insn>) {
         // is live and unchanged (`retire` waits for us).
         let plan = unsafe { std::slice::from_raw_parts(ptr as *const Patch, len) };
         if let Ok(i) = plan.binary_search_by_key(&at, |p| p.at) {
-            found = plan.get(i).and_then(|p| decode(p.at, &p.new));
+            found = plan.get(i).and_then(|p| decode_patch(p.at, &p.new));
         }
     }
     run_hook(&READER_HOOK);
@@ -162,10 +173,19 @@ fn published_insn(at: usize) -> (usize, Option<Insn>) {
 /// CPU writes (a count that is only ever entered is a plain sum).
 static TRAPS_EMULATED: StackCounters = StackCounters::new();
 static TRAPS_REWOUND: StackCounters = StackCounters::new();
+/// Of those, the traps emulated as an indirect call through a key's slot,
+/// and those rewound onto an indirect call (tests).
+static INDIRECT_EMULATED: StackCounters = StackCounters::new();
+static INDIRECT_REWOUND: StackCounters = StackCounters::new();
 
 /// The traps emulated and rewound so far.
 pub fn trap_stats() -> (u64, u64) {
     (TRAPS_EMULATED.sum() as u64, TRAPS_REWOUND.sum() as u64)
+}
+
+/// The traps emulated as an indirect call, and those rewound onto one.
+pub fn indirect_trap_stats() -> (u64, u64) {
+    (INDIRECT_EMULATED.sum() as u64, INDIRECT_REWOUND.sum() as u64)
 }
 
 /// What the SIGTRAP handler should do about a trap whose `int3` was at `at`.
@@ -178,9 +198,13 @@ fn on_trap(at: usize) -> Trap {
     run_hook(&TRAP_HOOK);
     loop {
         let (seq, insn) = published_insn(at);
-        if let Some(insn) = insn {
-            TRAPS_EMULATED.enter(&insn as *const Insn as usize);
-            return Trap::Emulate(insn);
+        if let Some((insn, end)) = insn {
+            let sp = &insn as *const Insn as usize;
+            TRAPS_EMULATED.enter(sp);
+            if let Insn::CallIndirect(_) = insn {
+                INDIRECT_EMULATED.enter(sp);
+            }
+            return Trap::Emulate(insn, end);
         }
         // Not being patched now. If our int3 is gone, the update finished
         // between the trap and this handler: run the instruction again.
@@ -189,6 +213,10 @@ fn on_trap(at: usize) -> Trap {
         std::sync::atomic::fence(SeqCst);
         if byte != INT3 {
             TRAPS_REWOUND.enter(&byte as *const u8 as usize);
+            // `ff` begins no trampoline head of ours: an indirect call.
+            if byte == super::CALL_RIP[0] {
+                INDIRECT_REWOUND.enter(&byte as *const u8 as usize);
+            }
             return Trap::Rewind;
         }
         // Our int3 is still there. If no update started or ended since we
@@ -209,9 +237,9 @@ pub fn handle(uc: &mut libc::ucontext_t) -> bool {
     // The kernel reports an int3 with rip just past it. A debugger that
     // passes the trap on to the program may first have moved rip back onto
     // the int3 (gdb does so for every SI_KERNEL trap): no instruction of ours
-    // ends just before one of our addresses (sites start behind their own
-    // prefixes, trampolines behind int3 padding), so rip at our address can
-    // only mean that.
+    // ends just before one of our addresses (a site's patch starts behind
+    // at least two of its own prefixes, a trampoline behind int3 padding),
+    // so rip at our address can only mean that.
     let (at, trap) = match on_trap(rip.wrapping_sub(1)) {
         Trap::NotOurs => (rip, on_trap(rip)),
         trap => (rip.wrapping_sub(1), trap),
@@ -222,19 +250,31 @@ pub fn handle(uc: &mut libc::ucontext_t) -> bool {
             regs[libc::REG_RIP as usize] = at as i64;
             true
         }
-        Trap::Emulate(insn) => {
-            let next = at.wrapping_add(INSN_LEN) as i64;
+        Trap::Emulate(insn, end) => {
+            let next = end as i64;
             let rsp = regs[libc::REG_RSP as usize] as usize;
+            let call = |regs: &mut [libc::greg_t; 23], target: usize| {
+                let sp = rsp.wrapping_sub(8);
+                // SAFETY: the thread was about to execute a call, which
+                // would have pushed the same word at the same place; the
+                // site's inline asm is not `nostack`, so the red zone
+                // below rsp holds nothing of the thread's.
+                unsafe { (sp as *mut i64).write(next) };
+                regs[libc::REG_RSP as usize] = sp as i64;
+                regs[libc::REG_RIP as usize] = target as i64;
+            };
             match insn {
-                Insn::Call(target) => {
-                    let sp = rsp.wrapping_sub(8);
-                    // SAFETY: the thread was about to execute a call, which
-                    // would have pushed the same word at the same place; the
-                    // site's inline asm is not `nostack`, so the red zone
-                    // below rsp holds nothing of the thread's.
-                    unsafe { (sp as *mut i64).write(next) };
-                    regs[libc::REG_RSP as usize] = sp as i64;
-                    regs[libc::REG_RIP as usize] = target as i64;
+                Insn::Call(target) => call(regs, target),
+                Insn::CallIndirect(slot) => {
+                    // What `call qword ptr [rip + slot]` would call now: the
+                    // slot's value at this instant, which is never null and
+                    // always a target of the key's type (DESIGN 3.2).
+                    // SAFETY: the plan's bytes were encoded by this copy
+                    // from a key's slot (`patch::site_form`: `key +
+                    // SLOT_OFFSET`), a pointer-sized, aligned atomic in a
+                    // static of this module, live while its sites are.
+                    let slot = unsafe { &*(slot as *const AtomicUsize) };
+                    call(regs, slot.load(Acquire));
                 }
                 Insn::Jmp(target) => regs[libc::REG_RIP as usize] = target as i64,
                 Insn::Nop => regs[libc::REG_RIP as usize] = next,
