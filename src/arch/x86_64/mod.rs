@@ -213,6 +213,7 @@ pub fn decode_patch(at: usize, bytes: &[u8; PATCH_LEN]) -> Option<(Insn, usize)>
 /// slot]` when the target is out of reach (and the slot is not); `call
 /// tramp` when both are; or the no-target form (`none`, the key's stub, is
 /// reached through the slot only).
+#[inline]
 pub fn site_form(
     site: usize,
     tramp: usize,
