@@ -141,12 +141,14 @@ unsafe fn records(start: *const Record, stop: *const Record) -> Vec<(usize, &'st
 }
 
 fn read_text<const N: usize>(at: usize) -> [u8; N] {
-    // SAFETY: `at..at + N` is a patch or an instruction of this module's
-    // text (registry entries only: a site's patch starts on its own last
-    // `cs` prefix), which is mapped readable; a byte array needs no
-    // alignment. One volatile load of the whole array (the verification of
-    // every patch of an update reads these).
-    unsafe { std::ptr::read_volatile(at as *const [u8; N]) }
+    let mut b = [0; N];
+    for (i, x) in b.iter_mut().enumerate() {
+        // SAFETY: `at..at + N` is a patch or an instruction of this module's
+        // text (registry entries only: a site's patch starts on its own
+        // last `cs` prefix), which is mapped readable.
+        *x = unsafe { std::ptr::read_volatile((at + i) as *const u8) };
+    }
+    b
 }
 
 fn read_insn(at: usize) -> [u8; INSN_LEN] {
