@@ -1,8 +1,11 @@
 //! Cost of one call, in a dependent loop (each call takes the previous
-//! result): a plain call (the floor), a patched site, a site on the
-//! trampoline, an `out_of_line` key, an `AtomicPtr`, `dyn Trait`, an enum
-//! `match`, a retpoline; the padding a site could use; and 64 keys with 64
-//! targets for indirect-branch-predictor pressure.
+//! result): a plain call (the floor), a patched site, a far site (`call
+//! [rip + slot]`) against an `AtomicPtr` call of the same far function (a
+//! copy mapped more than 2 GiB away, and `alpha_dispatch` in the `dlopen`ed
+//! plugin `libalpha.so`, built if missing), a call to the trampoline, an
+//! `out_of_line` key, an `AtomicPtr`, `dyn Trait`, an enum `match`, a
+//! retpoline; the padding a site could use; and 64 keys with 64 targets
+//! for indirect-branch-predictor pressure.
 //!
 //! ```text
 //! cargo bench -p static_call_benches --bench calls
@@ -108,12 +111,53 @@ mod bench {
     }
 }
 
+/// `alpha_dispatch` of the plugin `libalpha.so` (`plugins/alpha`), built
+/// beside this benchmark (same profile directory, same target directory)
+/// if it is not there yet, and `dlopen`ed (never closed). `None`, with a
+/// note, if it cannot be had.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn alpha_dispatch() -> Option<extern "C" fn(u64) -> u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let exe = std::env::current_exe().ok()?;
+    // target/<profile>/deps/calls-<hash>
+    let profile = exe.parent()?.parent()?;
+    let so = profile.join("libalpha.so");
+    if !so.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--quiet", "--release", "-p", "alpha", "--manifest-path"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml"))
+            .env("CARGO_TARGET_DIR", profile.parent()?)
+            .status()
+            .ok()?;
+        if !status.success() || !so.exists() {
+            eprintln!("calls: {} not built: no plugin rows", so.display());
+            return None;
+        }
+    }
+    let path = std::ffi::CString::new(so.as_os_str().as_bytes()).ok()?;
+    // SAFETY: our own plugin (its initializers set up Rust's runtime only);
+    // never closed, so the function stays mapped.
+    let f = unsafe {
+        let lib = libc::dlopen(path.as_ptr(), libc::RTLD_NOW);
+        if lib.is_null() {
+            return None;
+        }
+        libc::dlsym(lib, c"alpha_dispatch".as_ptr())
+    };
+    // SAFETY: `alpha_dispatch` is an `extern "C" fn(u64) -> u64`.
+    (!f.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, extern "C" fn(u64) -> u64>(f) })
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 criterion::criterion_group!(benches, bench::calls);
 /// `cargo bench -p static_call_benches --bench calls -- --table` prints the interleaved table
 /// (what the demo prints) instead of running criterion.
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 fn main() {
+    if let Some(f) = alpha_dispatch() {
+        costs::use_plugin_target("alpha_dispatch", f);
+    }
     if std::env::args().any(|a| a == "--table") {
         print!("{}", costs::measure(&costs::Options { rounds: 201, calls: 100_000, updates: 501 }));
         return;

@@ -3,7 +3,14 @@
 //!
 //! ```sh
 //! cargo run --release --example stress -- --threads 3 --seconds 10 --keys 4
+//! cargo run --release --example stress -- --threads 2 --seconds 10 --keys 4 --far
 //! ```
+//!
+//! With `--far` (x86-64), the third target is a copy of `t3` on a page
+//! mapped at least 4 GiB from the executable: a key in that state calls it
+//! through its slot, one indirect call at each site (`SiteState::Indirect`),
+//! so updates move sites between direct calls, the indirect form and the
+//! no-target form.
 //!
 //! Each key has two call sites (two `#[inline(never)]` functions). The targets
 //! return their own tag and echo the argument; the no-target state returns 0.
@@ -41,10 +48,62 @@ extern "C" fn t3(x: u64) -> u64 {
 }
 
 /// The state a key is in after `n` completed updates: the index of its target
-/// in `TARGETS`, or 0 for no target. Every step changes the state; all four
+/// given by [`target`], or 0 for no target. Every step changes the state; all four
 /// states occur, in more than one order.
 const CYCLE: [u8; 12] = [1, 2, 3, 0, 2, 1, 0, 3, 1, 0, 2, 3];
-const TARGETS: [Option<F>; 4] = [None, Some(t1), Some(t2), Some(t3)];
+const NEAR: [Option<F>; 4] = [None, Some(t1), Some(t2), Some(t3)];
+
+/// The far copy of `t3`, with `--far`.
+static FAR_T3: std::sync::OnceLock<F> = std::sync::OnceLock::new();
+
+/// The target of state `i` (0: none).
+fn target(i: u8) -> Option<F> {
+    match (i, FAR_T3.get()) {
+        (3, Some(&f)) => Some(f),
+        (i, _) => NEAR[i as usize],
+    }
+}
+
+/// A copy of `t3` (`movabs rax, 3 << 48; or rax, rdi; ret`) on a page
+/// mapped at least 4 GiB from this executable, read-execute (never
+/// writable and executable at once), never unmapped.
+#[cfg(target_arch = "x86_64")]
+fn far_t3() -> F {
+    let mut code = vec![0x48, 0xb8];
+    code.extend_from_slice(&(3u64 << TAG_SHIFT).to_le_bytes());
+    code.extend_from_slice(&[0x48, 0x09, 0xf8, 0xc3]);
+    let text = t3 as F as usize;
+    for k in 4..64usize {
+        let hint = (text & !0xfff).wrapping_add(k << 30);
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping; the page is
+        // written while read-write, then made read-execute.
+        unsafe {
+            let p = libc::mmap(
+                hint as *mut libc::c_void,
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            );
+            if p == libc::MAP_FAILED || p as usize != hint {
+                continue;
+            }
+            std::ptr::copy_nonoverlapping(code.as_ptr(), p.cast::<u8>(), code.len());
+            assert_eq!(libc::mprotect(p, 4096, libc::PROT_READ | libc::PROT_EXEC), 0);
+            let f = std::mem::transmute::<*mut libc::c_void, F>(p);
+            assert_eq!(f(5), t3(5));
+            return f;
+        }
+    }
+    panic!("no page 4..64 GiB away could be mapped");
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn far_t3() -> F {
+    eprintln!("stress: --far maps x86-64 code");
+    std::process::exit(4);
+}
 
 /// The state after `n` updates of key `k` (keys start at different points).
 fn state(k: usize, n: u64) -> u8 {
@@ -115,17 +174,24 @@ struct Args {
     threads: usize,
     seconds: f64,
     keys: usize,
+    far: bool,
 }
 
 fn usage() -> ! {
-    eprintln!("usage: stress [--threads N (default 2)] [--seconds S (default 5)] [--keys K (1..=8, default 2)]");
+    eprintln!(
+        "usage: stress [--threads N (default 2)] [--seconds S (default 5)] [--keys K (1..=8, default 2)] [--far]"
+    );
     std::process::exit(4);
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { threads: 2, seconds: 5.0, keys: 2 };
+    let mut a = Args { threads: 2, seconds: 5.0, keys: 2, far: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--far" {
+            a.far = true;
+            continue;
+        }
         let value = it.next().unwrap_or_else(|| usage());
         match flag.as_str() {
             "--threads" => a.threads = value.parse().unwrap_or_else(|_| usage()),
@@ -201,9 +267,12 @@ static OVERLAPPED: AtomicU64 = AtomicU64::new(0);
 fn main() {
     let args = parse_args();
     static_call::init().expect("static_call::init");
+    if args.far {
+        let _ = FAR_T3.set(far_t3());
+    }
     // Epoch 0: put every key in its initial state (keys start without target).
     for (k, ops) in ALL.iter().enumerate() {
-        (ops.update)(TARGETS[state(k, 0) as usize]);
+        (ops.update)(target(state(k, 0)));
     }
     let start_stats = static_call::stats();
     let callers: Vec<_> = (0..args.threads)
@@ -230,7 +299,7 @@ fn main() {
                 }
                 static_call::batch(|b| {
                     for (k, ops) in ALL[..args.keys].iter().enumerate() {
-                        (ops.add_to_batch)(b, TARGETS[state(k, done[k] + 1) as usize]);
+                        (ops.add_to_batch)(b, target(state(k, done[k] + 1)));
                     }
                 })
                 .expect("batch");
@@ -244,18 +313,18 @@ fn main() {
                 let ops = &ALL[k];
                 let want = state(k, done[k] + 1);
                 EPOCH[k].store(2 * done[k] + 1, SeqCst);
-                let old = (ops.update)(TARGETS[want as usize]);
+                let old = (ops.update)(target(want));
                 done[k] += 1;
                 EPOCH[k].store(2 * done[k], SeqCst);
                 updates += 1;
-                let prev = TARGETS[state(k, done[k] - 1) as usize];
+                let prev = target(state(k, done[k] - 1));
                 // Compared by behaviour: the same function may have several addresses.
                 if old.map(|f| f(1)) != prev.map(|f| f(1)) {
                     violation(format_args!("update of key {k} returned {old:?}, expected {prev:?}"));
                 }
                 // Once update returned, this thread's calls reach the new state.
                 let r = (ops.site_a)(3);
-                let expect = TARGETS[want as usize].map_or(0, |f| f(3));
+                let expect = target(want).map_or(0, |f| f(3));
                 if r != expect {
                     violation(format_args!("key {k} after update: {r:#x}, expected {expect:#x}"));
                 }
@@ -280,8 +349,12 @@ fn main() {
     let not_direct: usize = ALL[..args.keys]
         .iter()
         .flat_map(|o| (o.sites)())
-        .filter(|s| !matches!(s.state(), static_call::SiteState::Direct | static_call::SiteState::Zero))
+        .filter(|s| {
+            let far = args.far && s.state() == static_call::SiteState::Indirect;
+            !far && !matches!(s.state(), static_call::SiteState::Direct | static_call::SiteState::Zero)
+        })
         .count();
+    let indirect = static_call::__private::indirect_traps();
     let wx = std::fs::read_to_string("/proc/self/maps")
         .map(|m| {
             m.lines()
@@ -291,13 +364,15 @@ fn main() {
         .unwrap_or(0);
     println!(
         "stress: {} threads, {} keys, {elapsed:.1} s: {} calls ({} during an update), {updates} updates ({:.0}/s), \
-         traps emulated {emulated}, rewound {rewound}, violations {violations}, crashed threads {crashed}, sites not \
-         patched {not_direct}, W+X mappings {wx}",
+         traps emulated {emulated} ({} as an indirect call), rewound {rewound} ({} onto one), violations \
+         {violations}, crashed threads {crashed}, sites not patched {not_direct}, W+X mappings {wx}",
         args.threads,
         args.keys,
         CALLS.load(SeqCst),
         OVERLAPPED.load(SeqCst),
         updates as f64 / elapsed,
+        indirect.0,
+        indirect.1,
     );
     if violations > 0 || not_direct > 0 || wx > 0 {
         std::process::exit(1);

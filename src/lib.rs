@@ -176,7 +176,12 @@ pub const PATCHING: bool = cfg!(all(
 pub struct Stats {
     /// Keys retargeted by completed updates (a batch of `n` keys counts `n`).
     pub updates: u64,
-    /// Call sites rewritten (trampolines not counted).
+    /// Call-site instructions rewritten by updates (and `init`): each time a
+    /// site's bytes change, to a direct call, to the indirect call through
+    /// the slot that a far target gets on x86-64 (`SiteState::Indirect`:
+    /// patched too), to a no-target form, or back. Trampolines are not
+    /// counted, nor sites whose bytes stay (an update from one far target to
+    /// another only stores the slot).
     pub sites_patched: u64,
     /// Calls that landed on the `int3` of an update in progress and were
     /// emulated by the SIGTRAP handler (x86-64; always 0 on aarch64, where

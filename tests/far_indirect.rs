@@ -120,15 +120,16 @@ fn via_trampoline(k: &FAR, x: u64) -> u64 {
 #[track_caller]
 fn assert_far_form(s: &Site, slot: usize, tramp: usize) {
     assert_eq!((s.state(), s.reason()), (far_state(), Some(NotDirect::OutOfReach)), "{s}");
-    if cfg!(target_arch = "aarch64") {
+    #[cfg(target_arch = "aarch64")]
+    {
         assert_eq!(common::call_target(s.address(), s.bytes()), Some(tramp), "{s}");
         let _ = slot;
-        return;
     }
     #[cfg(target_arch = "x86_64")]
     {
         use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind};
         let at = s.address();
+        assert_ne!(common::call_target(at, s.bytes()), Some(tramp), "{s}: not a call of the trampoline");
         let text = common::read_bytes(at - 3, 8);
         assert_eq!(text[..3], [0x2e, 0x2e, 0xff], "{s}: two cs prefixes left, then the opcode on the third");
         assert_eq!(text[3], 0x15, "{s}");

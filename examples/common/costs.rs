@@ -38,10 +38,23 @@ pub extern "C" fn add2(x: u64) -> u64 {
 #[static_call]
 pub static PATCHED: extern "C" fn(u64) -> u64 = add1;
 
-/// A key retargeted to a copy of `add1` mapped more than 2 GiB away: its
-/// sites stay on the trampoline, which jumps through the key's slot.
+/// A key retargeted to a copy of `add1` mapped more than 2 GiB away: on
+/// x86-64 its site calls through the key's slot, `call qword ptr [rip +
+/// slot]` (`SiteState::Indirect`).
 #[static_call]
 pub static FAR: extern "C" fn(u64) -> u64 = add1;
+
+/// That same far copy of `add1`, as an atomic function pointer.
+pub static FAR_POINTER: AtomicPtr<()> = AtomicPtr::new(add1 as *mut ());
+
+/// A key retargeted to a function of a `dlopen`ed library
+/// ([`use_plugin_target`]), and that function as an atomic function pointer.
+#[static_call]
+pub static PLUGIN: extern "C" fn(u64) -> u64 = add1;
+/// See [`PLUGIN`].
+pub static PLUGIN_POINTER: AtomicPtr<()> = AtomicPtr::new(add1 as *mut ());
+/// What the plugin's function is called (set by [`use_plugin_target`]).
+static PLUGIN_NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
 
 /// Calls go through the trampoline only.
 #[static_call(out_of_line)]
@@ -154,11 +167,71 @@ pub fn loop_patched(mut x: u64, n: u64) -> u64 {
     x
 }
 
-/// A site left on the trampoline (target out of reach).
+/// A site whose target is out of rel32 reach (x86-64: `call [rip + slot]`).
 #[inline(never)]
 pub fn loop_far(mut x: u64, n: u64) -> u64 {
     for _ in 0..n {
         x = FAR.call(x);
+    }
+    x
+}
+
+/// The same far function through an `AtomicPtr`, loaded for each call.
+#[inline(never)]
+pub fn loop_far_pointer(mut x: u64, n: u64) -> u64 {
+    for _ in 0..n {
+        x = pointer_call(&FAR_POINTER, x);
+    }
+    x
+}
+
+/// A site whose target is a function of a `dlopen`ed library.
+#[inline(never)]
+pub fn loop_plugin(mut x: u64, n: u64) -> u64 {
+    for _ in 0..n {
+        x = PLUGIN.call(x);
+    }
+    x
+}
+
+/// The same function of the library through an `AtomicPtr`.
+#[inline(never)]
+pub fn loop_plugin_pointer(mut x: u64, n: u64) -> u64 {
+    for _ in 0..n {
+        x = pointer_call(&PLUGIN_POINTER, x);
+    }
+    x
+}
+
+/// Makes `f`, a function of a `dlopen`ed library named `name`, the target
+/// of `PLUGIN` and `PLUGIN_POINTER`: [`cases`] then measures both (the
+/// far-site goal: at most 1.05 times the pointer).
+pub fn use_plugin_target(name: &'static str, f: extern "C" fn(u64) -> u64) {
+    PLUGIN.update(f);
+    PLUGIN_POINTER.store(f as *mut (), Ordering::Release);
+    let _ = PLUGIN_NAME.set(name);
+}
+
+/// A call to the trampoline of `FAR` while its target is far: `call
+/// trampoline; jmp +3; jmp [rip + slot]` (what a far site cost before it
+/// became one indirect call, and what a refused or `out_of_line` site
+/// costs with a far target).
+#[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
+#[inline(never)]
+pub fn loop_trampoline_far(mut x: u64, n: u64) -> u64 {
+    for _ in 0..n {
+        // SAFETY: the trampoline of FAR jumps through the key's slot to its
+        // target, an `extern "C" fn(u64) -> u64`; the operands are those of
+        // a C call.
+        unsafe {
+            std::arch::asm!(
+                "call {k}_sc_tramp",
+                k = sym __STATIC_CALL_KEY_FAR,
+                inout("rdi") x,
+                lateout("rax") x,
+                clobber_abi("C"),
+            )
+        };
     }
     x
 }
@@ -488,7 +561,7 @@ pub struct Case {
 /// LLVM, which then turns `POINTER`'s indirect call, and `CHOICE`'s `match`,
 /// into a direct call of `add1` (it did, before this was called).
 pub fn make_opaque() {
-    for p in [&POINTER, &SWITCHED_POINTER, &TWO[0], &TWO[1]] {
+    for p in [&POINTER, &SWITCHED_POINTER, &TWO[0], &TWO[1], &FAR_POINTER, &PLUGIN_POINTER] {
         p.store(black_box(p.load(Ordering::Relaxed)), Ordering::Release);
     }
     CHOICE.store(black_box(CHOICE.load(Ordering::Relaxed)), Ordering::Relaxed);
@@ -511,11 +584,18 @@ pub fn cases() -> Vec<Case> {
         }
         let far = far_copy_of_add1();
         if far.is_some() {
+            make_opaque();
+            v.push(Case { name: "far", what: "far site, call [rip+slot] (target > 2 GiB)", run: loop_far });
+            v.push(Case { name: "atomic_ptr_far", what: "AtomicPtr, the same far function", run: loop_far_pointer });
             v.push(Case {
                 name: "trampoline_far",
-                what: "site on the trampoline (target > 2 GiB away)",
-                run: loop_far,
+                what: "call to the trampoline, target > 2 GiB away",
+                run: loop_trampoline_far,
             });
+        }
+        if let Some(&name) = PLUGIN_NAME.get() {
+            v.push(Case { name: "plugin", what: name_of(name, "site"), run: loop_plugin });
+            v.push(Case { name: "atomic_ptr_plugin", what: name_of(name, "AtomicPtr"), run: loop_plugin_pointer });
         }
         v.push(Case { name: "trampoline", what: "call to the trampoline (jmp target)", run: loop_trampoline });
     }
@@ -526,6 +606,11 @@ pub fn cases() -> Vec<Case> {
     #[cfg(target_arch = "x86_64")]
     v.push(Case { name: "retpoline", what: "function pointer through a retpoline thunk", run: loop_retpoline });
     v
+}
+
+/// A row's description for the plugin cases: "site -> alpha_dispatch (.so)".
+fn name_of(name: &'static str, how: &str) -> &'static str {
+    Box::leak(format!("{how} -> {name} (dlopen'd .so)").into_boxed_str())
 }
 
 /// Maps a copy of `add1` more than 2 GiB away from this binary's text (never
@@ -577,7 +662,14 @@ pub fn far_copy_of_add1() -> Option<usize> {
         let f: extern "C" fn(u64) -> u64 = unsafe { std::mem::transmute(page) };
         assert_eq!(f(41), 42);
         FAR.update(f);
-        assert!(FAR.sites().iter().all(|s| s.state() == static_call::SiteState::Trampoline));
+        FAR_POINTER.store(f as *mut (), Ordering::Release);
+        // Patched: one indirect call through the slot; on the slots (patching
+        // impossible): the trampoline.
+        let want = match static_call::mode() {
+            static_call::Mode::Patching(_) => static_call::SiteState::Indirect,
+            _ => static_call::SiteState::Trampoline,
+        };
+        assert!(FAR.sites().iter().all(|s| s.state() == want), "{:?}", FAR.sites());
         Some(page)
     })
 }

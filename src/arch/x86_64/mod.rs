@@ -214,6 +214,7 @@ pub fn decode_patch(at: usize, bytes: &[u8; PATCH_LEN]) -> Option<(Insn, usize)>
 /// slot]` when the target is out of reach (and the slot is not); `call
 /// tramp` when both are; or the no-target form (`none`, the key's stub, is
 /// reached through the slot only).
+#[inline]
 pub fn site_form(
     site: usize,
     tramp: usize,
@@ -378,7 +379,9 @@ macro_rules! __static_call_x86_64_site {
     // A call site: `cs` prefixes pad the call so that its rel32 is 4-byte
     // aligned while it stays a single instruction, then `call rel32` to the
     // key's trampoline (the byte forced, so the assembler cannot pick another
-    // form), and a record `{site - ., key - .}` in the site section.
+    // form), and a record `{site - ., key - .}` in the site section. The
+    // three unconditional `cs` make sure the last byte before the call is a
+    // prefix of ours: the indirect form (`ff 15 disp32`) takes it.
     ($key:path; x86_64 { $($operands:tt)* } aarch64 { $($_aarch64:tt)* }) => {
         ::core::arch::asm!(
             ".balign 4, 0x2e",
