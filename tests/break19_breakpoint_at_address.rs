@@ -50,7 +50,7 @@ extern "C" fn debugger(_: libc::c_int, _: *mut libc::siginfo_t, ctx: *mut libc::
     }
 }
 
-fn child(far: bool) {
+fn child(far: bool, before: bool) {
     // SAFETY: installing a plain SA_SIGINFO handler before init; opening
     // /proc/self/mem.
     unsafe {
@@ -69,21 +69,21 @@ fn child(far: bool) {
     let s = K.sites()[0].clone();
     assert_eq!(s.state(), state);
     eprintln!("site: {s}");
-    let bp = s.address();
+    let bp = if before { s.address() - 1 } else { s.address() };
     BP.store(bp, SeqCst);
     ORIG.store(common::read_bytes(bp, 1)[0] as usize, SeqCst);
     common::poke_text(bp, &[0xcc]);
     let r = k_a(100);
     assert_eq!(HITS.load(SeqCst), 1, "the breakpoint at Site::address() reached the debugger");
     assert_eq!(r, want);
-    eprintln!("child {}: done", if far { "indirect_child" } else { "direct_child" });
+    eprintln!("child {}: done", if before { "indirect_before_child" } else if far { "indirect_child" } else { "direct_child" });
 }
 
 #[test]
 #[ignore]
 fn direct_child() {
     if common::in_child("direct_child") {
-        child(false)
+        child(false, false)
     }
 }
 
@@ -91,7 +91,7 @@ fn direct_child() {
 #[ignore]
 fn indirect_child() {
     if common::in_child("indirect_child") {
-        child(true)
+        child(true, false)
     }
 }
 
@@ -103,4 +103,19 @@ fn breakpoint_at_direct_site_address_traps() {
 #[test]
 fn breakpoint_at_indirect_site_address_traps() {
     common::run_child("indirect_child", &[]);
+}
+
+#[test]
+#[ignore]
+fn indirect_before_child() {
+    if common::in_child("indirect_before_child") {
+        child(true, true)
+    }
+}
+
+/// Held: the breakpoint on the byte Display shows for an Indirect site
+/// (the `ff`, one before `Site::address()`) reaches the debugger.
+#[test]
+fn breakpoint_at_indirect_site_display_address_traps() {
+    common::run_child("indirect_before_child", &[]);
 }
