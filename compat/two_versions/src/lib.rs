@@ -62,7 +62,22 @@ targets! {
 
 /// Target `t` of key `k` of copy `c`.
 pub fn target(c: usize, k: usize, t: usize) -> F {
+    // Reviewer probe (issue 19): with a far page mapped, state 3 of every
+    // key is a far target (x + 7 for copy 0, x + 9 for copy 1).
+    let far = FAR_PAGE.load(std::sync::atomic::Ordering::SeqCst);
+    if far != 0 && t % TARGETS == 3 {
+        // SAFETY: the far page holds `x + 7` at 0 and `x + 9` at 16.
+        return unsafe { std::mem::transmute::<usize, F>(far + 16 * c) };
+    }
     TARGET_TABLE[c][k][t % TARGETS]
+}
+
+/// Reviewer probe (issue 19): the far page `target` uses, 0 for none.
+pub static FAR_PAGE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn is_far(f: F) -> bool {
+    let far = FAR_PAGE.load(std::sync::atomic::Ordering::SeqCst);
+    far != 0 && (far..far + 4096).contains(&(f as usize))
 }
 
 /// Key `k` of copy `c`: `try_update`.
@@ -244,6 +259,12 @@ pub fn assert_one_page() -> usize {
 /// site functions return `f`'s result for that key; else what is wrong.
 pub fn check_key_reaches(c: usize, k: usize, f: F) -> Result<(), String> {
     for s in sites(c, k) {
+        if is_far(f) {
+            if !s.state.contains("Indirect") {
+                return Err(format!("{} key {k}: site {:#x} is {}, not Indirect", name(c), s.address, s.state));
+            }
+            continue;
+        }
         if !s.direct {
             return Err(format!("{} key {k}: site {:#x} is {}, not Direct", name(c), s.address, s.state));
         }
