@@ -20,7 +20,8 @@ pub enum SiteState {
     /// The instruction starts one byte before [`Site::address`] (on the
     /// site's last `cs` prefix) and ends where the `call rel32` ended. Never
     /// on aarch64, where such a site stays on the [`Trampoline`](Self::Trampoline).
-    /// Its [`Site::reason`] is [`NotDirect::OutOfReach`].
+    /// Its [`Site::reason`] is [`NotDirect::OutOfReach`]. A breakpoint on
+    /// it goes at `address() - 1` (`tests/breakpoint_at_site.rs`).
     Indirect,
 }
 
@@ -82,7 +83,9 @@ impl Site {
     /// The site's address: where the macro assembled its call opcode
     /// (x86-64: the `e8` of `call rel32`, behind its `cs` prefixes). It
     /// never changes; an [`Indirect`](SiteState::Indirect) site's
-    /// instruction starts one byte before it.
+    /// instruction starts one byte before it (its opcode `ff`; the address
+    /// is then the ModRM byte, inside the instruction: a debugger's
+    /// breakpoint goes one byte before it, where `Display` starts).
     pub fn address(&self) -> usize {
         self.address
     }

@@ -111,6 +111,7 @@ fn via_trampoline(k: &FAR, x: u64) -> u64 {
     let t = static_call::__private::trampoline_of(k.key()).expect("a trampoline");
     // SAFETY: the trampoline reaches FAR's target (or its no-target stub),
     // an `extern "C" fn(u64) -> u64`.
+    // SAFETY: `t` is the address of a function of type `F` (a copy of one).
     let f: F = unsafe { std::mem::transmute::<usize, F>(t) };
     f(x)
 }

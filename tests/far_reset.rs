@@ -63,6 +63,7 @@ fn slot_of<K: static_call::StaticCall>(key: &K) -> usize {
     let k: *const static_call::Key<K::Fn, K::Ret> = key.key();
     // SAFETY: a key is `repr(C)`; its slot, at offset 24, is an aligned
     // pointer-sized atomic; a volatile read of it is a plain load.
+    // SAFETY: a key is a static of at least 32 bytes; its slot is the word at 24.
     unsafe { std::ptr::read_volatile(k.cast::<u8>().add(24).cast::<usize>()) }
 }
 

@@ -1,4 +1,4 @@
-//! Reviewer probe (issue 19): a caller that traps on an update's `int3`,
+//! a caller that traps on an update's `int3`,
 //! is held in the SIGTRAP handler until that update finished (so the
 //! handler rewinds it onto the site's last `cs` prefix), and is then parked
 //! right there (a SIGUSR1 delivered on the sigreturn, its context's rip on
@@ -86,14 +86,15 @@ fn rewound_onto_last_prefix_and_parked_across_updates() {
     // SAFETY: installing a plain SA_SIGINFO handler.
     unsafe {
         let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = on_usr1 as usize;
+        sa.sa_sigaction = on_usr1 as *const () as usize;
         sa.sa_flags = libc::SA_SIGINFO;
         assert_eq!(libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut()), 0);
     }
     static_call::__private::set_trap_hook(Some(hook));
     let page = common::far_page(k_a as fn(u64) -> u64 as usize);
     // SAFETY: the page holds `x + 7` at 0 and `x + 9` at 16.
-    let (plus7, plus9): (F, F) = unsafe { (std::mem::transmute(page), std::mem::transmute(page + 16)) };
+    let (plus7, plus9): (F, F) =
+        unsafe { (std::mem::transmute::<usize, F>(page), std::mem::transmute::<usize, F>(page + 16)) };
     let site = K.sites()[0].address();
 
     let stop = std::sync::Arc::new(AtomicBool::new(false));

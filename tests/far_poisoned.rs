@@ -1,4 +1,4 @@
-//! Reviewer probe (issue 19): an update to a far target whose writes all
+//! an update to a far target whose writes all
 //! fail from step 2 on (the rollback fails too: `Poisoned`). The int3s left
 //! on the sites' last `cs` prefixes must keep being emulated as the new
 //! instruction, the indirect call through the slot (which holds the new
@@ -44,7 +44,7 @@ fn poisoned_far_child() {
     static_call::init().unwrap();
     let page = common::far_page(s1 as fn(u64) -> u64 as usize);
     // SAFETY: `x + 7` at the page's start.
-    let far: F = unsafe { std::mem::transmute(page) };
+    let far: F = unsafe { std::mem::transmute::<usize, F>(page) };
     let runs = common::page_runs(
         K.sites().iter().map(|s| common::patch_of(s.address())).chain(static_call::__private::trampoline_of(&*K)),
     );
@@ -62,9 +62,8 @@ fn poisoned_far_child() {
     assert_eq!((s1(1), s2(1)), (8, 8));
     let after = static_call::__private::indirect_traps();
     assert!(after.0 >= before.0 + 2, "{before:?} {after:?}");
-    let t: Vec<_> = (0..2)
-        .map(|_| std::thread::spawn(|| (0..100_000).all(|i| s1(i) == i + 7 && s2(i) == i + 7)))
-        .collect();
+    let t: Vec<_> =
+        (0..2).map(|_| std::thread::spawn(|| (0..100_000).all(|i| s1(i) == i + 7 && s2(i) == i + 7))).collect();
     assert!(t.into_iter().all(|t| t.join().unwrap()));
     assert!(matches!(K.try_update(a), Err(Error::Poisoned { .. })));
     assert_eq!((s1(1), s2(1)), (8, 8));

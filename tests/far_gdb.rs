@@ -1,4 +1,4 @@
-//! Reviewer probe (issue 19): tests/gdb.rs with a far target, so the traps
+//! tests/gdb.rs with a far target, so the traps
 //! land on the indirect form's `int3` (the site's last `cs` prefix).
 //! Under gdb (`handle SIGTRAP nostop noprint pass` once the program runs), a program that patches
 //! while callers run exits normally: the traps of the int3 protocol reach our
@@ -12,9 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 
 extern "C" fn t1(x: u64) -> u64 {
     (1 << 48) | x
-}
-extern "C" fn t2(x: u64) -> u64 {
-    (2 << 48) | x
 }
 extern "C" fn t3(x: u64) -> u64 {
     (3 << 48) | x
@@ -39,7 +36,7 @@ fn gdb_child() {
     static_call::init().unwrap();
     let page = common::far_page(site as fn(u64) -> u64 as usize);
     // SAFETY: `x + 9` at page + 16: its result is 7 + 9 = 16 for 7.
-    let far: extern "C" fn(u64) -> u64 = unsafe { std::mem::transmute(page + 16) };
+    let far: extern "C" fn(u64) -> u64 = unsafe { std::mem::transmute::<usize, extern "C" fn(u64) -> u64>(page + 16) };
     static STOP: AtomicBool = AtomicBool::new(false);
     let callers: Vec<_> = (0..2)
         .map(|_| {

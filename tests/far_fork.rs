@@ -1,4 +1,4 @@
-//! Reviewer probe (issue 19): tests/fork_inherited_update.rs with two of
+//! tests/fork_inherited_update.rs with two of
 //! the targets far (x86-64: the sites move to and from the indirect form).
 //!
 //! `fork()` in the middle of another thread's update of a copy that
@@ -18,9 +18,14 @@ use common::t1;
 use std::sync::atomic::AtomicUsize;
 type F = extern "C" fn(u64) -> u64;
 static PAGE: AtomicUsize = AtomicUsize::new(0);
-fn t2(x: u64) -> u64 { f7()(x) }
-fn f7() -> F { unsafe { std::mem::transmute(PAGE.load(SeqCst)) } }
-fn f9() -> F { unsafe { std::mem::transmute(PAGE.load(SeqCst) + 16) } }
+fn f7() -> F {
+    // SAFETY: `PAGE` holds a copy of a `F` mapped far away (set before use).
+    unsafe { std::mem::transmute::<usize, F>(PAGE.load(SeqCst)) }
+}
+fn f9() -> F {
+    // SAFETY: as above, the second copy on that page.
+    unsafe { std::mem::transmute::<usize, F>(PAGE.load(SeqCst) + 16) }
+}
 use static_call::static_call;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 
@@ -70,7 +75,13 @@ fn child(protections: &std::collections::BTreeMap<usize, String>) -> i32 {
         }
     }
     let far = K.get().is_some_and(|f| f as usize >= PAGE.load(SeqCst) && (f as usize) < PAGE.load(SeqCst) + 4096);
-    let want = if far { static_call::SiteState::Indirect } else if K.get().is_some() { static_call::SiteState::Direct } else { static_call::SiteState::Zero };
+    let want = if far {
+        static_call::SiteState::Indirect
+    } else if K.get().is_some() {
+        static_call::SiteState::Direct
+    } else {
+        static_call::SiteState::Zero
+    };
     if sites.iter().any(|s| s.state() != want) {
         return 12;
     }
