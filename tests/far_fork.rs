@@ -75,8 +75,11 @@ fn child(protections: &std::collections::BTreeMap<usize, String>) -> i32 {
         }
     }
     let far = K.get().is_some_and(|f| f as usize >= PAGE.load(SeqCst) && (f as usize) < PAGE.load(SeqCst) + 4096);
-    let want = if far {
+    let want = if far && cfg!(target_arch = "x86_64") {
         static_call::SiteState::Indirect
+    } else if far {
+        // aarch64 has no indirect site form: far sites call the trampoline.
+        static_call::SiteState::Trampoline
     } else if K.get().is_some() {
         static_call::SiteState::Direct
     } else {
