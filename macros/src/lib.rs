@@ -370,6 +370,35 @@ fn key_static(decl: &Decl, c: &Common, what: &str) -> TokenStream {
     }
 }
 
+/// The items every key has besides its own: the static (already built),
+/// the marker type named like it, and `Debug` (name, target, site count).
+fn marker_items(c: &Common, vis: &Visibility, the_static: &TokenStream, type_doc: &str, key: &Ident) -> TokenStream {
+    let Attrs { cfgs, lints_elsewhere: lints, .. } = &c.attrs;
+    let marker = &c.marker;
+    let name = marker.to_string();
+    quote! {
+        #the_static
+
+        #(#cfgs)* #(#lints)*
+        #[doc = #type_doc]
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy)]
+        #vis struct #marker {
+            __static_call: (),
+        }
+
+        #(#cfgs)* #(#lints)*
+        impl ::core::fmt::Debug for #marker {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(#name)
+                    .field("target", &#key.get())
+                    .field("sites", &#key.sites().len())
+                    .finish()
+            }
+        }
+    }
+}
+
 fn expand_c(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> syn::Result<TokenStream> {
     let Decl { vis, ident, ty, target, .. } = decl;
     let c = common(decl, f);
@@ -455,7 +484,6 @@ fn expand_c(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> syn::
         "Calls the current target of [`{ident}`](static@{ident}){}.",
         if args.out_of_line { " through its trampoline" } else { ": an inline call site" }
     );
-    let name = ident.to_string();
     // Declared either way, so that a return type without a zero value is
     // reported at the call by name; not shown in the docs of a key that
     // cannot reset.
@@ -490,16 +518,9 @@ fn expand_c(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> syn::
         }
     };
 
+    let shared = marker_items(&c, vis, &the_static, &type_doc, key);
     Ok(quote! {
-        #the_static
-
-        #(#cfgs)* #(#lints)*
-        #[doc = #type_doc]
-        #[allow(non_camel_case_types)]
-        #[derive(Clone, Copy)]
-        #vis struct #marker {
-            __static_call: (),
-        }
+        #shared
 
         #(#cfgs)* #(#lints)*
         #[doc(hidden)]
@@ -553,15 +574,6 @@ fn expand_c(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> syn::
             }
         }
 
-        #(#cfgs)* #(#lints)*
-        impl ::core::fmt::Debug for #marker {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                f.debug_struct(#name)
-                    .field("target", &#key.get())
-                    .field("sites", &#key.sites().len())
-                    .finish()
-            }
-        }
 
         #(#cfgs)* #(#lints)*
         impl #sc::StaticCall for #marker {
@@ -940,7 +952,6 @@ fn expand_rust(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> sy
     let portable_body = call_body(&through_pointer);
 
     let the_static = key_static(decl, &c, "");
-    let name = ident.to_string();
     let type_doc = format!(
         "The type of the static call key [`{ident}`](static@{ident}), whose target type is `{sig}`: \
          `call` is a call site, `update`/`try_update` retarget every call site to a fn item or a \
@@ -955,16 +966,9 @@ fn expand_rust(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> sy
     );
     let zst_check = quote!(const { ::core::assert!(::core::mem::size_of::<#tt>() == 0, #size_msg) };);
 
+    let shared = marker_items(&c, vis, &the_static, &type_doc, key);
     Ok(quote! {
-        #the_static
-
-        #(#cfgs)* #(#lints)*
-        #[doc = #type_doc]
-        #[allow(non_camel_case_types)]
-        #[derive(Clone, Copy)]
-        #vis struct #marker {
-            __static_call: (),
-        }
+        #shared
 
         #(#cfgs)* #(#lints)*
         #[doc(hidden)]
@@ -1099,15 +1103,6 @@ fn expand_rust(args: &Args, decl: &Decl, f: &TypeBareFn, sc: &TokenStream) -> sy
             }
         }
 
-        #(#cfgs)* #(#lints)*
-        impl ::core::fmt::Debug for #marker {
-            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
-                f.debug_struct(#name)
-                    .field("target", &#key.get())
-                    .field("sites", &#key.sites().len())
-                    .finish()
-            }
-        }
     })
 }
 
