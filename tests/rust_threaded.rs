@@ -1,5 +1,5 @@
 //! A Rust target that cannot unwind and is not inlined into its shim makes
-//! the shim one `jmp target`: `init` and `update` follow it, so that the
+//! the shim one `jmp target`: `init`, `update` and `batch` follow it, so that the
 //! sites call the target itself (one jump fewer), and calls are unchanged.
 use static_call::{static_call, Mode, SiteState};
 
@@ -54,4 +54,11 @@ fn sites_call_a_tail_jumped_target_itself() {
     PLAIN.update(other);
     assert!(destinations().iter().all(|&d| d == other as fn(u64) -> u64 as usize), "update threads the shim");
     assert_eq!(PLAIN.call(2), other(2));
+    // A batch threads too (found by review: it left the sites on the shim).
+    static_call::batch(|b| {
+        b.update(&PLAIN, plain);
+    })
+    .unwrap();
+    assert!(destinations().iter().all(|&d| d == plain as fn(u64) -> u64 as usize), "batch threads the shim");
+    assert_eq!(PLAIN.call(2), plain(2));
 }
