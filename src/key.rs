@@ -185,7 +185,9 @@ impl<F: Copy, R: Zeroable> Key<F, R> {
 
 impl<F, R> core::fmt::Debug for Key<F, R> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Key").field("target", &self.raw.load_shown()).finish()
+        // Read only of a key whose prefix this copy can read (as `get`).
+        let target = owner::owner_of(&self.raw).ok().map(|_| self.raw.load_shown());
+        f.debug_struct("Key").field("target", &target).finish()
     }
 }
 

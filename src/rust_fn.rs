@@ -226,7 +226,9 @@ impl<F: Copy> RustKey<F> {
 
 impl<F> core::fmt::Debug for RustKey<F> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("RustKey").field("target", &self.raw.load_shown()).finish()
+        // Read only of a key whose prefix this copy can read (as `get`).
+        let target = owner::owner_of(&self.raw).ok().map(|_| self.raw.load_shown());
+        f.debug_struct("RustKey").field("target", &target).finish()
     }
 }
 

@@ -61,6 +61,7 @@ fn a_key_of_another_layout_is_refused_by_its_prefix() {
     assert!(text.contains("2.0.0 (key layout 99)") && text.contains(&ours().to_string()), "{text}");
     assert!(key.sites().is_empty());
     assert!(key.get().is_none(), "no target read out of a key this copy cannot read");
+    assert_eq!(format!("{key:?}"), "Key { target: None }", "Debug reads nothing past the prefix either");
     assert_eq!(
         static_call::batch(|b| {
             b.update(&REAL, ident);
