@@ -47,35 +47,37 @@
 //! for every update (for tests, and for debugging a policy), `=none` refuses
 //! both.
 //!
-//! # One write per page and step (x86-64)
+//! # One write per run of pages and step (x86-64)
 //!
 //! The protocol writes in steps ([`Session::write_step`]: the `int3`s, the
 //! bodies, the first bytes). The `/proc/self/mem` writer makes one `pwrite`
-//! per page and step, not one per instruction: the span from the first to
-//! the last byte that changes on that page, the bytes in between written back
-//! with the values read (under the patch lock) just before the step. No
-//! thread can see those bytes change: they are written with what they hold,
-//! and every byte that does change, changes once (a single first byte, or a
-//! body under its `int3`). The trade-off: a foreign writer of those very
-//! in-between bytes in the microseconds between our read and our `pwrite`
-//! (a debugger inserting a breakpoint, a uprobe attached at that moment, a
-//! second patcher) would have its write undone. Our own writes are
-//! serialized by the patch lock, and each module's text (each copy of this
-//! crate) lies on pages of its own. The mprotect writer stores only the
-//! bytes that change (single-byte stores for first bytes), so it has no such
-//! window.
+//! per run of adjacent pages with writes and step, not one per instruction:
+//! the span from the first to the last byte that changes there, the bytes
+//! in between written back with the values read (under the patch lock)
+//! just before the step. No thread can see those bytes change: they are
+//! written with what they hold, and every byte that does change, changes
+//! once (a single first byte, or a body under its `int3`). The trade-off: a
+//! foreign writer of those very in-between bytes in the microseconds
+//! between our read and our `pwrite` (a debugger inserting a breakpoint, a
+//! uprobe attached at that moment, a second patcher) would have its write
+//! undone. Our own writes are serialized by the patch lock, every copy of
+//! this crate in a module writes its text under the module's text lock
+//! (`text_lock`), and each module's text lies on pages of its own. The
+//! mprotect writer stores only the bytes that change (single-byte stores
+//! for first bytes), so it has no such window.
 //!
-//! A span takes in the writes that start on the page of its first one, so
-//! every byte written back lies on that page; only the last write of a span
-//! may run past the page's end (an instruction that straddles it), with its
-//! own bytes. A span is also at most `BUF_LEN` (4 KiB + 64) bytes, the size
-//! of the static buffer it is assembled in: the span length is bounded by
-//! the buffer, not the buffer sized for the largest page. Joining is done on
-//! x86-64 only, whose pages are 4 KiB, so a page's writes are always one
-//! `pwrite` there; on a larger page they would be one per `BUF_LEN` bytes.
-//! The planning (`Spans`, `next_span_bytes`, and the mprotect writer's
-//! `page_runs`) is pure, parameterized by the page size, and unit-tested
-//! with 4, 16 and 64 KiB pages.
+//! A span goes on onto the next page only when its next write starts
+//! there (`Spans::crossing`), so every byte written back, and every byte
+//! read to fill the gaps, lies on a page that holds one of the span's own
+//! writes: this module's text. A span is also at most `BUF_LEN` (16 pages
+//! of 4 KiB + 64) bytes, the size of the static buffer it is assembled in.
+//! Gaps are filled by reading ahead to the end of a page, one read per
+//! page, not per gap. Joining is done on x86-64 only. So a key's 4,096
+//! dense sites take one `pwrite` per 64 KiB and step, and a site and its
+//! trampoline on adjacent pages one per step. The planning (`Spans`,
+//! `next_span_bytes`, and the mprotect writer's `page_runs`) is pure,
+//! parameterized by the page size, and unit-tested with 4, 16 and 64 KiB
+//! pages.
 //!
 //! # Page size
 //!
@@ -191,13 +193,14 @@ impl Hook {
     }
 }
 
-/// Writes: one per page-run of a [`Session::write_step`].
+/// Writes: one per span (`/proc/self/mem`) or page-run (mprotect) of a
+/// [`Session::write_step`].
 static WRITES: Hook = Hook::new();
 /// Protection changes of the mprotect writer's sessions (adding write, and
 /// restoring), not the probe's.
 static PROTECTS: Hook = Hook::new();
 
-/// Test hook: the next `after` writes (one per page and protocol step, see
+/// Test hook: the next `after` writes (one per span and protocol step, see
 /// [`Session::write_step`]) proceed, then `times` writes fail with `EIO`
 /// without writing (`usize::MAX`: every later one; `0` disarms). Probes are
 /// not counted.
@@ -532,12 +535,11 @@ fn pwrite_all(fd: i32, at: usize, bytes: &[u8]) -> Result<(), i32> {
     Ok(())
 }
 
-/// The longest span of the `/proc/self/mem` writer: a 4 KiB page (x86-64's),
-/// plus the instruction that may straddle its end. The span length is
-/// bounded by this buffer, not by the page: on larger pages a page's writes
-/// of one step take one `pwrite` per `BUF_LEN` bytes (`Spans`), and the
-/// buffer stays small and static whatever the page size.
-const BUF_LEN: usize = 4096 + 64;
+/// The longest span of the `/proc/self/mem` writer: 16 pages of 4 KiB
+/// (x86-64's), plus the instruction that may straddle the last one's end.
+/// The span length is bounded by this buffer, not by the page size, and
+/// the buffer is static (zero pages until an update first joins writes).
+const BUF_LEN: usize = 16 * 4096 + 64;
 
 /// The span a `/proc/self/mem` page-run writes, assembled here: static, not
 /// on the stack (an update may run from a signal handler on a small stack).
@@ -602,14 +604,16 @@ impl Session {
     }
 
     /// One step of the protocol: writes each `(address, bytes)` of `writes`
-    /// (sorted by address, not overlapping). The writes are grouped in
-    /// page-runs: a run starts at a write whose page differs from the page
-    /// where the current run started. The `/proc/self/mem` writer makes one
-    /// `pwrite` per run, of the span from its first to its last byte, with
-    /// the bytes in between read from text just before (see the module
-    /// docs); the mprotect writer stores each byte of each write (first
-    /// bytes with single-byte stores). Each run counts as one write for the
-    /// failure-injection hook, which fails a run before it writes anything.
+    /// (sorted by address, not overlapping). The writes are grouped in runs
+    /// (`Spans`). The `/proc/self/mem` writer makes one `pwrite` per run
+    /// (on x86-64 a run of adjacent pages with writes, up to `BUF_LEN`
+    /// bytes), of the span from its first to its last byte, with the bytes
+    /// in between read from text just before (see the module docs); the
+    /// mprotect writer's runs are page-runs (a run starts at a write whose
+    /// page differs from the page where the current run started), and it
+    /// stores each byte of each write (first bytes with single-byte
+    /// stores). Each run counts as one write for the failure-injection
+    /// hook, which fails a run before it writes anything.
     ///
     /// The error is [`Error::TextNotWritable`] with the errno of the writer in
     /// use (the other writer's errno is 0) and the run's first address.
@@ -632,12 +636,13 @@ impl Session {
         match self.writer {
             TextWriter::ProcMem => {
                 let max = if JOIN_SPANS { BUF_LEN } else { 0 };
-                let mut spans = Spans::new(writes.into_iter(), page, max);
+                let mut spans = Spans::crossing(writes.into_iter(), page, max);
                 // SAFETY: the patch lock (the caller's contract) makes this
                 // thread the buffer's only user.
                 let buf = unsafe { &mut *PAGE_BUF.0.get() };
-                // SAFETY: `read` is given the gaps of a span, which lie on
-                // the page of one of its writes (`Spans`): mapped text (the
+                // SAFETY: `read` is given bytes of pages that each hold one
+                // of the span's writes (`Spans::crossing`,
+                // `next_span_bytes`): mapped text of this module (the
                 // caller's contract), readable; only the holder of the
                 // module's text lock writes it (every copy of the crate in
                 // the module takes it: `text_lock`), and it is us.
@@ -711,23 +716,35 @@ struct Span {
 /// The writes of one step (`(address, bytes)`, sorted by address, not
 /// overlapping) grouped in spans, one at a time. A span starts at a write and
 /// takes in each next write that starts on the same page as the span's
-/// first, and that keeps the span within `max` bytes. So the bytes of a span
-/// that are no write's (the gaps) all lie on the page of its first write; a
+/// first (`crossing`: on the page where the span ends, or the next one),
+/// and that keeps the span within `max` bytes. So the bytes of a span that
+/// are no write's (the gaps) all lie on the page of its first write
+/// (`crossing`: on pages that hold one of its writes); without crossing a
 /// span never crosses a page boundary, except that its last write may run
-/// past the page's end, with its own bytes. `max` 0: every write is a span of
-/// its own; `usize::MAX`: spans are page-runs. Pure: nothing is read or
+/// past the page's end, with its own bytes. `max` 0: every write is a span
+/// of its own; `usize::MAX`: spans are page-runs. Pure: nothing is read or
 /// written here.
 struct Spans<I: Iterator> {
     writes: Peekable<I>,
     page: usize,
     max: usize,
+    /// Whether a span may go on onto the page after the one its last write
+    /// ends on (`/proc/self/mem` spans; not the mprotect writer's runs).
+    cross: bool,
 }
 
 impl<'a, I: Iterator<Item = (usize, &'a [u8])>> Spans<I> {
     /// `page`: the page size, a power of two.
     fn new(writes: I, page: usize, max: usize) -> Spans<I> {
         debug_assert!(page.is_power_of_two());
-        Spans { writes: writes.peekable(), page, max }
+        Spans { writes: writes.peekable(), page, max, cross: false }
+    }
+
+    /// As `new`, but a span goes on across a page boundary when the next
+    /// write starts on the page after the one where the span ends: its
+    /// gaps then lie on pages that each hold one of its writes.
+    fn crossing(writes: I, page: usize, max: usize) -> Spans<I> {
+        Spans { cross: true, ..Spans::new(writes, page, max) }
     }
 
     /// Where the next span starts, if one is left.
@@ -739,11 +756,19 @@ impl<'a, I: Iterator<Item = (usize, &'a [u8])>> Spans<I> {
     fn next_span(&mut self, mut each: impl FnMut(usize, &'a [u8])) -> Option<Span> {
         let (start, first) = self.writes.next()?;
         each(start, first);
-        let on_page = start & !(self.page - 1);
+        let page_of = |at: usize| at & !(self.page - 1);
+        let on_page = page_of(start);
         let mut span = Span { start, end: start + first.len(), writes: 1 };
         while let Some(&(a, b)) = self.writes.peek() {
-            let joins = a & !(self.page - 1) == on_page
-                && a >= span.end
+            let near = if self.cross {
+                // The gap `span.end..a` lies on the page of the span's last
+                // byte and on `a`'s, the next one at most.
+                page_of(a).wrapping_sub(page_of(span.end - 1)) <= self.page
+            } else {
+                page_of(a) == on_page
+            };
+            let joins = a >= span.end
+                && near
                 && (a - start).checked_add(b.len()).is_some_and(|len| len <= self.max);
             if !joins {
                 break;
@@ -760,15 +785,21 @@ impl<'a, I: Iterator<Item = (usize, &'a [u8])>> Spans<I> {
 /// The next span of `spans` and its bytes: a span of one write is that
 /// write's own bytes; a longer one is assembled in `buf`, from each write's
 /// bytes and, between them, what text holds there now (`read(at, into)`
-/// fills `into` with the bytes at `at`). `spans`' `max` must be at most
-/// `buf.len()`.
+/// fills `into` with the bytes at `at`). Text is read ahead, to the end of
+/// the page of the write that needs a gap filled (or of the buffer): one
+/// read per page a span touches, not one per gap (a dense plan has
+/// thousands), and only of pages that hold one of the span's writes.
+/// `spans`' `max` must be at most `buf.len()`.
 fn next_span_bytes<'b, 'a: 'b, I: Iterator<Item = (usize, &'a [u8])>>(
     spans: &mut Spans<I>,
     buf: &'b mut [u8],
     mut read: impl FnMut(usize, &mut [u8]),
 ) -> Option<(Span, &'b [u8])> {
     debug_assert!(spans.max <= buf.len());
-    let (mut started, mut base, mut to, mut first): (bool, usize, usize, &'a [u8]) = (false, 0, 0, &[]);
+    let page = spans.page;
+    // `base`: the span's start; `known`: the end of what `buf` holds so
+    // far (written or read), past every write overlaid yet.
+    let (mut started, mut base, mut known, mut first): (bool, usize, usize, &'a [u8]) = (false, 0, 0, &[]);
     let span = spans.next_span(|a, b| {
         if !started {
             (started, base, first) = (true, a, b);
@@ -776,10 +807,16 @@ fn next_span_bytes<'b, 'a: 'b, I: Iterator<Item = (usize, &'a [u8])>>(
                 overlay(&mut buf[..b.len()], b);
             }
         } else {
-            read(to, &mut buf[to - base..a - base]);
+            if a > known {
+                // `Spans` keeps `a - base + b.len()` within `buf`, so
+                // `until > a`; `a`'s page holds a write, so it is mapped.
+                let until = ((a | (page - 1)) + 1).min(base + buf.len());
+                read(known, &mut buf[known - base..until - base]);
+                known = until;
+            }
             overlay(&mut buf[a - base..a - base + b.len()], b);
         }
-        to = a + b.len();
+        known = known.max(a + b.len());
     })?;
     let bytes = if span.writes == 1 { first } else { &buf[..span.end - span.start] };
     Some((span, bytes))
@@ -1187,7 +1224,15 @@ mod tests {
     /// Every span of `writes` (`max` as in `Spans`), with the writes each
     /// was given.
     fn plan(writes: &[(usize, &'static [u8])], page: usize, max: usize) -> Vec<(Span, Vec<usize>)> {
-        let mut spans = Spans::new(writes.iter().copied(), page, max);
+        spans_of(Spans::new(writes.iter().copied(), page, max))
+    }
+
+    /// As `plan`, with spans that may cross onto the next page.
+    fn plan_crossing(writes: &[(usize, &'static [u8])], page: usize, max: usize) -> Vec<(Span, Vec<usize>)> {
+        spans_of(Spans::crossing(writes.iter().copied(), page, max))
+    }
+
+    fn spans_of<'a, I: Iterator<Item = (usize, &'a [u8])>>(mut spans: Spans<I>) -> Vec<(Span, Vec<usize>)> {
         let mut out = Vec::new();
         loop {
             let mut given = Vec::new();
@@ -1237,14 +1282,41 @@ mod tests {
         assert_eq!(plan(&writes, 16384, BUF_LEN).len(), 2);
         assert_eq!(plan(&writes, 65536, BUF_LEN).len(), 1);
         // The mprotect writer's page-runs (no length bound): a whole 64 KiB
-        // page is one run; the `pwrite` spans stop at the buffer's length.
+        // page is one run; spans stop at the length they are given.
         let writes = [(0x10_0000, INT3), (0x10_8000, INT3), (0x10_fffe, INT3)];
         assert_eq!(plan(&writes, 65536, usize::MAX), [(span(0x10_0000, 0x10_ffff, 3), vec![0x10_0000, 0x10_8000, 0x10_fffe])]);
-        assert_eq!(plan(&writes, 65536, BUF_LEN).len(), 3);
+        assert_eq!(plan(&writes, 65536, 4096 + 64).len(), 3);
         assert_eq!(plan(&writes, 16384, usize::MAX).len(), 3);
         // `max` 0 (aarch64's `/proc/self/mem` writer): one write each.
         let writes = [(0x1000, &[0u8; 4][..]), (0x1004, &[0u8; 4][..])];
         assert_eq!(plan(&writes, 16384, 0).len(), 2);
+    }
+
+    /// Crossing spans (`/proc/self/mem` on x86-64) go on onto the next page
+    /// when their next write starts there, and only there: every gap lies
+    /// on a page that holds a write. They stop at the length they are
+    /// given, as the others.
+    #[test]
+    fn crossing_spans_join_the_next_page_only() {
+        let page = 4096;
+        let writes = [(0x1ff0, INT3), (0x2010, INT3)];
+        assert_eq!(plan_crossing(&writes, page, BUF_LEN), [(span(0x1ff0, 0x2011, 2), vec![0x1ff0, 0x2010])]);
+        // A page between them that holds no write: two spans.
+        let writes = [(0x1ff0, INT3), (0x3010, INT3)];
+        assert_eq!(plan_crossing(&writes, page, BUF_LEN).len(), 2);
+        // A write at the start of a page and one at the end of the next:
+        // one span (both pages hold a write).
+        let writes = [(0x1000, INT3), (0x2fff, INT3)];
+        assert_eq!(plan_crossing(&writes, page, BUF_LEN), [(span(0x1000, 0x3000, 2), vec![0x1000, 0x2fff])]);
+        // A chain of adjacent pages is one span, up to the length given.
+        let writes: Vec<(usize, &[u8])> = (0..8).map(|i| (0x10_0ff0 + i * page, INT3)).collect();
+        assert_eq!(plan_crossing(&writes, page, BUF_LEN).len(), 1);
+        assert_eq!(plan_crossing(&writes, page, 2 * page).len(), 4);
+        // An instruction straddling a page's end brings the next page in.
+        let writes = [(0x1ffe, &[1u8, 2, 3, 4][..]), (0x2ff0, INT3)];
+        assert_eq!(plan_crossing(&writes, page, BUF_LEN).len(), 1);
+        // `max` 0: one write each, as without crossing.
+        assert_eq!(plan_crossing(&writes, page, 0).len(), 2);
     }
 
     /// The last write of a span may run past its page's end (an instruction
@@ -1261,14 +1333,15 @@ mod tests {
         }
     }
 
-    /// The span's bytes: each write's own, and in between what text holds.
+    /// The span's bytes: each write's own, and in between what text holds,
+    /// read ahead once to the end of the page (or of the buffer).
     #[test]
     fn span_bytes_are_the_writes_over_the_current_text() {
-        let base = 0x4000;
-        let text: Vec<u8> = (0..64).collect();
+        let (base, page) = (0x4000, 16384);
+        let text: Vec<u8> = (0..page).map(|i| i as u8).collect();
         let writes = [(base + 2, &[0xaa, 0xbb][..]), (base + 7, INT3), (base + 9, &[0xdd][..])];
-        let mut spans = Spans::new(writes.iter().copied(), 16384, BUF_LEN);
-        let mut buf = [0u8; BUF_LEN];
+        let mut spans = Spans::crossing(writes.iter().copied(), page, BUF_LEN);
+        let mut buf = vec![0u8; BUF_LEN];
         let mut reads = Vec::new();
         let read = |at: usize, into: &mut [u8]| {
             reads.push((at, into.len()));
@@ -1277,13 +1350,24 @@ mod tests {
         let (s, bytes) = next_span_bytes(&mut spans, &mut buf, read).unwrap();
         assert_eq!(s, span(base + 2, base + 10, 3));
         assert_eq!(bytes, [0xaa, 0xbb, 4, 5, 6, 0xcc, 8, 0xdd]);
-        // Only the gaps were read.
-        assert_eq!(reads, [(base + 4, 3), (base + 8, 1)]);
+        // One read, from the first gap to the end of the page.
+        assert_eq!(reads, [(base + 4, page - 4)]);
         // A span of one write is that write's own bytes, nothing read.
         let writes = [(base + 2, &[0xaa, 0xbb][..])];
-        let mut spans = Spans::new(writes.iter().copied(), 16384, BUF_LEN);
+        let mut spans = Spans::crossing(writes.iter().copied(), page, BUF_LEN);
         let (s, bytes) = next_span_bytes(&mut spans, &mut buf, |_, _| panic!("read")).unwrap();
         assert_eq!((s, bytes), (span(base + 2, base + 4, 1), &[0xaa, 0xbb][..]));
+        // The read stops at the buffer's end where that comes first.
+        let writes = [(base, INT3), (base + 100, INT3)];
+        let mut spans = Spans::crossing(writes.iter().copied(), page, 200);
+        let mut reads = Vec::new();
+        let read = |at: usize, into: &mut [u8]| {
+            reads.push((at, into.len()));
+            into.copy_from_slice(&text[at - base..at - base + into.len()]);
+        };
+        let (s, _) = next_span_bytes(&mut spans, &mut buf[..200], read).unwrap();
+        assert_eq!(s, span(base, base + 101, 2));
+        assert_eq!(reads, [(base + 1, 199)]);
     }
 
     #[test]
@@ -1340,36 +1424,59 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(300))]
 
         /// Every write lands exactly once, the bytes between writes are the
-        /// text's, a span's gaps lie on the page of its first write, no span
-        /// is longer than the buffer, and a page's writes take one `pwrite`
-        /// wherever the buffer lets them (4 KiB pages: always).
+        /// text's, no span is longer than the buffer, every byte read or
+        /// written back lies on a page that holds one of the span's writes
+        /// (without crossing: the page of its first write), and writes are
+        /// joined wherever those rules let them (4 KiB pages: a page's
+        /// writes are always one `pwrite`; crossing, so are adjacent
+        /// pages').
         #[test]
-        fn spans_write_exactly_the_writes((page, writes, text) in writes_strategy()) {
-            let mut spans = Spans::new(writes.iter().map(|(a, b)| (*a, &b[..])), page, BUF_LEN);
-            let mut buf = [0u8; BUF_LEN];
+        fn spans_write_exactly_the_writes((page, writes, text) in writes_strategy(), crossing in any::<bool>()) {
+            let it = writes.iter().map(|(a, b)| (*a, &b[..]));
+            let mut spans = if crossing { Spans::crossing(it, page, BUF_LEN) } else { Spans::new(it, page, BUF_LEN) };
+            let mut buf = vec![0u8; BUF_LEN];
             let mut via_spans = text.clone();
             let mut planned = Vec::new();
             let mut count = 0;
+            let page_of = |at: usize| at & !(page - 1);
             loop {
+                let mut reads = Vec::new();
                 let read = |at: usize, into: &mut [u8]| {
                     assert!(at >= BASE && at + into.len() <= BASE + text.len());
+                    reads.push((at, into.len()));
                     into.copy_from_slice(&text[at - BASE..at - BASE + into.len()]);
                 };
                 let Some((s, bytes)) = next_span_bytes(&mut spans, &mut buf, read) else { break };
                 count += s.writes;
                 prop_assert_eq!(bytes.len(), s.end - s.start);
                 prop_assert!(s.end - s.start <= BUF_LEN);
-                let first_page = s.start & !(page - 1);
                 let span_writes = &writes[count - s.writes..count];
                 prop_assert_eq!(span_writes[0].0, s.start);
                 let last = span_writes.last().unwrap();
                 prop_assert_eq!(last.0 + last.1.len(), s.end);
-                for (a, _) in span_writes {
-                    prop_assert_eq!(a & !(page - 1), first_page, "a write from another page joined");
+                // The pages that hold a byte of one of the span's writes.
+                let held = |at: usize| {
+                    span_writes.iter().any(|(a, b)| page_of(*a) == page_of(at) || page_of(a + b.len() - 1) == page_of(at))
+                };
+                for (at, len) in &reads {
+                    prop_assert!(held(*at) && held(at + len - 1), "read {:#x}+{} off the span's pages", at, len);
+                }
+                for at in s.start..s.end {
+                    prop_assert!(held(at), "byte {:#x} written back off the span's pages", at);
+                }
+                if !crossing {
+                    for (a, _) in span_writes {
+                        prop_assert_eq!(page_of(*a), page_of(s.start), "a write from another page joined");
+                    }
                 }
                 if let Some(&(next, ref b)) = writes.get(count) {
-                    // Not joined: another page, or the buffer is full.
-                    prop_assert!(next & !(page - 1) != first_page || next + b.len() - s.start > BUF_LEN);
+                    // Not joined: too far, or the buffer is full.
+                    let far = if crossing {
+                        page_of(next) - page_of(s.end - 1) > page
+                    } else {
+                        page_of(next) != page_of(s.start)
+                    };
+                    prop_assert!(far || next + b.len() - s.start > BUF_LEN);
                 }
                 via_spans[s.start - BASE..s.end - BASE].copy_from_slice(bytes);
                 planned.push(s);
@@ -1380,7 +1487,7 @@ mod tests {
                 direct[a - BASE..a - BASE + b.len()].copy_from_slice(b);
             }
             prop_assert_eq!(via_spans, direct);
-            if page == 4096 {
+            if page == 4096 && !crossing {
                 let (mut runs, mut run_page) = (0, usize::MAX);
                 for (a, _) in &writes {
                     if a / page != run_page {
