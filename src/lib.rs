@@ -96,9 +96,10 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub use static_call_macros::static_call;
+pub use static_call_macros::{static_branch, static_call};
 
 mod abi;
+mod branch;
 mod error;
 mod key;
 mod mode;
@@ -153,6 +154,7 @@ patching! {
 }
 
 pub use abi::{FloatRegister, IntegerRegister, Zeroable};
+pub use branch::BranchKey;
 pub use error::{CopyVersion, Error};
 pub use key::{Batch, Key, Retarget, StaticCall};
 pub use mode::{Mode, TextWriter};
@@ -181,8 +183,13 @@ pub struct Stats {
     /// the slot that a far target gets on x86-64 (`SiteState::Indirect`:
     /// patched too), to a no-target form, or back. Trampolines are not
     /// counted, nor sites whose bytes stay (an update from one far target to
-    /// another only stores the slot).
+    /// another only stores the slot), nor branch sites (see
+    /// `branch_sites_patched`).
     pub sites_patched: u64,
+    /// Static-branch sites rewritten by `set`s, batches and `init`: each time
+    /// a branch site's bytes change (from its assembled test to the `nop` or
+    /// the jump, or between those two).
+    pub branch_sites_patched: u64,
     /// Calls that landed on the `int3` of an update in progress and were
     /// emulated by the SIGTRAP handler (x86-64; always 0 on aarch64, where
     /// no breakpoint is written).

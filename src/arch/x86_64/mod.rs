@@ -370,6 +370,68 @@ pub fn well_placed(site: usize) -> bool {
     (site + 1).is_multiple_of(4)
 }
 
+// ---------------------------------------------------------------- branches
+
+/// Length of a static-branch site's out-of-line test: `cmp qword ptr [rip +
+/// slot], 0` (8 bytes), `jne`/`je label` (6), `jmp back` (5).
+pub const BRANCH_TEST_LEN: usize = 19;
+
+/// What the macro assembled at a static-branch site, as its patch: the
+/// last `cs` prefix and `jmp test`.
+pub fn assembled_branch(site: usize, test: usize) -> Option<[u8; PATCH_LEN]> {
+    site_patch(site, Insn::Jmp(test))
+}
+
+/// Where a static-branch site's assembled jump goes (its test), if its
+/// patch holds a jump at all.
+pub fn branch_jump_of(site: usize, bytes: &[u8; PATCH_LEN]) -> Option<usize> {
+    match decode_patch(site_patch_at(site), bytes)? {
+        (Insn::Jmp(t), _) => Some(t),
+        _ => None,
+    }
+}
+
+/// The whole expected image of a static-branch site's test at `test`: it
+/// reads the key's slot at `slot`, jumps to `label` when the slot is
+/// non-null (`when_true`, an `unlikely` site) or null (a `likely` site),
+/// else jumps back to the end of the site at `site`. `None` when a
+/// displacement is out of reach (which the linker would have refused).
+pub fn branch_test_image(
+    test: usize,
+    slot: usize,
+    label: usize,
+    when_true: bool,
+    site: usize,
+) -> Option<[u8; BRANCH_TEST_LEN]> {
+    let rel = |end: usize, to: usize| i32::try_from((to as i64).wrapping_sub(end as i64)).ok().map(i32::to_le_bytes);
+    let mut b = [0u8; BRANCH_TEST_LEN];
+    b[..3].copy_from_slice(&[0x48, 0x83, 0x3d]);
+    b[3..7].copy_from_slice(&rel(test + 8, slot)?);
+    b[7] = 0;
+    b[8..10].copy_from_slice(&[0x0f, if when_true { 0x85 } else { 0x84 }]);
+    b[10..14].copy_from_slice(&rel(test + 14, label)?);
+    b[14] = JMP_REL32;
+    b[15..19].copy_from_slice(&rel(test + 19, site + INSN_LEN)?);
+    Some(b)
+}
+
+/// What a static-branch site's patch holds when it is patched: `jmp label`
+/// if `taken`, else the five-byte `nop`. `None` when the label is out of
+/// rel32 reach.
+pub fn branch_form(site: usize, label: usize, taken: bool) -> Option<[u8; PATCH_LEN]> {
+    site_patch(site, if taken { Insn::Jmp(label) } else { Insn::Nop })
+}
+
+/// What a static-branch site's patch says it does, if it is patched (not
+/// its assembled jump to `test`).
+pub fn branch_state(site: usize, bytes: &[u8; PATCH_LEN], test: usize) -> Option<SiteState> {
+    match decode_patch(site_patch_at(site), bytes)?.0 {
+        Insn::Jmp(t) if t != test => Some(SiteState::Taken),
+        Insn::Nop => Some(SiteState::NotTaken),
+        _ => None,
+    }
+}
+
 /// Assembly templates. They are `macro_rules!` so that `asm!`/`global_asm!` see
 /// string literals; the byte values are those of the constants above, which
 /// `tests/encodings.rs` checks against the assembled text.
@@ -398,6 +460,53 @@ macro_rules! __static_call_x86_64_site {
             $($operands)*
             clobber_abi("C"),
         )
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_x86_64_branch {
+    // A static-branch site (an `asm goto`): two `cs` prefixes, then `jmp
+    // rel32` (the byte forced) to an out-of-line test of the key's slot in
+    // its own section, which jumps to the label when the branch is to be
+    // taken (`jne`: an `unlikely` site; `je`: a `likely` one) and back to
+    // the site's end otherwise. The patch is the last prefix and the jump
+    // (`site_patch_at(site) = site - 1`, as for calls); the first prefix
+    // never changes, so no instruction ends just before a patch (see
+    // `trap::handle`). Patched forms: `jmp label` or the five-byte `nop`.
+    // The record `{site - ., key - ., label - ., flags}` (flags bit 0: the
+    // site jumps when the value is true) goes to the branch section.
+    (@emit $key:path, $label:block, $jcc:literal, $flags:literal) => {
+        ::core::arch::asm!(
+            ".byte 0x2e, 0x2e",
+            "2:",
+            ".byte 0xe9",
+            ".long 4f - . - 4",
+            "3:",
+            ".pushsection .text.static_branch_test, \"ax\", @progbits",
+            "4:",
+            // The slot, at `raw::SLOT_OFFSET` in the key.
+            "cmp qword ptr [rip + {__static_call_key} + 24], 0",
+            $jcc,
+            "jmp 3b",
+            ".popsection",
+            ".pushsection static_call_branches_v2, \"aR\", %progbits",
+            ".balign 4",
+            ".long 2b - .",
+            ".long {__static_call_key} - .",
+            ".long {__static_call_label} - .",
+            $flags,
+            ".popsection",
+            __static_call_key = sym $key,
+            __static_call_label = label $label,
+            options(nostack, readonly),
+        )
+    };
+    ($key:path, unlikely, $label:block) => {
+        $crate::__static_call_x86_64_branch!(@emit $key, $label, "jne {__static_call_label}", ".long 1")
+    };
+    ($key:path, likely, $label:block) => {
+        $crate::__static_call_x86_64_branch!(@emit $key, $label, "je {__static_call_label}", ".long 0")
     };
 }
 
