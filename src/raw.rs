@@ -111,7 +111,7 @@ pub struct RawKey {
 
 /// What a branch key's slot, `target` and `shown` hold while its value is
 /// `true` (null: `false`). Never called: a branch key has no trampoline.
-pub(crate) const BRANCH_TRUE: *mut () = 1 as *mut ();
+pub(crate) const BRANCH_TRUE: *mut () = core::ptr::dangling_mut::<()>();
 
 /// Where the slot lies in a key: the assembly templates spell this number
 /// (`arch::*`), checked here.

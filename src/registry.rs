@@ -101,7 +101,7 @@ impl BranchEntry {
     /// Whether the site jumps to its label when the key's value is `value`
     /// (null: false).
     pub fn taken(&self, value: *mut ()) -> bool {
-        !value.is_null() == self.when_true
+        value.is_null() != self.when_true
     }
 }
 

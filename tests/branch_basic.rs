@@ -9,7 +9,9 @@ static TRACE: bool = false;
 
 /// A documented, public branch whose value is a const expression.
 #[static_branch]
-pub static FAST: bool = 1 + 1 == 2;
+pub static FAST: bool = LEVEL > 2;
+
+const LEVEL: u32 = 3;
 
 extern "C" fn fnv(x: u64) -> u64 {
     x ^ 0xcbf2_9ce4_8422_2325
