@@ -149,7 +149,8 @@ fn static_branches() {
         assert!(states(&FAST.sites()).iter().all(|&s| s == SiteState::NotTaken), "{:?}", FAST.sites());
         for s in TRACE.sites() {
             assert_eq!(s.reason(), None);
-            let nop = if cfg!(target_arch = "aarch64") { [0x1f, 0x20, 0x03, 0xd5, 0] } else { [0x0f, 0x1f, 0x44, 0, 0] };
+            let nop =
+                if cfg!(target_arch = "aarch64") { [0x1f, 0x20, 0x03, 0xd5, 0] } else { [0x0f, 0x1f, 0x44, 0, 0] };
             assert_eq!(s.bytes(), nop, "{s}");
         }
     }

@@ -463,6 +463,28 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
+    fn branch_forms_and_test() {
+        let (site, test, label) = (0x40_1000usize, 0x40_8000usize, 0x40_1040usize);
+        let slot = 0x60_2018usize;
+        let b = assembled_branch(site, test).unwrap();
+        assert_eq!(branch_jump_of(site, &b), Some(test));
+        assert_eq!(branch_state(site, &b, test), None);
+        assert_eq!(branch_state(site, &branch_form(site, label, true).unwrap(), test), Some(SiteState::Taken));
+        assert_eq!(branch_state(site, &branch_form(site, label, false).unwrap(), test), Some(SiteState::NotTaken));
+        assert_eq!(branch_form(site, label, false), Some(NOP.to_le_bytes()));
+        let image = branch_test_image(test, slot, label, true, site).unwrap();
+        let word = |i: usize| u32::from_le_bytes(image[i * 4..i * 4 + 4].try_into().unwrap());
+        // From objdump: `str x16, [sp, #-16]!`, `cbnz x16, .+12`, `ldr x16, [sp], #16`.
+        assert_eq!(word(0), 0xf81f_0ff0);
+        assert_eq!(word(3), 0xb500_0070);
+        assert_eq!(word(4), 0xf841_07f0);
+        assert_eq!(decode(test + 20, &word(5).to_le_bytes()), Some(Insn::Jmp(site + 4)));
+        assert_eq!(decode(test + 28, &word(7).to_le_bytes()), Some(Insn::Jmp(label)));
+        let cbz = branch_test_image(test, slot, label, false, site).unwrap();
+        assert_eq!(u32::from_le_bytes(cbz[12..16].try_into().unwrap()), 0xb400_0070);
+    }
+
+    #[test]
     fn known_encodings() {
         // From the Arm ARM and objdump: `bl .+8`, `b .-4`, `nop`, `brk`,
         // `br x16`.

@@ -806,6 +806,86 @@ mod tests {
         assert_eq!(describe(at, &[INT3, 0, 0, 0, 0]), "(not a static_call form)");
     }
 
+    proptest! {
+        /// A static-branch site (two `cs` prefixes, the patch on the
+        /// second): every transition between its forms (the assembled jump
+        /// to its test, `jmp label`, the `nop`), at every protocol step,
+        /// decoded from the first prefix and from the patch's first byte,
+        /// is one instruction ending at the site's end (or the `int3`,
+        /// reporting the site), and is what `decode_patch` says; the test
+        /// decodes as `cmp qword ptr [rip + slot], 0`, `jne`/`je label`,
+        /// `jmp` back to the site's end.
+        #[test]
+        fn branch_transitions_are_one_instruction_at_every_step(
+            site in 0x1000_0000usize..(1usize << 46),
+            from in 0usize..3,
+            to in 0usize..3,
+            test in 1i64..(1i64 << 30),
+            label in -(1i64 << 20)..(1i64 << 20),
+            slot in -(1i64 << 30)..(1i64 << 30),
+            when_true in any::<bool>(),
+        ) {
+            let (test, label, slot) = ((site as i64 + test) as usize, (site as i64 + 5 + label) as usize, ((site as i64 + slot) as usize) & !7);
+            let form = |i: usize| match i {
+                0 => assembled_branch(site, test).unwrap(),
+                1 => branch_form(site, label, true).unwrap(),
+                _ => branch_form(site, label, false).unwrap(),
+            };
+            prop_assert_eq!(branch_jump_of(site, &form(0)), Some(test));
+            prop_assert_eq!(branch_state(site, &form(0), test), None);
+            prop_assert_eq!(branch_state(site, &form(1), test), Some(SiteState::Taken));
+            prop_assert_eq!(branch_state(site, &form(2), test), Some(SiteState::NotTaken));
+            let (old, new) = (form(from), form(to));
+            let mut text = vec![CS];
+            text.extend_from_slice(&old);
+            let mut states = vec![text.clone()];
+            text[1] = INT3;
+            states.push(text.clone());
+            text[2..].copy_from_slice(&new[1..]);
+            states.push(text.clone());
+            text[1] = new[0];
+            states.push(text.clone());
+            for (step, bytes) in states.iter().enumerate() {
+                for from_byte in [0, 1] {
+                    let at = site - 2 + from_byte;
+                    let i = decode_iced(at, &bytes[from_byte..]);
+                    prop_assert!(!i.is_invalid());
+                    if i.mnemonic() == Mnemonic::Int3 {
+                        prop_assert!(step == 1 || step == 2);
+                        prop_assert_eq!(i.next_ip(), site as u64);
+                        continue;
+                    }
+                    prop_assert_eq!(i.next_ip(), site as u64 + 5, "step {}", step);
+                    let seen: [u8; PATCH_LEN] = bytes[1..].try_into().unwrap();
+                    let (insn, end) = decode_patch(site - 1, &seen).unwrap();
+                    prop_assert_eq!(end, site + 5);
+                    prop_assert_eq!(seen, if step == 0 { old } else { new });
+                    match insn {
+                        Insn::Jmp(t) => {
+                            prop_assert_eq!(i.mnemonic(), Mnemonic::Jmp);
+                            prop_assert_eq!(i.near_branch_target(), t as u64);
+                        }
+                        Insn::Nop => prop_assert_eq!(i.mnemonic(), Mnemonic::Nop),
+                        other => prop_assert!(false, "{:?}", other),
+                    }
+                }
+            }
+            let image = branch_test_image(test, slot, label, when_true, site).unwrap();
+            let cmp = decode_iced(test, &image);
+            prop_assert_eq!((cmp.mnemonic(), cmp.len()), (Mnemonic::Cmp, 8));
+            prop_assert!(cmp.is_ip_rel_memory_operand());
+            prop_assert_eq!(cmp.ip_rel_memory_address(), slot as u64);
+            prop_assert_eq!(cmp.memory_size(), iced_x86::MemorySize::UInt64);
+            prop_assert_eq!(cmp.immediate(1), 0);
+            let jcc = decode_iced(test + 8, &image[8..]);
+            prop_assert_eq!(jcc.mnemonic(), if when_true { Mnemonic::Jne } else { Mnemonic::Je });
+            prop_assert_eq!(jcc.near_branch_target(), label as u64);
+            let back = decode_iced(test + 14, &image[14..]);
+            prop_assert_eq!(back.mnemonic(), Mnemonic::Jmp);
+            prop_assert_eq!(back.near_branch_target(), site as u64 + 5);
+        }
+    }
+
     #[test]
     fn placement() {
         assert!(well_placed(3) && well_placed(0x1007));
