@@ -44,6 +44,35 @@
 //! assert_eq!(LEN.call("abcd"), 4);
 //! ```
 //!
+//! # Static branches
+//!
+//! `#[static_branch]` declares a `bool` whose tests cost a `nop`: each
+//! `KEY.likely()` / `KEY.unlikely()` is a site (an `asm goto`), patched to a
+//! five-byte `nop` or a `jmp` to the branch's block (aarch64: `nop` or
+//! `b`), switched by [`BranchKey::set`] with the same lock, protocol and
+//! guarantees as an update. Before [`init`] and in [`Mode::Slots`] a site
+//! jumps to an out-of-line test of the value, so it is always right; on
+//! the portable backend it is a relaxed atomic load.
+//!
+//! ```
+//! use static_call::static_branch;
+//!
+//! #[static_branch]
+//! static TRACE: bool = false;
+//!
+//! fn work(x: u64) -> u64 {
+//!     if TRACE.unlikely() {
+//!         eprintln!("work({x})");
+//!     }
+//!     x + 1
+//! }
+//!
+//! assert_eq!(work(1), 2);
+//! assert!(!TRACE.set(true)); // the previous value
+//! assert!(TRACE.get() && TRACE.unlikely() && TRACE.likely());
+//! assert_eq!(TRACE.try_set(false), Ok(true));
+//! ```
+//!
 //! # Rules
 //!
 //! - An `extern "C"` key's site passes arguments in registers by the System
