@@ -120,8 +120,9 @@ fn static_branches() {
     check(false, true);
     let sites = TRACE.sites();
     if patching {
-        // trace, the loop, three inlined copies (at least), the two here.
-        assert!(sites.len() >= 6, "{sites:?}");
+        // trace, the loop, the inlined copies (identical callers may be
+        // merged in release builds), the one in `check`.
+        assert!(sites.len() >= 4, "{sites:?}");
         for s in &sites {
             assert_eq!(s.state(), SiteState::Trampoline, "{s}");
             assert_eq!(s.reason(), Some(static_call::NotDirect::NotInitialized), "{s}");
