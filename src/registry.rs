@@ -1,4 +1,4 @@
-//! The table of call sites and trampolines of this module (the executable or
+//! The table of call sites, static-branch sites and trampolines of this module (the executable or
 //! shared object that linked this copy of the crate), read from the linker
 //! sections the macro's assembly fills.
 //!
