@@ -58,7 +58,8 @@ sites!(
 fn executions_take_the_old_or_new_branch_and_the_new_once_set_returned() {
     let _ = static_call::init();
     let n_sites = FLAG.sites().len() as u64;
-    assert!(n_sites >= 2 * SITES.len() as u64, "{n_sites} sites");
+    // The portable backend lists no sites.
+    assert!(!static_call::PATCHING || n_sites >= 2 * SITES.len() as u64, "{n_sites} sites");
     let stop = Arc::new(AtomicBool::new(false));
     let (wrong, strict, runs) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let threads: Vec<_> = (0..3)
