@@ -9,6 +9,7 @@
 #![allow(unsafe_code)]
 
 pub use crate::abi::{FloatRegister, IntegerRegister, Zeroable};
+pub use crate::branch::BranchKey;
 pub use crate::key::{Key, StaticCall};
 pub use crate::raw::{NoTarget, RawKey, Target};
 pub use crate::rust_fn::{catch, conjure, from_pair, to_pair, Frame, Pair, RustKey};
@@ -47,14 +48,36 @@ macro_rules! __static_call_backend {
 pub use crate::__static_call_backend as backend;
 #[cfg(target_arch = "aarch64")]
 pub use crate::{
-    __static_call_aarch64_site as site, __static_call_aarch64_trampoline as trampoline,
-    __static_call_aarch64_trampoline_addr as trampoline_addr,
+    __static_call_aarch64_branch as branch_site, __static_call_aarch64_site as site,
+    __static_call_aarch64_trampoline as trampoline, __static_call_aarch64_trampoline_addr as trampoline_addr,
 };
 #[cfg(target_arch = "x86_64")]
 pub use crate::{
-    __static_call_x86_64_site as site, __static_call_x86_64_trampoline as trampoline,
-    __static_call_x86_64_trampoline_addr as trampoline_addr,
+    __static_call_x86_64_branch as branch_site, __static_call_x86_64_site as site,
+    __static_call_x86_64_trampoline as trampoline, __static_call_x86_64_trampoline_addr as trampoline_addr,
 };
+
+#[cold]
+#[inline(never)]
+fn cold() {}
+
+/// A portable `unlikely()` site: `b`, with the `true` path marked cold.
+#[inline(always)]
+pub fn branch_unlikely(b: bool) -> bool {
+    if b {
+        cold();
+    }
+    b
+}
+
+/// A portable `likely()` site: `b`, with the `false` path marked cold.
+#[inline(always)]
+pub fn branch_likely(b: bool) -> bool {
+    if !b {
+        cold();
+    }
+    b
+}
 
 /// The value a call returns while its key has no target.
 ///

@@ -213,6 +213,7 @@ pub(crate) const fn raw_key(target: Target, no_target: NoTarget, rust: bool) -> 
         none,
         no_target,
         rust,
+        branch: false,
     }
 }
 

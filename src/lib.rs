@@ -44,6 +44,35 @@
 //! assert_eq!(LEN.call("abcd"), 4);
 //! ```
 //!
+//! # Static branches
+//!
+//! `#[static_branch]` declares a `bool` whose tests cost a `nop`: each
+//! `KEY.likely()` / `KEY.unlikely()` is a site (an `asm goto`), patched to a
+//! five-byte `nop` or a `jmp` to the branch's block (aarch64: `nop` or
+//! `b`), switched by [`BranchKey::set`] with the same lock, protocol and
+//! guarantees as an update. Before [`init`] and in [`Mode::Slots`] a site
+//! jumps to an out-of-line test of the value, so it is always right; on
+//! the portable backend it is a relaxed atomic load.
+//!
+//! ```
+//! use static_call::static_branch;
+//!
+//! #[static_branch]
+//! static TRACE: bool = false;
+//!
+//! fn work(x: u64) -> u64 {
+//!     if TRACE.unlikely() {
+//!         eprintln!("work({x})");
+//!     }
+//!     x + 1
+//! }
+//!
+//! assert_eq!(work(1), 2);
+//! assert!(!TRACE.set(true)); // the previous value
+//! assert!(TRACE.get() && TRACE.unlikely() && TRACE.likely());
+//! assert_eq!(TRACE.try_set(false), Ok(true));
+//! ```
+//!
 //! # Rules
 //!
 //! - An `extern "C"` key's site passes arguments in registers by the System
@@ -96,9 +125,10 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-pub use static_call_macros::static_call;
+pub use static_call_macros::{static_branch, static_call};
 
 mod abi;
+mod branch;
 mod error;
 mod key;
 mod mode;
@@ -153,6 +183,7 @@ patching! {
 }
 
 pub use abi::{FloatRegister, IntegerRegister, Zeroable};
+pub use branch::BranchKey;
 pub use error::{CopyVersion, Error};
 pub use key::{Batch, Key, Retarget, StaticCall};
 pub use mode::{Mode, TextWriter};
@@ -181,8 +212,13 @@ pub struct Stats {
     /// the slot that a far target gets on x86-64 (`SiteState::Indirect`:
     /// patched too), to a no-target form, or back. Trampolines are not
     /// counted, nor sites whose bytes stay (an update from one far target to
-    /// another only stores the slot).
+    /// another only stores the slot), nor branch sites (see
+    /// `branch_sites_patched`).
     pub sites_patched: u64,
+    /// Static-branch sites rewritten by `set`s, batches and `init`: each time
+    /// a branch site's bytes change (from its assembled test to the `nop` or
+    /// the jump, or between those two).
+    pub branch_sites_patched: u64,
     /// Calls that landed on the `int3` of an update in progress and were
     /// emulated by the SIGTRAP handler (x86-64; always 0 on aarch64, where
     /// no breakpoint is written).

@@ -39,7 +39,8 @@ use crate::{backend, CopyVersion, Error, Site};
 const OWNER_MAGIC: [u8; 8] = *b"SCALLOWN";
 /// The version of [`Owner`] and of everything its entry points exchange
 /// (`Change`, `RawSite`, `RawError`, the key layout after its prefix).
-const OWNER_ABI: u32 = 3;
+/// Version 4: keys gained `branch`, `RawSite` the branch states.
+const OWNER_ABI: u32 = 4;
 
 /// One change of a batch: make `new` (null: none) the target of `key`.
 #[doc(hidden)]

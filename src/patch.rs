@@ -36,7 +36,7 @@ use crate::os::linux::text::{self, Session};
 use crate::os::linux::text_lock::{self, TextLock};
 use crate::os::linux::{fork, futex_wait, futex_wake, membarrier, thread_id};
 use crate::owner::Change;
-use crate::registry::{self, Registry, SiteEntry, TrampEntry};
+use crate::registry::{self, BranchEntry, Registry, SiteEntry, TrampEntry};
 use crate::site::{NotDirect, Site, SiteState};
 use crate::{Error, Mode, Stats};
 use std::cell::UnsafeCell;
@@ -46,10 +46,17 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize,
 
 static UPDATES: AtomicU64 = AtomicU64::new(0);
 static SITES_PATCHED: AtomicU64 = AtomicU64::new(0);
+static BRANCH_SITES_PATCHED: AtomicU64 = AtomicU64::new(0);
 pub fn stats() -> Stats {
     // Counted by the protocol's trap path (x86-64; zero elsewhere).
     let (traps_emulated, traps_rewound) = protocol::trap_stats();
-    Stats { updates: UPDATES.load(Relaxed), sites_patched: SITES_PATCHED.load(Relaxed), traps_emulated, traps_rewound }
+    Stats {
+        updates: UPDATES.load(Relaxed),
+        sites_patched: SITES_PATCHED.load(Relaxed),
+        branch_sites_patched: BRANCH_SITES_PATCHED.load(Relaxed),
+        traps_emulated,
+        traps_rewound,
+    }
 }
 
 // ---------------------------------------------------------------- the lock
@@ -440,6 +447,8 @@ pub struct Patch {
     pub old: [u8; PATCH_LEN],
     pub new: [u8; PATCH_LEN],
     pub is_site: bool,
+    /// A static-branch site's patch (`is_site` too).
+    pub is_branch: bool,
 }
 
 /// What `shut_down` found.
@@ -514,7 +523,26 @@ enum From {
     Target(*mut ()),
 }
 
+/// What a branch site's patch holds when its key's value is `value`.
+fn branch_form(b: &BranchEntry, value: *mut ()) -> [u8; PATCH_LEN] {
+    arch::branch_form(b.at, b.label, b.taken(value)).expect("checked at load")
+}
+
+fn plan_branches(plan: &mut Vec<Patch>, reg: &Registry, key: &RawKey, from: From, to: *mut ()) {
+    for b in reg.branches_of(key).iter().filter(|b| b.refused.is_none()) {
+        let old = match from {
+            From::Assembled => arch::assembled_branch(b.at, b.test).expect("checked at load"),
+            From::Target(p) => branch_form(b, p),
+        };
+        debug_assert!(plan.len() < plan.capacity(), "plan capacity reserved at init");
+        plan.push(Patch { at: arch::site_patch_at(b.at), old, new: branch_form(b, to), is_site: true, is_branch: true });
+    }
+}
+
 fn plan_key(plan: &mut Vec<Patch>, reg: &Registry, key: &RawKey, from: From, to: *mut ()) {
+    if key.branch {
+        return plan_branches(plan, reg, key, from, to);
+    }
     let Some(t) = reg.tramp_of(key) else { return };
     let old = match from {
         From::Assembled => arch::assembled_tramp(t.at),
@@ -533,7 +561,7 @@ fn plan_key(plan: &mut Vec<Patch>, reg: &Registry, key: &RawKey, from: From, to:
 fn push(plan: &mut Vec<Patch>, at: usize, old: [u8; PATCH_LEN], new: [u8; PATCH_LEN], is_site: bool) {
     debug_assert!(arch::decode_patch(at, &new).is_some(), "we decode what we encode");
     debug_assert!(plan.len() < plan.capacity(), "plan capacity reserved at init");
-    plan.push(Patch { at, old, new, is_site });
+    plan.push(Patch { at, old, new, is_site, is_branch: false });
 }
 
 // ---------------------------------------------------------------- applying
@@ -583,8 +611,10 @@ fn apply(st: &mut State, reg: &Registry, pending: Pending) -> Result<(), Error> 
     let r = match written {
         Ok(()) => {
             protocol::retire();
-            let sites = st.plan.iter().filter(|p| p.is_site).count() as u64;
+            let branches = st.plan.iter().filter(|p| p.is_branch).count() as u64;
+            let sites = st.plan.iter().filter(|p| p.is_site).count() as u64 - branches;
             SITES_PATCHED.fetch_add(sites, Relaxed);
+            BRANCH_SITES_PATCHED.fetch_add(branches, Relaxed);
             Ok(())
         }
         Err((e, repair)) => fail(st, e, repair, pending),
@@ -650,7 +680,7 @@ fn prepare(st: &mut State, reg: &Registry) -> Result<(), Error> {
     }
     protocol::install()?;
     register_atfork();
-    st.plan.reserve_exact(reg.sites.len() + reg.tramps.len());
+    st.plan.reserve_exact(reg.sites.len() + reg.tramps.len() + reg.branches.len());
     Ok(())
 }
 
@@ -692,6 +722,15 @@ fn init_locked(st: &mut State) -> Result<(), Error> {
             }
         }
         plan_key(&mut st.plan, reg, t.key, From::Assembled, t.key.load());
+    }
+    // Branch keys have no trampoline: each distinct key of the branch
+    // sites (sorted by key) from its assembled tests to its value.
+    let mut last: *const RawKey = std::ptr::null();
+    for b in reg.branches.iter() {
+        if !std::ptr::eq(b.key, last) {
+            last = b.key;
+            plan_branches(&mut st.plan, reg, b.key, From::Assembled, b.key.load());
+        }
     }
     // A write that fails here is undone (or poisons): init can be retried.
     let r = apply(st, reg, Pending::none(true));
@@ -787,7 +826,7 @@ fn update_locked(st: &mut State, changes: &[Change], old: &mut [Target]) -> Resu
         return Ok(());
     }
     let reg = registry::get();
-    if !reg.tramps.is_empty() {
+    if !reg.tramps.is_empty() || !reg.branches.is_empty() {
         check_handler()?;
         membarrier::register()?;
     }
@@ -809,11 +848,40 @@ pub fn update_many(changes: &[Change], old: &mut [Target]) -> Result<(), Error> 
     update_locked(g.state(), changes, old)
 }
 
+/// The sites of a branch key (see [`sites`]).
+fn branch_sites(reg: &Registry, key: &RawKey, initialized: bool) -> Vec<Site> {
+    reg.branches_of(key)
+        .iter()
+        .map(|b| {
+            let bytes = registry::current_bytes(arch::site_patch_at(b.at));
+            let (state, reason) = match arch::branch_state(b.at, &bytes, b.test) {
+                Some(state) if b.refused.is_none() => (state, None),
+                _ => {
+                    let reason = b.refused.unwrap_or(if SLOTS.get().is_some() {
+                        NotDirect::Slots
+                    } else if !initialized {
+                        NotDirect::NotInitialized
+                    } else {
+                        // Patched by every `init`: an unpatched branch site
+                        // after it was refused at load.
+                        NotDirect::Refused(arch::site_bytes(&bytes))
+                    });
+                    (SiteState::Trampoline, Some(reason))
+                }
+            };
+            Site { address: b.at, state, reason, bytes: arch::site_bytes(&bytes) }
+        })
+        .collect()
+}
+
 pub fn sites(key: &RawKey) -> Vec<Site> {
     // Hold the lock (when this thread can) so that no update is half-way.
     let _g = LOCK.lock().ok();
     let reg = registry::get();
     let initialized = INITIALIZED.load(Acquire);
+    if key.branch {
+        return branch_sites(reg, key, initialized);
+    }
     reg.sites_of(key)
         .iter()
         .map(|s| {

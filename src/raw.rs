@@ -47,8 +47,10 @@ pub struct KeyPrefix {
 /// "SCALLKEY": the magic of every key.
 pub(crate) const KEY_MAGIC: [u8; 8] = *b"SCALLKEY";
 /// The layout of [`RawKey`] after its prefix. Version 1 (no prefix, the slot
-/// first) is never recognized; version 2 had no `shown`.
-pub(crate) const KEY_ABI: u32 = 3;
+/// first) is never recognized; version 2 had no `shown`; version 3 had no
+/// `branch` (so a copy of that version would plan a branch key's sites as
+/// calls: it must never recognize one).
+pub(crate) const KEY_ABI: u32 = 4;
 
 /// This copy's crate version, packed as in [`KeyPrefix::version`].
 pub(crate) const CRATE_VERSION: u32 = {
@@ -75,7 +77,7 @@ pub(crate) const CRATE_VERSION: u32 = {
 /// prefix, then the slot that a trampoline's far form jumps through
 /// (`jmp [rip + key + SLOT_OFFSET]`).
 ///
-/// The slot is never null: a key without a target holds `none`, a stub of
+/// The slot of a call key is never null: a key without a target holds `none`, a stub of
 /// the owning copy of this crate that does what "no target" means (returns,
 /// or returns zero), so that a thread loading the slot at any instant of any
 /// update jumps to a valid target of the key's type. Whether the key has a
@@ -100,7 +102,16 @@ pub struct RawKey {
     /// A key of a Rust `fn` type: its code is a shim that init may thread
     /// (`rust_fn::threaded`).
     pub(crate) rust: bool,
+    /// A branch key (`#[static_branch]`, `crate::branch`): it has no
+    /// trampoline, its slot, `target` and `shown` hold its value (null:
+    /// false, [`BRANCH_TRUE`]: true), `none` is null, and its sites are
+    /// branch sites (`registry::BranchEntry`).
+    pub(crate) branch: bool,
 }
+
+/// What a branch key's slot, `target` and `shown` hold while its value is
+/// `true` (null: `false`). Never called: a branch key has no trampoline.
+pub(crate) const BRANCH_TRUE: *mut () = core::ptr::dangling_mut::<()>();
 
 /// Where the slot lies in a key: the assembly templates spell this number
 /// (`arch::*`), checked here.

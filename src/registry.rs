@@ -1,4 +1,4 @@
-//! The table of call sites and trampolines of this module (the executable or
+//! The table of call sites, static-branch sites and trampolines of this module (the executable or
 //! shared object that linked this copy of the crate), read from the linker
 //! sections the macro's assembly fills.
 //!
@@ -28,7 +28,10 @@
 //! it did not build, and never patches another copy's instruction.
 #![allow(unsafe_code)]
 
-use crate::arch::native::{assembled_site, site_bytes, site_patch_at, trampoline_image, well_placed, INSN_LEN, PATCH_LEN, TRAMP_SIZE};
+use crate::arch::native::{
+    assembled_branch, assembled_site, branch_form, branch_jump_of, branch_test_image, site_bytes, site_patch_at,
+    trampoline_image, well_placed, BRANCH_TEST_LEN, INSN_LEN, PATCH_LEN, TRAMP_SIZE,
+};
 use crate::owner::owned_here;
 use crate::raw::{RawKey, SLOT_OFFSET};
 use crate::site::NotDirect;
@@ -50,13 +53,56 @@ core::arch::global_asm!(
     ".balign 4",
     ".long 0, 0",
     ".popsection",
+    ".pushsection static_call_branches_v2, \"aR\", %progbits",
+    ".balign 4",
+    ".long 0, 0, 0, 0",
+    ".popsection",
 );
+
+/// A static-branch site's record: `{site - ., key - ., label - ., flags}`,
+/// each offset relative to its own field; flags bit 0: the site jumps to
+/// its label when the key's value is true (an `unlikely` site).
+#[repr(C)]
+struct BranchRecord {
+    at: i32,
+    key: i32,
+    label: i32,
+    flags: u32,
+}
 
 extern "C" {
     static __start_static_call_sites_v2: Record;
     static __stop_static_call_sites_v2: Record;
     static __start_static_call_tramps_v2: Record;
     static __stop_static_call_tramps_v2: Record;
+    static __start_static_call_branches_v2: BranchRecord;
+    static __stop_static_call_branches_v2: BranchRecord;
+}
+
+/// One static-branch site.
+pub struct BranchEntry {
+    /// The site's address: of its five-byte instruction (the assembled
+    /// `jmp test`), behind its `cs` prefixes; its patch starts at
+    /// `arch::site_patch_at(at)`.
+    pub at: usize,
+    pub key: &'static RawKey,
+    /// Where the site jumps to take the branch (the `asm goto` label).
+    pub label: usize,
+    /// The site's assembled test of the key's slot (0 if refused before it
+    /// was found).
+    pub test: usize,
+    /// The site takes the branch (jumps to `label`) when the value is true.
+    pub when_true: bool,
+    /// Set when the site is never to be patched.
+    pub refused: Option<NotDirect>,
+}
+
+impl BranchEntry {
+    /// Whether the site jumps to its label when the key's value is `value`
+    /// (null: false).
+    pub fn taken(&self, value: *mut ()) -> bool {
+        value.is_null() != self.when_true
+    }
 }
 
 /// One call site.
@@ -84,8 +130,10 @@ pub struct Registry {
     pub sites: Box<[SiteEntry]>,
     /// Sorted by key.
     pub tramps: Box<[TrampEntry]>,
+    /// Static-branch sites, sorted by (key, address).
+    pub branches: Box<[BranchEntry]>,
     /// Every address where a patch of this crate starts (trampolines, the
-    /// patches of sites not refused), sorted: what the SIGTRAP handler
+    /// patches of call and branch sites not refused), sorted: what the SIGTRAP handler
     /// searches.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub addrs: Box<[usize]>,
@@ -140,12 +188,48 @@ unsafe fn records(start: *const Record, stop: *const Record) -> Vec<(usize, &'st
     out
 }
 
+/// Reads the branch section into (site, key, label, flags) of this copy's
+/// keys: sentinels and other copies' records dropped.
+///
+/// # Safety
+///
+/// `start..stop` is the branch section of this module.
+unsafe fn branch_records(start: *const BranchRecord, stop: *const BranchRecord) -> Vec<(usize, &'static RawKey, usize, u32)> {
+    let n = (stop as usize - start as usize) / size_of::<BranchRecord>();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        // SAFETY: `i < n` records lie in the section.
+        let r = unsafe { start.add(i) };
+        // SAFETY: as above; fields are plain integers.
+        let (at, key, label, flags) = unsafe { ((*r).at, (*r).key, (*r).label, (*r).flags) };
+        if at == 0 {
+            continue;
+        }
+        let base = r as usize;
+        let at = base.wrapping_add(at as isize as usize);
+        let key = (base + 4).wrapping_add(key as isize as usize);
+        let label = (base + 8).wrapping_add(label as isize as usize);
+        // SAFETY: as in `records`: every version's templates record only key
+        // statics, which start with a `KeyPrefix`.
+        let prefix = unsafe { &*(key as *const crate::raw::KeyPrefix) };
+        if owned_here(prefix) {
+            // SAFETY: the prefix says this copy built the key: a
+            // `BranchKey`, whose first field is the `RawKey` (both
+            // `repr(C)`); checked to be a branch key before use.
+            out.push((at, unsafe { &*(key as *const RawKey) }, label, flags));
+        }
+    }
+    out
+}
+
 fn read_text<const N: usize>(at: usize) -> [u8; N] {
     let mut b = [0; N];
     for (i, x) in b.iter_mut().enumerate() {
         // SAFETY: `at..at + N` is a patch or an instruction of this module's
         // text (registry entries only: a site's patch starts on its own
-        // last `cs` prefix), which is mapped readable.
+        // last `cs` prefix; a branch site's test is where the jump the
+        // template assembled at a recorded site goes), which is mapped
+        // readable.
         *x = unsafe { std::ptr::read_volatile((at + i) as *const u8) };
     }
     b
@@ -208,10 +292,37 @@ fn build() -> Registry {
         })
         .collect();
 
+    // SAFETY: the linker-defined bounds of our own section.
+    let mut branches =
+        unsafe { branch_records(&raw const __start_static_call_branches_v2, &raw const __stop_static_call_branches_v2) };
+    branches.sort_by_key(|&(at, k, _, _)| (key_addr(k), at));
+    branches.dedup_by_key(|&mut (at, _, _, _)| at);
+    let branches: Box<[BranchEntry]> = branches
+        .into_iter()
+        .map(|(at, key, label, flags)| {
+            let when_true = flags & 1 != 0;
+            let found = current_bytes(site_patch_at(at));
+            let test = branch_jump_of(at, &found).unwrap_or(0);
+            // The site must hold the jump to a test that is exactly what
+            // the template assembles for this key, label and polarity, and
+            // both patched forms must be encodable; else it is never
+            // patched (its assembled test still runs, correctly or not).
+            let ok = key.branch
+                && test != 0
+                && assembled_branch(at, test) == Some(found)
+                && branch_test_image(test, slot_addr(key), label, when_true, at)
+                    .is_some_and(|want| read_text::<BRANCH_TEST_LEN>(test) == want)
+                && branch_form(at, label, true).is_some();
+            let refused = (!ok).then_some(NotDirect::Refused(site_bytes(&found)));
+            BranchEntry { at, key, label, test, when_true, refused }
+        })
+        .collect();
+
     let mut addrs: Vec<usize> = tramps.iter().filter(|t| !t.damaged).map(|t| t.at).collect();
     addrs.extend(sites.iter().filter(|s| s.refused.is_none()).map(|s| site_patch_at(s.at)));
+    addrs.extend(branches.iter().filter(|b| b.refused.is_none()).map(|b| site_patch_at(b.at)));
     addrs.sort_unstable();
-    Registry { sites, tramps, addrs: addrs.into_boxed_slice() }
+    Registry { sites, tramps, branches, addrs: addrs.into_boxed_slice() }
 }
 
 /// The registry, built on first use.
@@ -235,6 +346,14 @@ impl Registry {
         let lo = self.sites.partition_point(|s| key_addr(s.key) < k);
         let hi = self.sites.partition_point(|s| key_addr(s.key) <= k);
         &self.sites[lo..hi]
+    }
+
+    /// The static-branch sites of `key`, in address order.
+    pub fn branches_of(&self, key: &RawKey) -> &[BranchEntry] {
+        let k = key_addr(key);
+        let lo = self.branches.partition_point(|s| key_addr(s.key) < k);
+        let hi = self.branches.partition_point(|s| key_addr(s.key) <= k);
+        &self.branches[lo..hi]
     }
 
     /// The trampoline of `key`, if this module has it.

@@ -7,7 +7,9 @@ use core::fmt;
 pub enum SiteState {
     /// `call target`: the goal state, as cheap as a direct call.
     Direct,
-    /// `call trampoline`: see [`Site::reason`].
+    /// `call trampoline`: see [`Site::reason`]. For a static-branch site:
+    /// the jump to its assembled test of the key's value (see
+    /// [`NotTaken`](Self::NotTaken)).
     Trampoline,
     /// A five-byte `nop`: the key has no target and returns `()`.
     Nop,
@@ -23,6 +25,22 @@ pub enum SiteState {
     /// Its [`Site::reason`] is [`NotDirect::OutOfReach`]. A breakpoint on
     /// it goes at `address() - 1` (`tests/breakpoint_at_site.rs`).
     Indirect,
+    /// A static-branch site that jumps to its branch's out-of-line block:
+    /// `jmp label` (x86-64, five bytes behind the site's `cs` prefixes;
+    /// aarch64: `b label`). An `unlikely()` site whose key is `true`, or a
+    /// `likely()` site whose key is `false`. [`Site::reason`] is `None`.
+    Taken,
+    /// A static-branch site that falls through into its inline block: a
+    /// five-byte `nop` (aarch64: `nop`). An `unlikely()` site whose key is
+    /// `false`, or a `likely()` site whose key is `true`. [`Site::reason`]
+    /// is `None`.
+    ///
+    /// A static-branch site that is neither (not patched: before
+    /// [`init`](crate::init), in [`Mode::Slots`](crate::Mode), or refused)
+    /// reports [`Trampoline`](Self::Trampoline): it jumps to its assembled
+    /// out-of-line test of the key's value, which takes the right branch
+    /// for the current value; the reason says why it is not patched.
+    NotTaken,
 }
 
 /// Why a site is not [`SiteState::Direct`].
@@ -158,6 +176,8 @@ impl From<&Site> for RawSite {
             SiteState::Nop => 2,
             SiteState::Zero => 3,
             SiteState::Indirect => 4,
+            SiteState::Taken => 5,
+            SiteState::NotTaken => 6,
         };
         let (reason, refused) = match s.reason {
             None => (0, [0; 5]),
@@ -179,6 +199,8 @@ impl From<&RawSite> for Site {
             2 => SiteState::Nop,
             3 => SiteState::Zero,
             4 => SiteState::Indirect,
+            5 => SiteState::Taken,
+            6 => SiteState::NotTaken,
             _ => SiteState::Trampoline,
         };
         let reason = match r.reason {

@@ -28,8 +28,8 @@ struct Fake {
 }
 
 /// This copy's key layout (`raw::KEY_ABI`: 3 since keys also record what
-/// `get()` returns).
-const OUR_LAYOUT: u32 = 3;
+/// `get()` returns, 4 since they say whether they are a static branch's).
+const OUR_LAYOUT: u32 = 4;
 
 /// Poison: any of these followed as a pointer faults at once.
 const WILD: usize = 0x10;

@@ -1268,3 +1268,200 @@ fn inline_site(
     });
     Ok(InlineSite { prelude: quote!(#(#prelude)*), body })
 }
+
+// ---------------------------------------------------------------- static branches
+
+/// Declares a static branch: a `bool` that every site tests for free.
+///
+/// ```ignore
+/// #[static_branch]
+/// static TRACE: bool = false;          // the built-in value
+/// #[static_branch]
+/// pub static FAST: bool = true;
+/// if TRACE.unlikely() { /* out of line */ }
+/// if FAST.likely() { /* inline */ } else { /* out of line */ }
+/// TRACE.set(true);
+/// ```
+///
+/// `#[static_branch(crate = path::to::static_call)]` serves a crate that
+/// re-exports this macro. See the `static_call` crate for the rules.
+#[proc_macro_attribute]
+pub fn static_branch(args: proc_macro::TokenStream, input: proc_macro::TokenStream) -> proc_macro::TokenStream {
+    match expand_branch(TokenStream::from(args), TokenStream::from(input)) {
+        Ok(t) => t.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+const BRANCH_FORM: &str = "write `static NAME: bool = false;` (or `= true`, the built-in value)";
+
+struct BranchDecl {
+    attrs: Vec<Attribute>,
+    vis: Visibility,
+    ident: Ident,
+    value: Expr,
+}
+
+impl Parse for BranchDecl {
+    fn parse(input: ParseStream) -> syn::Result<Self> {
+        let attrs = input.call(Attribute::parse_outer)?;
+        let vis: Visibility = input.parse()?;
+        if input.peek(Token![const]) {
+            return Err(input.error(format!("#[static_branch] goes on a `static`, not a `const`: {BRANCH_FORM}")));
+        }
+        if !input.peek(Token![static]) {
+            return Err(input.error(format!("#[static_branch] goes on a `static` item: {BRANCH_FORM}")));
+        }
+        input.parse::<Token![static]>()?;
+        if input.peek(Token![mut]) {
+            let m: Token![mut] = input.parse()?;
+            return Err(syn::Error::new(
+                m.span,
+                "a static branch cannot be `static mut`: write `static NAME: bool = false;` and flip it with \
+                 `NAME.set(true)`, which is safe and patches every site",
+            ));
+        }
+        let ident: Ident = input.parse()?;
+        input.parse::<Token![:]>()?;
+        let ty: Type = input.parse()?;
+        let is_bool = matches!(&ty, Type::Path(p) if p.qself.is_none() && p.path.is_ident("bool"));
+        if !is_bool {
+            return Err(syn::Error::new_spanned(
+                &ty,
+                "a static branch is a `bool`: write `static NAME: bool = false;` (for a function pointer, use \
+                 `#[static_call]`)",
+            ));
+        }
+        if !input.peek(Token![=]) {
+            return Err(syn::Error::new(
+                ident.span(),
+                format!("a static branch needs its built-in value: {BRANCH_FORM}"),
+            ));
+        }
+        input.parse::<Token![=]>()?;
+        let value: Expr = input.parse()?;
+        input.parse::<Token![;]>()?;
+        Ok(BranchDecl { attrs, vis, ident, value })
+    }
+}
+
+fn parse_branch_args(args: TokenStream) -> syn::Result<Option<syn::Path>> {
+    let mut krate = None;
+    let parser = syn::meta::parser(|meta| {
+        if meta.path.is_ident("crate") {
+            let value = meta.value()?;
+            krate =
+                Some(if value.peek(syn::LitStr) { value.parse::<syn::LitStr>()?.parse()? } else { value.parse()? });
+            Ok(())
+        } else {
+            Err(meta.error(
+                "unknown argument; the valid forms are `#[static_branch]` and `#[static_branch(crate = \
+                 path::to::static_call)]` (for a crate that re-exports this macro)",
+            ))
+        }
+    });
+    syn::parse::Parser::parse2(parser, args)?;
+    Ok(krate)
+}
+
+fn expand_branch(args: TokenStream, input: TokenStream) -> syn::Result<TokenStream> {
+    let krate = parse_branch_args(args)?.unwrap_or_else(|| syn::parse_quote!(::static_call));
+    let sc = quote!(#krate::__private);
+    let decl: BranchDecl = syn::parse2(input)?;
+    let BranchDecl { vis, ident, value, .. } = &decl;
+    let Attrs { docs, cfgs, lints, lints_elsewhere, rest } = sort_attrs(&decl.attrs);
+    let marker = ident;
+    let key = format_ident!("__STATIC_BRANCH_KEY_{}", ident);
+    let name = ident.to_string();
+    let ours = if docs.is_empty() {
+        quote!()
+    } else {
+        let text = format!(
+            "Static branch `{ident}`: `{ident}.likely()` / `{ident}.unlikely()` test it for free (each is a site \
+             patched to a `nop` or a jump), `{ident}.set(v)` flips every site, `{ident}.get()` reads it."
+        );
+        quote!(#[doc = ""] #[doc = #text])
+    };
+    let type_doc = format!(
+        "The type of the static branch [`{ident}`](static@{ident}). `likely` and `unlikely` are sites; \
+         through `Deref` it is a `static_call::BranchKey`: `set`, `try_set`, `get`, `sites`."
+    );
+    Ok(quote! {
+        #(#cfgs)* #(#lints)* #(#docs)* #ours #(#rest)*
+        #vis static #ident: #marker = #marker { __static_call: () };
+
+        #(#cfgs)* #(#lints_elsewhere)*
+        #[doc = #type_doc]
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy)]
+        #vis struct #marker {
+            __static_call: (),
+        }
+
+        #(#cfgs)* #(#lints_elsewhere)*
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        static #key: #sc::BranchKey = #sc::BranchKey::__new({
+            const __VALUE: bool = #value;
+            __VALUE
+        });
+
+        #(#cfgs)* #(#lints_elsewhere)*
+        impl #marker {
+            /// A site that expects the branch to be `false`: returns its
+            /// value, with the code for `true` out of line (after
+            /// patching, a `nop` while `false`, a jump while `true`).
+            #[inline(always)]
+            #[allow(clippy::inline_asm_x86_intel_syntax, clippy::inline_asm_x86_att_syntax)]
+            #vis fn unlikely(self) -> bool {
+                #sc::backend! {
+                    inline {
+                        // SAFETY: the template only reads the key's slot
+                        // (a static of this module) and jumps to its own
+                        // test, back, or to the label; it writes no
+                        // register (aarch64: saves and restores `x16` on
+                        // the stack) and leaves the stack as it found it.
+                        unsafe { #sc::branch_site!(#key, unlikely, { return true; }) }
+                        false
+                    }
+                    portable { #sc::branch_unlikely(#key.__relaxed()) }
+                }
+            }
+
+            /// A site that expects the branch to be `true`: returns its
+            /// value, with the code for `true` inline (after patching, a
+            /// `nop` while `true`, a jump while `false`).
+            #[inline(always)]
+            #[allow(clippy::inline_asm_x86_intel_syntax, clippy::inline_asm_x86_att_syntax)]
+            #vis fn likely(self) -> bool {
+                #sc::backend! {
+                    inline {
+                        // SAFETY: as in `unlikely`.
+                        unsafe { #sc::branch_site!(#key, likely, { return false; }) }
+                        true
+                    }
+                    portable { #sc::branch_likely(#key.__relaxed()) }
+                }
+            }
+        }
+
+        #(#cfgs)* #(#lints_elsewhere)*
+        impl ::core::ops::Deref for #marker {
+            type Target = #sc::BranchKey;
+            #[inline(always)]
+            fn deref(&self) -> &Self::Target {
+                &#key
+            }
+        }
+
+        #(#cfgs)* #(#lints_elsewhere)*
+        impl ::core::fmt::Debug for #marker {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(#name)
+                    .field("value", &#key.get())
+                    .field("sites", &#key.sites().len())
+                    .finish()
+            }
+        }
+    })
+}

@@ -9,7 +9,9 @@
 //! `native` is the architecture being compiled for. Both modules have the
 //! same shape: `INSN_LEN`, `TRAMP_SIZE`, `Insn`, `encode`/`decode`,
 //! `site_form`, `tramp_form`, `assembled_site`, `far_head`, `site_state`,
-//! `trampoline_image`, `well_placed`, `disassemble`, and `protocol` with
+//! `trampoline_image`, `well_placed`, `disassemble`, the static-branch
+//! forms (`BRANCH_TEST_LEN`, `assembled_branch`, `branch_jump_of`,
+//! `branch_test_image`, `branch_form`, `branch_state`), and `protocol` with
 //! `requirements`, `install`, `check_handler`, `installed`, `may_write`,
 //! `write`, `retire`, `take_out`, `after_fork_child`. x86-64 also has
 //! `trap`: what its SIGTRAP handler does about an `int3` (the plan's lookup

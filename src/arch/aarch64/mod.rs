@@ -227,6 +227,82 @@ pub fn trampoline_image(tramp: usize, slot: usize, head: [u8; INSN_LEN]) -> Opti
     Some(image)
 }
 
+// ---------------------------------------------------------------- branches
+
+/// Length of a static-branch site's out-of-line test: eight instructions
+/// (see [`branch_test_image`]).
+pub const BRANCH_TEST_LEN: usize = 32;
+
+/// `str x16, [sp, #-16]!`.
+const PUSH_X16: u32 = 0xf81f_0ff0;
+/// `ldr x16, [sp], #16`.
+const POP_X16: u32 = 0xf841_07f0;
+/// `cbnz x16, +12` and `cbz x16, +12`.
+const CBNZ_X16_12: u32 = 0xb500_0000 | (3 << 5) | 16;
+const CBZ_X16_12: u32 = 0xb400_0000 | (3 << 5) | 16;
+
+/// What the macro assembled at a static-branch site: `b test`.
+pub fn assembled_branch(site: usize, test: usize) -> Option<[u8; PATCH_LEN]> {
+    encode(site, Insn::Jmp(test))
+}
+
+/// Where a static-branch site's assembled `b` goes (its test), if it holds
+/// a `b` at all.
+pub fn branch_jump_of(site: usize, bytes: &[u8; PATCH_LEN]) -> Option<usize> {
+    match decode(site, bytes)? {
+        Insn::Jmp(t) => Some(t),
+        _ => None,
+    }
+}
+
+/// The whole expected image of a static-branch site's test at `test`:
+/// `str x16, [sp, #-16]!`; `adrp x16, slot`; `ldr x16, [x16, :lo12:slot]`;
+/// `cbnz x16, 1f` (`when_true`, an `unlikely` site) or `cbz`; `ldr x16,
+/// [sp], #16`; `b` back to the site's end; `1: ldr x16, [sp], #16`; `b
+/// label`. (`asm goto` has no outputs on stable Rust: the scratch register
+/// is saved on the stack, and the site's asm is not `nostack`.) `None` when
+/// something is out of reach.
+pub fn branch_test_image(
+    test: usize,
+    slot: usize,
+    label: usize,
+    when_true: bool,
+    site: usize,
+) -> Option<[u8; BRANCH_TEST_LEN]> {
+    let words = [
+        PUSH_X16,
+        adrp_x16(test + 4, slot)?,
+        ldr_x16_lo12(slot)?,
+        if when_true { CBNZ_X16_12 } else { CBZ_X16_12 },
+        POP_X16,
+        B | imm26(test + 20, site + INSN_LEN)?,
+        POP_X16,
+        B | imm26(test + 28, label)?,
+    ];
+    let mut image = [0u8; BRANCH_TEST_LEN];
+    for (i, w) in words.iter().enumerate() {
+        image[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    Some(image)
+}
+
+/// What a static-branch site holds when it is patched: `b label` if
+/// `taken`, else `nop` (both in the concurrent-modification set). `None`
+/// when the label is out of reach.
+pub fn branch_form(site: usize, label: usize, taken: bool) -> Option<[u8; PATCH_LEN]> {
+    encode(site, if taken { Insn::Jmp(label) } else { Insn::Nop })
+}
+
+/// What a static-branch site says it does, if it is patched (not its
+/// assembled `b test`).
+pub fn branch_state(site: usize, bytes: &[u8; PATCH_LEN], test: usize) -> Option<SiteState> {
+    match decode(site, bytes)? {
+        Insn::Jmp(t) if t != test => Some(SiteState::Taken),
+        Insn::Nop => Some(SiteState::NotTaken),
+        _ => None,
+    }
+}
+
 /// Every instruction is 4-byte aligned on aarch64: every site is well placed.
 pub fn well_placed(site: usize) -> bool {
     site.is_multiple_of(4)
@@ -265,6 +341,54 @@ macro_rules! __static_call_aarch64_site {
             $($operands)*
             clobber_abi("C"),
         )
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_aarch64_branch {
+    // A static-branch site (an `asm goto`): `b` to an out-of-line test of
+    // the key's slot in its own section (see `branch_test_image`), which
+    // branches to the label when the branch is to be taken (`cbnz`: an
+    // `unlikely` site; `cbz`: a `likely` one) and back to the site's end
+    // otherwise. Patched forms: `b label` or `nop`. The record `{site - .,
+    // key - ., label - ., flags}` (flags bit 0: the site jumps when the
+    // value is true) goes to the branch section.
+    (@emit $key:path, $label:block, $cb:literal, $flags:literal) => {
+        ::core::arch::asm!(
+            "2:",
+            "b 4f",
+            "3:",
+            ".pushsection .text.static_branch_test, \"ax\", %progbits",
+            ".balign 4",
+            "4:",
+            "str x16, [sp, #-16]!",
+            // The slot, at `raw::SLOT_OFFSET` in the key.
+            "adrp x16, {__static_call_key} + 24",
+            "ldr x16, [x16, :lo12:{__static_call_key} + 24]",
+            $cb,
+            "ldr x16, [sp], #16",
+            "b 3b",
+            "5:",
+            "ldr x16, [sp], #16",
+            "b {__static_call_label}",
+            ".popsection",
+            ".pushsection static_call_branches_v2, \"aR\", %progbits",
+            ".balign 4",
+            ".long 2b - .",
+            ".long {__static_call_key} - .",
+            ".long {__static_call_label} - .",
+            $flags,
+            ".popsection",
+            __static_call_key = sym $key,
+            __static_call_label = label $label,
+        )
+    };
+    ($key:path, unlikely, $label:block) => {
+        $crate::__static_call_aarch64_branch!(@emit $key, $label, "cbnz x16, 5f", ".long 1")
+    };
+    ($key:path, likely, $label:block) => {
+        $crate::__static_call_aarch64_branch!(@emit $key, $label, "cbz x16, 5f", ".long 0")
     };
 }
 
@@ -337,6 +461,28 @@ macro_rules! __static_call_aarch64_trampoline_addr {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn branch_forms_and_test() {
+        let (site, test, label) = (0x40_1000usize, 0x40_8000usize, 0x40_1040usize);
+        let slot = 0x60_2018usize;
+        let b = assembled_branch(site, test).unwrap();
+        assert_eq!(branch_jump_of(site, &b), Some(test));
+        assert_eq!(branch_state(site, &b, test), None);
+        assert_eq!(branch_state(site, &branch_form(site, label, true).unwrap(), test), Some(SiteState::Taken));
+        assert_eq!(branch_state(site, &branch_form(site, label, false).unwrap(), test), Some(SiteState::NotTaken));
+        assert_eq!(branch_form(site, label, false), Some(NOP.to_le_bytes()));
+        let image = branch_test_image(test, slot, label, true, site).unwrap();
+        let word = |i: usize| u32::from_le_bytes(image[i * 4..i * 4 + 4].try_into().unwrap());
+        // From objdump: `str x16, [sp, #-16]!`, `cbnz x16, .+12`, `ldr x16, [sp], #16`.
+        assert_eq!(word(0), 0xf81f_0ff0);
+        assert_eq!(word(3), 0xb500_0070);
+        assert_eq!(word(4), 0xf841_07f0);
+        assert_eq!(decode(test + 20, &word(5).to_le_bytes()), Some(Insn::Jmp(site + 4)));
+        assert_eq!(decode(test + 28, &word(7).to_le_bytes()), Some(Insn::Jmp(label)));
+        let cbz = branch_test_image(test, slot, label, false, site).unwrap();
+        assert_eq!(u32::from_le_bytes(cbz[12..16].try_into().unwrap()), 0xb400_0070);
+    }
 
     #[test]
     fn known_encodings() {

@@ -370,6 +370,68 @@ pub fn well_placed(site: usize) -> bool {
     (site + 1).is_multiple_of(4)
 }
 
+// ---------------------------------------------------------------- branches
+
+/// Length of a static-branch site's out-of-line test: `cmp qword ptr [rip +
+/// slot], 0` (8 bytes), `jne`/`je label` (6), `jmp back` (5).
+pub const BRANCH_TEST_LEN: usize = 19;
+
+/// What the macro assembled at a static-branch site, as its patch: the
+/// last `cs` prefix and `jmp test`.
+pub fn assembled_branch(site: usize, test: usize) -> Option<[u8; PATCH_LEN]> {
+    site_patch(site, Insn::Jmp(test))
+}
+
+/// Where a static-branch site's assembled jump goes (its test), if its
+/// patch holds a jump at all.
+pub fn branch_jump_of(site: usize, bytes: &[u8; PATCH_LEN]) -> Option<usize> {
+    match decode_patch(site_patch_at(site), bytes)? {
+        (Insn::Jmp(t), _) => Some(t),
+        _ => None,
+    }
+}
+
+/// The whole expected image of a static-branch site's test at `test`: it
+/// reads the key's slot at `slot`, jumps to `label` when the slot is
+/// non-null (`when_true`, an `unlikely` site) or null (a `likely` site),
+/// else jumps back to the end of the site at `site`. `None` when a
+/// displacement is out of reach (which the linker would have refused).
+pub fn branch_test_image(
+    test: usize,
+    slot: usize,
+    label: usize,
+    when_true: bool,
+    site: usize,
+) -> Option<[u8; BRANCH_TEST_LEN]> {
+    let rel = |end: usize, to: usize| i32::try_from((to as i64).wrapping_sub(end as i64)).ok().map(i32::to_le_bytes);
+    let mut b = [0u8; BRANCH_TEST_LEN];
+    b[..3].copy_from_slice(&[0x48, 0x83, 0x3d]);
+    b[3..7].copy_from_slice(&rel(test + 8, slot)?);
+    b[7] = 0;
+    b[8..10].copy_from_slice(&[0x0f, if when_true { 0x85 } else { 0x84 }]);
+    b[10..14].copy_from_slice(&rel(test + 14, label)?);
+    b[14] = JMP_REL32;
+    b[15..19].copy_from_slice(&rel(test + 19, site + INSN_LEN)?);
+    Some(b)
+}
+
+/// What a static-branch site's patch holds when it is patched: `jmp label`
+/// if `taken`, else the five-byte `nop`. `None` when the label is out of
+/// rel32 reach.
+pub fn branch_form(site: usize, label: usize, taken: bool) -> Option<[u8; PATCH_LEN]> {
+    site_patch(site, if taken { Insn::Jmp(label) } else { Insn::Nop })
+}
+
+/// What a static-branch site's patch says it does, if it is patched (not
+/// its assembled jump to `test`).
+pub fn branch_state(site: usize, bytes: &[u8; PATCH_LEN], test: usize) -> Option<SiteState> {
+    match decode_patch(site_patch_at(site), bytes)?.0 {
+        Insn::Jmp(t) if t != test => Some(SiteState::Taken),
+        Insn::Nop => Some(SiteState::NotTaken),
+        _ => None,
+    }
+}
+
 /// Assembly templates. They are `macro_rules!` so that `asm!`/`global_asm!` see
 /// string literals; the byte values are those of the constants above, which
 /// `tests/encodings.rs` checks against the assembled text.
@@ -398,6 +460,53 @@ macro_rules! __static_call_x86_64_site {
             $($operands)*
             clobber_abi("C"),
         )
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __static_call_x86_64_branch {
+    // A static-branch site (an `asm goto`): two `cs` prefixes, then `jmp
+    // rel32` (the byte forced) to an out-of-line test of the key's slot in
+    // its own section, which jumps to the label when the branch is to be
+    // taken (`jne`: an `unlikely` site; `je`: a `likely` one) and back to
+    // the site's end otherwise. The patch is the last prefix and the jump
+    // (`site_patch_at(site) = site - 1`, as for calls); the first prefix
+    // never changes, so no instruction ends just before a patch (see
+    // `trap::handle`). Patched forms: `jmp label` or the five-byte `nop`.
+    // The record `{site - ., key - ., label - ., flags}` (flags bit 0: the
+    // site jumps when the value is true) goes to the branch section.
+    (@emit $key:path, $label:block, $jcc:literal, $flags:literal) => {
+        ::core::arch::asm!(
+            ".byte 0x2e, 0x2e",
+            "2:",
+            ".byte 0xe9",
+            ".long 4f - . - 4",
+            "3:",
+            ".pushsection .text.static_branch_test, \"ax\", @progbits",
+            "4:",
+            // The slot, at `raw::SLOT_OFFSET` in the key.
+            "cmp qword ptr [rip + {__static_call_key} + 24], 0",
+            $jcc,
+            "jmp 3b",
+            ".popsection",
+            ".pushsection static_call_branches_v2, \"aR\", %progbits",
+            ".balign 4",
+            ".long 2b - .",
+            ".long {__static_call_key} - .",
+            ".long {__static_call_label} - .",
+            $flags,
+            ".popsection",
+            __static_call_key = sym $key,
+            __static_call_label = label $label,
+            options(nostack, readonly),
+        )
+    };
+    ($key:path, unlikely, $label:block) => {
+        $crate::__static_call_x86_64_branch!(@emit $key, $label, "jne {__static_call_label}", ".long 1")
+    };
+    ($key:path, likely, $label:block) => {
+        $crate::__static_call_x86_64_branch!(@emit $key, $label, "je {__static_call_label}", ".long 0")
     };
 }
 
@@ -695,6 +804,86 @@ mod tests {
             assert_eq!(describe(at, &p), format!("call qword ptr [{slot:#x}]"));
         }
         assert_eq!(describe(at, &[INT3, 0, 0, 0, 0]), "(not a static_call form)");
+    }
+
+    proptest! {
+        /// A static-branch site (two `cs` prefixes, the patch on the
+        /// second): every transition between its forms (the assembled jump
+        /// to its test, `jmp label`, the `nop`), at every protocol step,
+        /// decoded from the first prefix and from the patch's first byte,
+        /// is one instruction ending at the site's end (or the `int3`,
+        /// reporting the site), and is what `decode_patch` says; the test
+        /// decodes as `cmp qword ptr [rip + slot], 0`, `jne`/`je label`,
+        /// `jmp` back to the site's end.
+        #[test]
+        fn branch_transitions_are_one_instruction_at_every_step(
+            site in 0x1000_0000usize..(1usize << 46),
+            from in 0usize..3,
+            to in 0usize..3,
+            test in 1i64..(1i64 << 30),
+            label in -(1i64 << 20)..(1i64 << 20),
+            slot in -(1i64 << 30)..(1i64 << 30),
+            when_true in any::<bool>(),
+        ) {
+            let (test, label, slot) = ((site as i64 + test) as usize, (site as i64 + 5 + label) as usize, ((site as i64 + slot) as usize) & !7);
+            let form = |i: usize| match i {
+                0 => assembled_branch(site, test).unwrap(),
+                1 => branch_form(site, label, true).unwrap(),
+                _ => branch_form(site, label, false).unwrap(),
+            };
+            prop_assert_eq!(branch_jump_of(site, &form(0)), Some(test));
+            prop_assert_eq!(branch_state(site, &form(0), test), None);
+            prop_assert_eq!(branch_state(site, &form(1), test), Some(SiteState::Taken));
+            prop_assert_eq!(branch_state(site, &form(2), test), Some(SiteState::NotTaken));
+            let (old, new) = (form(from), form(to));
+            let mut text = vec![CS];
+            text.extend_from_slice(&old);
+            let mut states = vec![text.clone()];
+            text[1] = INT3;
+            states.push(text.clone());
+            text[2..].copy_from_slice(&new[1..]);
+            states.push(text.clone());
+            text[1] = new[0];
+            states.push(text.clone());
+            for (step, bytes) in states.iter().enumerate() {
+                for from_byte in [0, 1] {
+                    let at = site - 2 + from_byte;
+                    let i = decode_iced(at, &bytes[from_byte..]);
+                    prop_assert!(!i.is_invalid());
+                    if i.mnemonic() == Mnemonic::Int3 {
+                        prop_assert!(step == 1 || step == 2);
+                        prop_assert_eq!(i.next_ip(), site as u64);
+                        continue;
+                    }
+                    prop_assert_eq!(i.next_ip(), site as u64 + 5, "step {}", step);
+                    let seen: [u8; PATCH_LEN] = bytes[1..].try_into().unwrap();
+                    let (insn, end) = decode_patch(site - 1, &seen).unwrap();
+                    prop_assert_eq!(end, site + 5);
+                    prop_assert_eq!(seen, if step == 0 { old } else { new });
+                    match insn {
+                        Insn::Jmp(t) => {
+                            prop_assert_eq!(i.mnemonic(), Mnemonic::Jmp);
+                            prop_assert_eq!(i.near_branch_target(), t as u64);
+                        }
+                        Insn::Nop => prop_assert_eq!(i.mnemonic(), Mnemonic::Nop),
+                        other => prop_assert!(false, "{:?}", other),
+                    }
+                }
+            }
+            let image = branch_test_image(test, slot, label, when_true, site).unwrap();
+            let cmp = decode_iced(test, &image);
+            prop_assert_eq!((cmp.mnemonic(), cmp.len()), (Mnemonic::Cmp, 8));
+            prop_assert!(cmp.is_ip_rel_memory_operand());
+            prop_assert_eq!(cmp.ip_rel_memory_address(), slot as u64);
+            prop_assert_eq!(cmp.memory_size(), iced_x86::MemorySize::UInt64);
+            prop_assert_eq!(cmp.immediate(1), 0);
+            let jcc = decode_iced(test + 8, &image[8..]);
+            prop_assert_eq!(jcc.mnemonic(), if when_true { Mnemonic::Jne } else { Mnemonic::Je });
+            prop_assert_eq!(jcc.near_branch_target(), label as u64);
+            let back = decode_iced(test + 14, &image[14..]);
+            prop_assert_eq!(back.mnemonic(), Mnemonic::Jmp);
+            prop_assert_eq!(back.near_branch_target(), site as u64 + 5);
+        }
     }
 
     #[test]

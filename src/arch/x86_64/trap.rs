@@ -237,8 +237,9 @@ pub fn handle(uc: &mut libc::ucontext_t) -> bool {
     // The kernel reports an int3 with rip just past it. A debugger that
     // passes the trap on to the program may first have moved rip back onto
     // the int3 (gdb does so for every SI_KERNEL trap): no instruction of ours
-    // ends just before one of our addresses (a site's patch starts behind
-    // at least two of its own prefixes, a trampoline behind int3 padding),
+    // ends just before one of our addresses (a call site's patch starts
+    // behind at least two of its own prefixes, a static-branch site's behind
+    // one, a trampoline behind int3 padding),
     // so rip at our address can only mean that.
     let (at, trap) = match on_trap(rip.wrapping_sub(1)) {
         Trap::NotOurs => (rip, on_trap(rip)),
