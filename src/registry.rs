@@ -29,7 +29,7 @@
 #![allow(unsafe_code)]
 
 use crate::arch::native::{
-    assembled_branch, assembled_site, branch_form, branch_jump_of, branch_test_image, site_bytes, site_patch_at,
+    assembled_branch, assembled_site, branch_form, branch_test_image, site_bytes, site_patch_at,
     trampoline_image, well_placed, BRANCH_TEST_LEN, INSN_LEN, PATCH_LEN, TRAMP_SIZE,
 };
 use crate::owner::owned_here;
@@ -55,18 +55,22 @@ core::arch::global_asm!(
     ".popsection",
     ".pushsection static_call_branches_v2, \"aR\", %progbits",
     ".balign 4",
-    ".long 0, 0, 0, 0",
+    ".long 0, 0, 0, 0, 0",
     ".popsection",
 );
 
-/// A static-branch site's record: `{site - ., key - ., label - ., flags}`,
-/// each offset relative to its own field; flags bit 0: the site jumps to
-/// its label when the key's value is true (an `unlikely` site).
+/// A static-branch site's record: `{site - ., key - ., label - ., test -
+/// ., flags}`, each offset relative to its own field; flags bit 0: the site
+/// jumps to its label when the key's value is true (an `unlikely` site).
+/// The test is recorded, not found by decoding the site: a site whose
+/// bytes someone else changed before the registry is built could jump
+/// anywhere, and the registry reads the test's bytes.
 #[repr(C)]
 struct BranchRecord {
     at: i32,
     key: i32,
     label: i32,
+    test: i32,
     flags: u32,
 }
 
@@ -88,8 +92,7 @@ pub struct BranchEntry {
     pub key: &'static RawKey,
     /// Where the site jumps to take the branch (the `asm goto` label).
     pub label: usize,
-    /// The site's assembled test of the key's slot (0 if refused before it
-    /// was found).
+    /// The site's assembled test of the key's slot, as its record names it.
     pub test: usize,
     /// The site takes the branch (jumps to `label`) when the value is true.
     pub when_true: bool,
@@ -188,20 +191,23 @@ unsafe fn records(start: *const Record, stop: *const Record) -> Vec<(usize, &'st
     out
 }
 
-/// Reads the branch section into (site, key, label, flags) of this copy's
-/// keys: sentinels and other copies' records dropped.
+/// One branch record, resolved: its site, key, label, test and flags.
+type BranchRecordAt = (usize, &'static RawKey, usize, usize, u32);
+
+/// Reads the branch section into (site, key, label, test, flags) of this
+/// copy's keys: sentinels and other copies' records dropped.
 ///
 /// # Safety
 ///
 /// `start..stop` is the branch section of this module.
-unsafe fn branch_records(start: *const BranchRecord, stop: *const BranchRecord) -> Vec<(usize, &'static RawKey, usize, u32)> {
+unsafe fn branch_records(start: *const BranchRecord, stop: *const BranchRecord) -> Vec<BranchRecordAt> {
     let n = (stop as usize - start as usize) / size_of::<BranchRecord>();
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         // SAFETY: `i < n` records lie in the section.
         let r = unsafe { start.add(i) };
         // SAFETY: as above; fields are plain integers.
-        let (at, key, label, flags) = unsafe { ((*r).at, (*r).key, (*r).label, (*r).flags) };
+        let (at, key, label, test, flags) = unsafe { ((*r).at, (*r).key, (*r).label, (*r).test, (*r).flags) };
         if at == 0 {
             continue;
         }
@@ -209,6 +215,7 @@ unsafe fn branch_records(start: *const BranchRecord, stop: *const BranchRecord) 
         let at = base.wrapping_add(at as isize as usize);
         let key = (base + 4).wrapping_add(key as isize as usize);
         let label = (base + 8).wrapping_add(label as isize as usize);
+        let test = (base + 12).wrapping_add(test as isize as usize);
         // SAFETY: as in `records`: every version's templates record only key
         // statics, which start with a `KeyPrefix`.
         let prefix = unsafe { &*(key as *const crate::raw::KeyPrefix) };
@@ -216,7 +223,7 @@ unsafe fn branch_records(start: *const BranchRecord, stop: *const BranchRecord) 
             // SAFETY: the prefix says this copy built the key: a
             // `BranchKey`, whose first field is the `RawKey` (both
             // `repr(C)`); checked to be a branch key before use.
-            out.push((at, unsafe { &*(key as *const RawKey) }, label, flags));
+            out.push((at, unsafe { &*(key as *const RawKey) }, label, test, flags));
         }
     }
     out
@@ -227,9 +234,8 @@ fn read_text<const N: usize>(at: usize) -> [u8; N] {
     for (i, x) in b.iter_mut().enumerate() {
         // SAFETY: `at..at + N` is a patch or an instruction of this module's
         // text (registry entries only: a site's patch starts on its own
-        // last `cs` prefix; a branch site's test is where the jump the
-        // template assembled at a recorded site goes), which is mapped
-        // readable.
+        // last `cs` prefix; a branch site's test is the one its record
+        // names, emitted by the same template), which is mapped readable.
         *x = unsafe { std::ptr::read_volatile((at + i) as *const u8) };
     }
     b
@@ -295,20 +301,19 @@ fn build() -> Registry {
     // SAFETY: the linker-defined bounds of our own section.
     let mut branches =
         unsafe { branch_records(&raw const __start_static_call_branches_v2, &raw const __stop_static_call_branches_v2) };
-    branches.sort_by_key(|&(at, k, _, _)| (key_addr(k), at));
-    branches.dedup_by_key(|&mut (at, _, _, _)| at);
+    branches.sort_by_key(|&(at, k, _, _, _)| (key_addr(k), at));
+    branches.dedup_by_key(|&mut (at, _, _, _, _)| at);
     let branches: Box<[BranchEntry]> = branches
         .into_iter()
-        .map(|(at, key, label, flags)| {
+        .map(|(at, key, label, test, flags)| {
             let when_true = flags & 1 != 0;
             let found = current_bytes(site_patch_at(at));
-            let test = branch_jump_of(at, &found).unwrap_or(0);
-            // The site must hold the jump to a test that is exactly what
-            // the template assembles for this key, label and polarity, and
+            // The site must hold the jump to its recorded test (checked
+            // before the test is read), the test must be exactly what the
+            // template assembles for this key, label and polarity, and
             // both patched forms must be encodable; else it is never
             // patched (its assembled test still runs, correctly or not).
             let ok = key.branch
-                && test != 0
                 && assembled_branch(at, test) == Some(found)
                 && branch_test_image(test, slot_addr(key), label, when_true, at)
                     .is_some_and(|want| read_text::<BRANCH_TEST_LEN>(test) == want)

@@ -248,6 +248,7 @@ pub fn assembled_branch(site: usize, test: usize) -> Option<[u8; PATCH_LEN]> {
 
 /// Where a static-branch site's assembled `b` goes (its test), if it holds
 /// a `b` at all.
+#[cfg(test)]
 pub fn branch_jump_of(site: usize, bytes: &[u8; PATCH_LEN]) -> Option<usize> {
     match decode(site, bytes)? {
         Insn::Jmp(t) => Some(t),
@@ -352,8 +353,8 @@ macro_rules! __static_call_aarch64_branch {
     // branches to the label when the branch is to be taken (`cbnz`: an
     // `unlikely` site; `cbz`: a `likely` one) and back to the site's end
     // otherwise. Patched forms: `b label` or `nop`. The record `{site - .,
-    // key - ., label - ., flags}` (flags bit 0: the site jumps when the
-    // value is true) goes to the branch section.
+    // key - ., label - ., test - ., flags}` (flags bit 0: the site jumps
+    // when the value is true) goes to the branch section.
     (@emit $key:path, $label:block, $cb:literal, $flags:literal) => {
         ::core::arch::asm!(
             "2:",
@@ -378,6 +379,7 @@ macro_rules! __static_call_aarch64_branch {
             ".long 2b - .",
             ".long {__static_call_key} - .",
             ".long {__static_call_label} - .",
+            ".long 4b - .",
             $flags,
             ".popsection",
             __static_call_key = sym $key,

@@ -384,6 +384,7 @@ pub fn assembled_branch(site: usize, test: usize) -> Option<[u8; PATCH_LEN]> {
 
 /// Where a static-branch site's assembled jump goes (its test), if its
 /// patch holds a jump at all.
+#[cfg(test)]
 pub fn branch_jump_of(site: usize, bytes: &[u8; PATCH_LEN]) -> Option<usize> {
     match decode_patch(site_patch_at(site), bytes)? {
         (Insn::Jmp(t), _) => Some(t),
@@ -474,8 +475,9 @@ macro_rules! __static_call_x86_64_branch {
     // (`site_patch_at(site) = site - 1`, as for calls); the first prefix
     // never changes, so no instruction ends just before a patch (see
     // `trap::handle`). Patched forms: `jmp label` or the five-byte `nop`.
-    // The record `{site - ., key - ., label - ., flags}` (flags bit 0: the
-    // site jumps when the value is true) goes to the branch section.
+    // The record `{site - ., key - ., label - ., test - ., flags}` (flags
+    // bit 0: the site jumps when the value is true) goes to the branch
+    // section.
     (@emit $key:path, $label:block, $jcc:literal, $flags:literal) => {
         ::core::arch::asm!(
             ".byte 0x2e, 0x2e",
@@ -495,6 +497,7 @@ macro_rules! __static_call_x86_64_branch {
             ".long 2b - .",
             ".long {__static_call_key} - .",
             ".long {__static_call_label} - .",
+            ".long 4b - .",
             $flags,
             ".popsection",
             __static_call_key = sym $key,
