@@ -1,5 +1,6 @@
 //! The main job: declare static calls, show their call sites before and after
-//! patching, retarget them while threads call, and print what a call costs.
+//! patching, retarget them while threads call, flip a static branch while
+//! threads run it, and print what a call costs.
 //!
 //! ```text
 //! cargo run --release --example demo
@@ -7,7 +8,7 @@
 #[path = "common/costs.rs"]
 mod costs;
 
-use static_call::{static_call, SiteState};
+use static_call::{static_branch, static_call, SiteState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -58,6 +59,20 @@ fn echo(r: &Request) -> Response {
 
 #[static_call]
 static ROUTE: fn(&Request) -> Response = not_found;
+
+/// Off: each request's trace costs a `nop` (DESIGN §9).
+#[static_branch]
+static TRACE: bool = false;
+
+/// Serves `x`; says whether it was traced (its `TRACE` site took the branch).
+#[inline(never)]
+fn serve(x: u64) -> (u64, bool) {
+    let mut traced = false;
+    if TRACE.unlikely() {
+        traced = std::hint::black_box(true);
+    }
+    (x + 1, traced)
+}
 
 #[inline(never)]
 fn hash(x: u64) -> u64 {
@@ -248,6 +263,67 @@ fn main() -> Result<(), static_call::Error> {
     assert_eq!(after, Response { status: 200, body: "/DEMO".into() });
     assert!(cfg!(panic = "abort") || message.as_deref() == Some("handler failed on /demo"));
     assert!(!patching() || ROUTE.sites().iter().all(|s| s.state() == SiteState::Direct));
+
+    // A static branch, flipped while another thread runs its site (one: on
+    // two cores, a second would mostly run while this one is descheduled,
+    // on one value): each
+    // execution takes the branch of the old value or of the new, and once
+    // `set` returns every execution takes the new one.
+    println!();
+    println!("Static branch TRACE: `if TRACE.unlikely() {{ .. }}` in serve()");
+    for site in TRACE.sites() {
+        println!("  off:       {site}");
+    }
+    // The runner counts its executions of each branch as it goes; the sets
+    // go on (2,000 at least) until it has run both, so that the flips
+    // overlapped its calls even on a loaded machine.
+    let stop = Arc::new(AtomicBool::new(false));
+    let seen = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
+    let runner = {
+        let (stop, seen) = (stop.clone(), seen.clone());
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let (r, was_traced) = serve(n);
+                assert_eq!(r, n + 1);
+                seen[was_traced as usize].fetch_add(1, Ordering::Relaxed);
+                n += 1;
+            }
+        })
+    };
+    let emulated = static_call::stats().traps_emulated;
+    let (mut wrong, mut flips) = (0u64, 0u64);
+    let both_seen = || seen.iter().all(|c| c.load(Ordering::Relaxed) > 0);
+    while flips < 2_000 || (!both_seen() && flips < 2_000_000) {
+        let on = flips.is_multiple_of(2);
+        TRACE.set(on);
+        // This thread's executions, all started after `set` returned.
+        for j in 0..256 {
+            wrong += (serve(j).1 != on) as u64;
+        }
+        if flips == 0 {
+            for site in TRACE.sites() {
+                println!("  on:        {site}");
+            }
+        }
+        flips += 1;
+    }
+    TRACE.set(false);
+    stop.store(true, Ordering::Relaxed);
+    runner.join().expect("runner thread");
+    let [plain, traced] = [0, 1].map(|i| seen[i].load(Ordering::Relaxed));
+    print!(
+        "  {flips} sets while another thread ran serve() {} times ({traced} traced): {wrong} wrong branches after a set returned",
+        plain + traced
+    );
+    if cfg!(target_arch = "x86_64") {
+        println!(", {} executions emulated on the int3", static_call::stats().traps_emulated - emulated);
+    } else {
+        println!();
+    }
+    assert_eq!(wrong, 0);
+    assert!(!TRACE.get());
+    assert!(!patching() || TRACE.sites().iter().all(|s| s.state() == SiteState::NotTaken));
 
     // `--sites-only`: stop here (under an emulator such as QEMU, where
     // timings mean nothing).

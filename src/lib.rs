@@ -303,3 +303,8 @@ pub mod __private;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeExample;
+
+/// The example of `docs/branches.md`, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/branches.md")]
+struct BranchesExample;

@@ -78,7 +78,7 @@ impl fmt::Display for NotDirect {
             NotDirect::OutOfReach => f.write_str("target out of rel32 reach, called through the key's slot"),
             NotDirect::Misplaced => f.write_str("rel32 not 4-byte aligned, left on the trampoline"),
             NotDirect::Refused(b) => write!(f, "unexpected bytes {b:02x?} at init, left alone"),
-            NotDirect::Slots => f.write_str("patching impossible in this process, called through the key's slot"),
+            NotDirect::Slots => f.write_str("patching impossible in this process, the site goes through the key's slot (a branch site: its test of it)"),
         }
     }
 }
