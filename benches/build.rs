@@ -170,9 +170,11 @@ const BRANCH_VARIANTS: [&str; 3] = ["none", "static", "atomic"];
 /// for item `i`: the test (none, the branch, the atomic), with the cold call
 /// in its `if`, then one ALU operation on `x` that cannot fold into the
 /// next one (`add` and `xor` of small constants, alternating: one cycle of
-/// latency, four bytes, one uop).
+/// latency, four bytes, one uop). The constants repeat every 127 items,
+/// so that no two chunks of 512 have the same body (rustc merges identical
+/// functions: with a period of 120, 15 of the 32 chunks were left).
 fn branch_site(v: &str, i: usize) -> String {
-    let c = 1 + i % 120;
+    let c = 1 + i % 127;
     let op = if i.is_multiple_of(2) { format!("x = x.wrapping_add({c});") } else { format!("x ^= {c};") };
     match v {
         "none" => op,
