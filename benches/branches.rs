@@ -424,13 +424,15 @@ mod bench {
         })
     }
 
-    /// The `set` table: `rounds` rounds, each timing one membarrier and one
-    /// `set` (a flip) of every key, in turn; microseconds, ratio to the
-    /// membarrier.
+    /// The `set` table: `rounds` rounds, each timing, for every key in
+    /// turn, one membarrier and then one `set` of the key (a flip);
+    /// microseconds, each `set` over the membarrier timed right before it.
     pub fn set_table(rounds: usize, busy: bool) -> String {
         use std::fmt::Write as _;
         let keys = gen::set_keys();
-        let mut s: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); keys.len() + 1];
+        // (membarrier, set) samples per key.
+        let mut s: Vec<(Vec<f64>, Vec<f64>)> =
+            vec![(Vec::with_capacity(rounds), Vec::with_capacity(rounds)); keys.len()];
         with_spinner(busy, || {
             // Warm up: every key flipped twice.
             for &(_, key, _) in &keys {
@@ -438,13 +440,13 @@ mod bench {
                 flip(key);
             }
             for _ in 0..rounds {
-                let t = Instant::now();
-                static_call::__private::sync_core_once().expect("membarrier");
-                s[0].push(t.elapsed().as_nanos() as f64 / 1e3);
-                for (i, &(_, key, _)) in keys.iter().enumerate() {
+                for (&(_, key, _), (mb, set)) in keys.iter().zip(s.iter_mut()) {
+                    let t = Instant::now();
+                    static_call::__private::sync_core_once().expect("membarrier");
+                    mb.push(t.elapsed().as_nanos() as f64 / 1e3);
                     let t = Instant::now();
                     flip(key);
-                    s[i + 1].push(t.elapsed().as_nanos() as f64 / 1e3);
+                    set.push(t.elapsed().as_nanos() as f64 / 1e3);
                 }
             }
         });
@@ -455,26 +457,19 @@ mod bench {
             assert!(key.sites().iter().all(|s| s.state() == SiteState::NotTaken), "SET_{n} back to nops");
             black_box(run(7));
         }
-        let stats: Vec<(f64, f64)> = s.iter_mut().map(|v| median(v)).collect();
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "set (a flip) against one membarrier(SYNC_CORE), {} ({rounds} interleaved rounds; writer {})   \
-             median  ratio | fastest  ratio",
+            "set (a flip) against one membarrier(SYNC_CORE) timed right before it, {} ({rounds} interleaved rounds; \
+             writer {})   median  ratio | fastest  ratio",
             if busy { "another thread spinning" } else { "idle" },
             writer()
         );
-        let mut row = |what: String, (m, f): (f64, f64)| {
-            let _ = writeln!(
-                out,
-                "  {what:<40} {m:>9.2} µs {:>7.2}x | {f:>8.2} µs {:>7.2}x",
-                m / stats[0].0,
-                f / stats[0].1
-            );
-        };
-        row("one membarrier(SYNC_CORE) call".into(), stats[0]);
-        for (i, &(n, _, _)) in keys.iter().enumerate() {
-            row(format!("set of a key with {n} site{}", if n == 1 { "" } else { "s" }), stats[i + 1]);
+        for (&(n, _, _), (mb, set)) in keys.iter().zip(s.iter_mut()) {
+            let ((mm, mf), (sm, sf)) = (median(mb), median(set));
+            let _ = writeln!(out, "  {:<44} {mm:>9.2} µs {:>7.2}x | {mf:>8.2} µs {:>7.2}x", "one membarrier", 1.0, 1.0);
+            let what = format!("set of a key with {n} site{}", if n == 1 { "" } else { "s" });
+            let _ = writeln!(out, "  {what:<44} {sm:>9.2} µs {:>7.2}x | {sf:>8.2} µs {:>7.2}x", sm / mm, sf / mf);
         }
         out
     }
