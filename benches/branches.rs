@@ -288,6 +288,16 @@ mod bench {
                 at(c.atomic, 2),
             );
         }
+        for (what, key) in [
+            ("unlikely(), false", &*UNLIKELY_OFF),
+            ("likely(), true", &*LIKELY_ON),
+            ("unlikely(), true", &*UNLIKELY_ON),
+            ("likely(), false", &*LIKELY_OFF),
+        ] {
+            for site in key.sites() {
+                let _ = writeln!(out, "  site of {what:<18} {:?}: {site}", site.state());
+            }
+        }
         out
     }
 
