@@ -11,7 +11,8 @@
 //!   ALU operation, run in sequence: the branch off against an `AtomicBool`
 //!   test at each site and against no test.
 //! - `set`: `set` of a key with 1, 1,024 and 16,384 sites against one
-//!   `membarrier` (SYNC_CORE), idle and with another thread spinning.
+//!   `membarrier` (SYNC_CORE), idle and with another thread spinning (pinned
+//!   to the second CPU, this thread to the first).
 //!
 //! ```text
 //! RUSTFLAGS="-C llvm-args=-align-loops=64" cargo bench -p static_call_benches --bench branches -- --table        # all three tables, interleaved
@@ -415,23 +416,75 @@ mod bench {
         assert_eq!(key.set(!v), v);
     }
 
-    /// Runs `f` with another thread spinning on the other core if `busy`
-    /// (each SYNC_CORE membarrier then interrupts it, as in a real program).
-    fn with_spinner<R>(busy: bool, f: impl FnOnce() -> R) -> R {
-        if !busy {
-            return f();
+    /// The calling thread's CPU set.
+    fn affinity() -> libc::cpu_set_t {
+        // SAFETY: a zeroed `cpu_set_t` is an empty set; the call fills it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set), 0);
+            set
         }
+    }
+
+    /// Restricts the calling thread to `set` (best effort: `false` if refused).
+    fn set_affinity(set: &libc::cpu_set_t) -> bool {
+        // SAFETY: `set` is a valid `cpu_set_t` of that size.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(set), set) == 0 }
+    }
+
+    /// The set holding only `cpu`.
+    fn one_cpu(cpu: usize) -> libc::cpu_set_t {
+        // SAFETY: a zeroed `cpu_set_t` is an empty set; `CPU_SET` adds `cpu`,
+        // which is below `CPU_SETSIZE` (it came from `CPU_ISSET` over it).
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            set
+        }
+    }
+
+    /// Runs `f` with another thread spinning if `busy`, that thread pinned
+    /// to the second CPU of this thread's set and this thread to the first
+    /// (so that each SYNC_CORE membarrier interrupts it whenever the
+    /// scheduler runs it, as in a real program); this thread's set is
+    /// restored afterwards. Returns `f`'s result and a note: the CPUs and
+    /// the spins per microsecond the spinner made while `f` ran.
+    fn with_spinner<R>(busy: bool, f: impl FnOnce() -> R) -> (R, String) {
+        if !busy {
+            return (f(), String::new());
+        }
+        let mine = affinity();
+        // SAFETY: `CPU_ISSET` reads the set; `cpu` < `CPU_SETSIZE`.
+        let cpus: Vec<usize> =
+            (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &mine) }).take(2).collect();
+        let pin = cpus.len() == 2;
         let stop = AtomicBool::new(false);
-        std::thread::scope(|s| {
-            s.spawn(|| {
+        let started = AtomicBool::new(false);
+        let t = Instant::now();
+        let (r, spins) = std::thread::scope(|s| {
+            let spinner = s.spawn(|| {
+                let pinned = pin && set_affinity(&one_cpu(cpus[1]));
+                started.store(true, Ordering::Release);
+                let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     std::hint::spin_loop();
+                    n += 1;
                 }
+                (n, pinned)
             });
+            let me_pinned = pin && set_affinity(&one_cpu(cpus[0]));
+            while !started.load(Ordering::Acquire) {
+                std::hint::spin_loop();
+            }
             let r = f();
             stop.store(true, Ordering::Relaxed);
-            r
-        })
+            let (n, pinned) = spinner.join().unwrap();
+            (r, (n, pinned && me_pinned))
+        });
+        let us = t.elapsed().as_secs_f64() * 1e6;
+        set_affinity(&mine);
+        let where_ = if spins.1 { format!("CPUs {} and {}", cpus[0], cpus[1]) } else { "not pinned".into() };
+        (r, format!("  spinner: {where_}; {:.0} spins per µs over {:.0} ms\n", spins.0 as f64 / us, us / 1e3))
     }
 
     /// The `set` table: `rounds` rounds, each timing, for every key in
@@ -443,7 +496,7 @@ mod bench {
         // (membarrier, set) samples per key.
         let mut s: Vec<(Vec<f64>, Vec<f64>)> =
             vec![(Vec::with_capacity(rounds), Vec::with_capacity(rounds)); keys.len()];
-        with_spinner(busy, || {
+        let ((), note) = with_spinner(busy, || {
             // Warm up: every key flipped twice.
             for &(_, key, _) in &keys {
                 flip(key);
@@ -481,6 +534,7 @@ mod bench {
             let what = format!("set of a key with {n} site{}", if n == 1 { "" } else { "s" });
             let _ = writeln!(out, "  {what:<44} {sm:>9.2} µs {:>7.2}x | {sf:>8.2} µs {:>7.2}x", sm / mm, sf / mf);
         }
+        out.push_str(&note);
         out
     }
 
@@ -488,7 +542,7 @@ mod bench {
         prepare();
         let keys = gen::set_keys();
         for busy in [false, true] {
-            with_spinner(busy, || {
+            let note = with_spinner(busy, || {
                 let mut g = c.benchmark_group(format!("{}_{}", if busy { "set_busy" } else { "set" }, writer()));
                 g.sample_size(30);
                 g.bench_function("membarrier", |b| b.iter(|| static_call::__private::sync_core_once().unwrap()));
@@ -496,7 +550,9 @@ mod bench {
                     g.bench_function(format!("sites_{n}"), |b| b.iter(|| flip(key)));
                 }
                 g.finish();
-            });
+            })
+            .1;
+            eprint!("{note}");
         }
         for &(_, key, _) in &keys {
             if key.get() {
@@ -526,8 +582,8 @@ fn main() {
             println!("{g:#}{}", bench::sites_ratios(&g));
         }
         if want("set") {
-            println!("{}", bench::set_table(101, false));
-            println!("{}", bench::set_table(101, true));
+            println!("{}", bench::set_table(201, false));
+            println!("{}", bench::set_table(201, true));
         }
         return;
     }
