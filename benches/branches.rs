@@ -53,7 +53,7 @@ mod bench {
     use criterion::{BenchmarkId, Criterion};
     use static_call::{static_branch, SiteState};
     use std::hint::black_box;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::time::{Duration, Instant};
 
     // ------------------------------------------------------------ one site
@@ -416,6 +416,10 @@ mod bench {
         assert_eq!(key.set(!v), v);
     }
 
+    /// The spinner's count of iterations, published each iteration: a
+    /// membarrier across which it moved ran while the spinner did.
+    static SPINS: AtomicU64 = AtomicU64::new(0);
+
     /// The calling thread's CPU set.
     fn affinity() -> libc::cpu_set_t {
         // SAFETY: a zeroed `cpu_set_t` is an empty set; the call fills it.
@@ -469,6 +473,7 @@ mod bench {
                 while !stop.load(Ordering::Relaxed) {
                     std::hint::spin_loop();
                     n += 1;
+                    SPINS.store(n, Ordering::Relaxed);
                 }
                 (n, pinned)
             });
@@ -493,9 +498,17 @@ mod bench {
     pub fn set_table(rounds: usize, busy: bool) -> String {
         use std::fmt::Write as _;
         let keys = gen::set_keys();
-        // (membarrier, set) samples per key.
-        let mut s: Vec<(Vec<f64>, Vec<f64>)> =
-            vec![(Vec::with_capacity(rounds), Vec::with_capacity(rounds)); keys.len()];
+        // Per key: (membarrier, set) samples, each with whether the spinner's
+        // count moved across it (so it ran while the operation did).
+        type Samples = Vec<(f64, bool)>;
+        let mut s: Vec<(Samples, Samples)> = vec![(Vec::with_capacity(rounds), Vec::with_capacity(rounds)); keys.len()];
+        let timed = |f: &mut dyn FnMut()| {
+            let before = SPINS.load(Ordering::Relaxed);
+            let t = Instant::now();
+            f();
+            let us = t.elapsed().as_nanos() as f64 / 1e3;
+            (us, SPINS.load(Ordering::Relaxed) != before)
+        };
         let ((), note) = with_spinner(busy, || {
             // Warm up: every key flipped twice.
             for &(_, key, _) in &keys {
@@ -504,12 +517,8 @@ mod bench {
             }
             for _ in 0..rounds {
                 for (&(_, key, _), (mb, set)) in keys.iter().zip(s.iter_mut()) {
-                    let t = Instant::now();
-                    static_call::__private::sync_core_once().expect("membarrier");
-                    mb.push(t.elapsed().as_nanos() as f64 / 1e3);
-                    let t = Instant::now();
-                    flip(key);
-                    set.push(t.elapsed().as_nanos() as f64 / 1e3);
+                    mb.push(timed(&mut || static_call::__private::sync_core_once().expect("membarrier")));
+                    set.push(timed(&mut || flip(key)));
                 }
             }
         });
@@ -528,11 +537,33 @@ mod bench {
             if busy { "another thread spinning" } else { "idle" },
             writer()
         );
-        for (&(n, _, _), (mb, set)) in keys.iter().zip(s.iter_mut()) {
-            let ((mm, mf), (sm, sf)) = (median(mb), median(set));
-            let _ = writeln!(out, "  {:<44} {mm:>9.2} µs {:>7.2}x | {mf:>8.2} µs {:>7.2}x", "one membarrier", 1.0, 1.0);
-            let what = format!("set of a key with {n} site{}", if n == 1 { "" } else { "s" });
-            let _ = writeln!(out, "  {what:<44} {sm:>9.2} µs {:>7.2}x | {sf:>8.2} µs {:>7.2}x", sm / mm, sf / mf);
+        // (median, fastest, count) of the samples that `pick` keeps.
+        let stats = |v: &Samples, pick: &dyn Fn(bool) -> bool| {
+            let mut x: Vec<f64> = v.iter().filter(|&&(_, c)| pick(c)).map(|&(t, _)| t).collect();
+            let n = x.len();
+            if n == 0 {
+                (f64::NAN, f64::NAN, 0)
+            } else {
+                let (m, f) = median(&mut x);
+                (m, f, n)
+            }
+        };
+        let subsets: &[(&str, &dyn Fn(bool) -> bool)] = if busy {
+            &[("all", &|_| true), ("spinner ran across it", &|c| c), ("spinner did not run", &|c| !c)]
+        } else {
+            &[("all", &|_| true)]
+        };
+        for &(label, pick) in subsets {
+            if busy {
+                let _ = writeln!(out, "  {label}:");
+            }
+            for (&(n, _, _), (mb, set)) in keys.iter().zip(s.iter()) {
+                let ((mm, mf, mk), (sm, sf, sk)) = (stats(mb, pick), stats(set, pick));
+                let what = format!("one membarrier ({mk})");
+                let _ = writeln!(out, "  {what:<44} {mm:>9.2} µs {:>7.2}x | {mf:>8.2} µs {:>7.2}x", 1.0, 1.0);
+                let what = format!("set of a key with {n} site{} ({sk})", if n == 1 { "" } else { "s" });
+                let _ = writeln!(out, "  {what:<44} {sm:>9.2} µs {:>7.2}x | {sf:>8.2} µs {:>7.2}x", sm / mm, sf / mf);
+            }
         }
         out.push_str(&note);
         out
