@@ -18,6 +18,7 @@
 //! RUSTFLAGS="-C llvm-args=-align-loops=64" cargo bench -p static_call_benches --bench branches -- --table        # all three tables, interleaved
 //! RUSTFLAGS="-C llvm-args=-align-loops=64" cargo bench -p static_call_benches --bench branches -- --table loop   # or sites, or set
 //! RUSTFLAGS="-C llvm-args=-align-loops=64" cargo bench -p static_call_benches --bench branches                   # criterion: branch_loop, branch_sites, set_*, set_busy_*
+//! strace -f -c target/release/deps/branches-<hash> --flips 1 1000 --bench   # minus `--flips 1 0`: system calls per set
 //! ```
 //!
 //! Figures are nanoseconds per loop iteration (`loop`), per site (`sites`)
@@ -574,6 +575,18 @@ mod bench {
         out
     }
 
+    /// Flips the `set` key of `n` sites `times` times, then back to false
+    /// (for `strace -c`: `--flips N 0` against `--flips N 1000`).
+    pub fn flips(n: usize, times: usize) {
+        let (_, key, _) = gen::set_keys().into_iter().find(|&(m, _, _)| m == n).expect("a set key of that many sites");
+        for _ in 0..times {
+            flip(key);
+        }
+        if key.get() {
+            flip(key);
+        }
+    }
+
     pub fn set(c: &mut Criterion) {
         prepare();
         let keys = gen::set_keys();
@@ -602,10 +615,19 @@ mod bench {
 criterion::criterion_group!(benches, bench::loops, bench::sites, bench::set);
 
 /// `-- --table [loop|sites|set]` prints the interleaved tables (all, or
-/// one) instead of running criterion.
+/// one) instead of running criterion; `-- --flips SITES TIMES` only flips
+/// the `set` key of SITES sites TIMES times (and back), for `strace -c`.
 #[cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--flips") {
+        // For `strace -c`: the same run with 0 and with F flips, subtracted.
+        let n: usize = args.get(i + 1).and_then(|s| s.parse().ok()).expect("--flips SITES TIMES");
+        let times: usize = args.get(i + 2).and_then(|s| s.parse().ok()).expect("--flips SITES TIMES");
+        bench::prepare();
+        bench::flips(n, times);
+        return;
+    }
     if let Some(i) = args.iter().position(|a| a == "--table") {
         let only = args.get(i + 1).map(String::as_str).filter(|a| ["loop", "sites", "set"].contains(a));
         let want = |t: &str| only.is_none_or(|o| o == t);
