@@ -77,7 +77,7 @@ fn round(want: bool, result: &AtomicU64) {
     let mut i = 0usize;
     loop {
         assert!(i < 200_000, "the caller never landed on an int3 in {i} sets");
-        B.set(i % 2 == 0);
+        B.set(i.is_multiple_of(2));
         i += 1;
         if HOOK.load(SeqCst) == 1 {
             break;
