@@ -373,7 +373,8 @@ pub fn well_placed(site: usize) -> bool {
 // ---------------------------------------------------------------- branches
 
 /// Length of a static-branch site's out-of-line test: `cmp qword ptr [rip +
-/// slot], 0` (8 bytes), `jne`/`je label` (6), `jmp back` (5).
+/// slot], 0` (8 bytes), `jne`/`je label` (6), `jmp back` (5), each
+/// emitted as forced bytes (see the template).
 pub const BRANCH_TEST_LEN: usize = 19;
 
 /// What the macro assembled at a static-branch site, as its patch: the
@@ -486,11 +487,22 @@ macro_rules! __static_call_x86_64_branch {
             ".long 4f - . - 4",
             "3:",
             ".pushsection .text.static_branch_test, \"ax\", @progbits",
+            // The test's bytes are forced too: an assembler that pads
+            // branches (`-x86-branches-within-32B-boundaries`, the JCC
+            // erratum mitigation) would otherwise put `nop`s into some
+            // tests, which the registry then refuses as not ours.
             "4:",
-            // The slot, at `raw::SLOT_OFFSET` in the key.
-            "cmp qword ptr [rip + {__static_call_key} + 24], 0",
+            // `cmp qword ptr [rip + slot], 0`; the slot at
+            // `raw::SLOT_OFFSET` in the key, the displacement from the end
+            // of the instruction (past the `imm8`).
+            ".byte 0x48, 0x83, 0x3d",
+            ".long {__static_call_key} + 24 - . - 5",
+            ".byte 0x00",
             $jcc,
-            "jmp 3b",
+            ".long {__static_call_label} - . - 4",
+            // `jmp 3b`, back to the site's end.
+            ".byte 0xe9",
+            ".long 3b - . - 4",
             ".popsection",
             ".pushsection static_call_branches_v2, \"aR\", %progbits",
             ".balign 4",
@@ -506,10 +518,10 @@ macro_rules! __static_call_x86_64_branch {
         )
     };
     ($key:path, unlikely, $label:block) => {
-        $crate::__static_call_x86_64_branch!(@emit $key, $label, "jne {__static_call_label}", ".long 1")
+        $crate::__static_call_x86_64_branch!(@emit $key, $label, ".byte 0x0f, 0x85", ".long 1")
     };
     ($key:path, likely, $label:block) => {
-        $crate::__static_call_x86_64_branch!(@emit $key, $label, "je {__static_call_label}", ".long 0")
+        $crate::__static_call_x86_64_branch!(@emit $key, $label, ".byte 0x0f, 0x84", ".long 0")
     };
 }
 

@@ -228,6 +228,20 @@ fn on_trap(at: usize) -> Trap {
     }
 }
 
+/// Whether `at` starts the patch of one of our sites and the byte before
+/// it, one of that site's `cs` prefixes, holds an `int3` (someone else's).
+/// Async-signal-safe.
+fn foreign_int3_before_site(at: usize) -> bool {
+    let Some(reg) = registry::published() else { return false };
+    if !reg.is_site_patch(at) {
+        return false;
+    }
+    // SAFETY: the byte before a site's patch is one of its `cs` prefixes,
+    // in our mapped text.
+    let byte = unsafe { std::ptr::read_volatile(at.wrapping_sub(1) as *const u8) };
+    byte == INT3
+}
+
 /// For the SIGTRAP handler, on a trap the kernel raised for an `int3`:
 /// emulates or rewinds a trap on an address being patched; false if it is
 /// not ours. Async-signal-safe (see the module's Safety section).
@@ -241,7 +255,15 @@ pub fn handle(uc: &mut libc::ucontext_t) -> bool {
     // behind at least two of its own prefixes, a static-branch site's behind
     // one, a trampoline behind int3 padding),
     // so rip at our address can only mean that.
+    //
+    // Except when the byte before is itself an `int3` and `rip` starts a
+    // site's patch: that byte is one of the site's own `cs` prefixes (for a
+    // branch site, the first byte of its instruction, where a debugger or
+    // another patcher puts a breakpoint), so the trap is that foreign
+    // `int3`'s, with rip just past it as the kernel reports every `int3`:
+    // not ours. (Before a trampoline stands padding, never executed.)
     let (at, trap) = match on_trap(rip.wrapping_sub(1)) {
+        Trap::NotOurs if foreign_int3_before_site(rip) => (rip, Trap::NotOurs),
         Trap::NotOurs => (rip, on_trap(rip)),
         trap => (rip.wrapping_sub(1), trap),
     };
