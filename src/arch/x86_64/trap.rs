@@ -228,6 +228,17 @@ fn on_trap(at: usize) -> Trap {
     }
 }
 
+/// Whether `rip` is where a site's patch starts and the byte before it (the
+/// site's own `cs` prefix, which we never write) holds an `int3`: someone
+/// else's breakpoint, whose trap the kernel reports with rip at our patch.
+/// Async-signal-safe.
+fn foreign_int3_before(rip: usize) -> bool {
+    let Some(reg) = registry::published() else { return false };
+    // SAFETY: the byte before a site's patch is its own `cs` prefix, in our
+    // text (registry), mapped readable.
+    reg.is_site_patch(rip) && unsafe { std::ptr::read_volatile(rip.wrapping_sub(1) as *const u8) } == INT3
+}
+
 /// For the SIGTRAP handler, on a trap the kernel raised for an `int3`:
 /// emulates or rewinds a trap on an address being patched; false if it is
 /// not ours. Async-signal-safe (see the module's Safety section).
@@ -240,8 +251,13 @@ pub fn handle(uc: &mut libc::ucontext_t) -> bool {
     // ends just before one of our addresses (a call site's patch starts
     // behind at least two of its own prefixes, a static-branch site's behind
     // one, a trampoline behind int3 padding),
-    // so rip at our address can only mean that.
+    // so rip at our address can only mean that, unless the byte before it
+    // is an int3 that is not ours: someone else's breakpoint on a site's
+    // first `cs` prefix (where a static-branch site's `cs cs jmp` begins,
+    // which is where a debugger puts it), which the kernel reports with
+    // rip just past it, on our patch. That trap is not ours.
     let (at, trap) = match on_trap(rip.wrapping_sub(1)) {
+        Trap::NotOurs if foreign_int3_before(rip) => (rip, Trap::NotOurs),
         Trap::NotOurs => (rip, on_trap(rip)),
         trap => (rip.wrapping_sub(1), trap),
     };
