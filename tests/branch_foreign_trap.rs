@@ -299,19 +299,22 @@ fn foreign_traps_with_branch_sites_live() {
         assert_ne!(ORIG[i].load(SeqCst), 0xcc);
     }
     STOP.store(false, SeqCst);
+    static D_SETS: AtomicU64 = AtomicU64::new(0);
     let setter = std::thread::spawn(|| {
-        let mut n = 0u64;
         while !STOP.load(SeqCst) {
             D.set(!D.get());
-            n += 1;
+            D_SETS.fetch_add(1, SeqCst);
         }
-        n
+        D_SETS.load(SeqCst)
     });
     let start = static_call::stats();
     let (mut tries, mut taken) = (0u64, 0u64);
-    // At least 300 tries, until 3 of them were emulated (the setter's
-    // int3s met), at most 50,000.
-    while tries < 300 || (static_call::stats().traps_emulated < start.traps_emulated + 3 && tries < 50_000) {
+    // At least 300 tries and 20 sets, until 3 tries were emulated (the
+    // setter's int3s met), at most 50,000 tries.
+    while tries < 300
+        || D_SETS.load(SeqCst) < 20
+        || (static_call::stats().traps_emulated < start.traps_emulated + 3 && tries < 50_000)
+    {
         let hits = [HITS[0].load(SeqCst), HITS[1].load(SeqCst)];
         BP[0].store(label, SeqCst);
         BP[1].store(next, SeqCst);
