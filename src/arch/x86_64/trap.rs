@@ -241,8 +241,12 @@ fn foreign_int3_before(rip: usize) -> bool {
 
 /// For the SIGTRAP handler, on a trap the kernel raised for an `int3`:
 /// emulates or rewinds a trap on an address being patched; false if it is
-/// not ours. Async-signal-safe (see the module's Safety section).
-pub fn handle(uc: &mut libc::ucontext_t) -> bool {
+/// not ours. With `sent`, for a SIGTRAP a process sent, which may carry the
+/// trap of an `int3` of ours merged into it (`os::linux::signal::Ours`):
+/// only then is rip just past one of our addresses (no thread stops inside
+/// a patch otherwise), and the debugger's case below does not arise.
+/// Async-signal-safe (see the module's Safety section).
+pub fn handle(uc: &mut libc::ucontext_t, sent: bool) -> bool {
     let regs = &mut uc.uc_mcontext.gregs;
     let rip = regs[libc::REG_RIP as usize] as usize;
     // The kernel reports an int3 with rip just past it. A debugger that
@@ -257,7 +261,9 @@ pub fn handle(uc: &mut libc::ucontext_t) -> bool {
     // which is where a debugger puts it), which the kernel reports with
     // rip just past it, on our patch. That trap is not ours.
     let (at, trap) = match on_trap(rip.wrapping_sub(1)) {
-        Trap::NotOurs if foreign_int3_before(rip) => (rip, Trap::NotOurs),
+        // A sent signal may find a thread on a trampoline's head: never a
+        // trap of ours.
+        Trap::NotOurs if sent || foreign_int3_before(rip) => (rip, Trap::NotOurs),
         Trap::NotOurs => (rip, on_trap(rip)),
         trap => (rip.wrapping_sub(1), trap),
     };
