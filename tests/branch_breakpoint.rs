@@ -95,6 +95,9 @@ fn through_breakpoint(bp: usize, site: fn() -> bool) -> bool {
     r
 }
 
+/// A branch key and a function running its one site.
+type KeyAndSite = (&'static static_call::BranchKey, fn() -> bool);
+
 fn site_of(key: &'static static_call::BranchKey) -> static_call::Site {
     let sites = key.sites();
     assert_eq!(sites.len(), 1, "{sites:?}");
@@ -118,7 +121,7 @@ fn breakpoints_on_branch_sites_reach_the_debugger() {
         eprintln!("patching impossible here ({e}): nothing to test");
         return;
     }
-    let keys: [(&'static static_call::BranchKey, fn() -> bool); 2] = [(&U, u_site), (&L, l_site)];
+    let keys: [KeyAndSite; 2] = [(&U, u_site), (&L, l_site)];
     for (key, site) in keys {
         for value in [false, true] {
             key.set(value);

@@ -234,12 +234,12 @@ fn foreign_traps_with_branch_sites_live() {
                 b.set(&H, h);
             })
             .expect("batch");
-        } else if i % 2 == 0 {
+        } else if i.is_multiple_of(2) {
             G.set(!G.get());
         } else {
             H.set(!H.get());
         }
-        if i % 16 == 0 {
+        if i.is_multiple_of(16) {
             // SAFETY: the runners are alive until STOP (joined below);
             // SIGTRAP goes to the program's handler through ours.
             assert_eq!(unsafe { libc::pthread_kill(threads[2], libc::SIGTRAP) }, 0);
@@ -248,7 +248,7 @@ fn foreign_traps_with_branch_sites_live() {
             // pending would merge with it).
             wait_until_seen();
         }
-        if i % 64 == 0 {
+        if i.is_multiple_of(64) {
             // SAFETY: as above, to this thread.
             assert_eq!(unsafe { libc::raise(libc::SIGTRAP) }, 0);
             SENT.fetch_add(1, SeqCst);

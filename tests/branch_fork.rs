@@ -136,14 +136,14 @@ fn child(atfork: bool) -> i32 {
         return FAILED + 8;
     }
     // The child sets every key itself and sees it.
-    for k in 0..2 {
+    for (k, sites) in SITES.iter().enumerate() {
         for _ in 0..2 {
             let v = !key(k).get();
             match key(k).try_set(v) {
-                Ok(old) if old == !v => {}
+                Ok(old) if old != v => {}
                 _ => return FAILED + 9,
             }
-            if SITES[k].iter().any(|site| site() != v) || key(k).get() != v {
+            if sites.iter().any(|site| site() != v) || key(k).get() != v {
                 return FAILED + 10;
             }
         }
@@ -171,9 +171,9 @@ fn setter() -> u64 {
     let mut n = 0u64;
     while !STOP.load(SeqCst) {
         n += 1;
-        if n % 4 == 0 {
+        if n.is_multiple_of(4) {
             let (va, vb) = (!A.get(), !B.get());
-            let f: F = if n % 8 == 0 { t1 } else { t2 };
+            let f: F = if n.is_multiple_of(8) { t1 } else { t2 };
             for flag in &IN_SET {
                 flag.store(1, SeqCst);
             }
@@ -219,8 +219,8 @@ fn fork_during_sets(atfork: bool) {
     let runner = std::thread::spawn(|| {
         let mut n = 0u64;
         while !STOP.load(SeqCst) {
-            for k in 0..2 {
-                for site in SITES[k] {
+            for sites in SITES {
+                for site in sites {
                     std::hint::black_box(site());
                 }
             }
@@ -282,9 +282,9 @@ fn fork_during_sets(atfork: bool) {
             assert!(emulated > 0, "no child met an inherited int3");
         }
     }
-    for k in 0..2 {
+    for (k, sites) in SITES.iter().enumerate() {
         let v = key(k).get();
-        assert!(SITES[k].iter().all(|site| site() == v), "the parent's sites after all");
+        assert!(sites.iter().all(|site| site() == v), "the parent's sites after all");
     }
 }
 

@@ -256,7 +256,7 @@ fn set_from_inside_branch_blocks() {
                     let site: fn() -> bool = match (token, S.get()) {
                         (true, true) => s_unlikely_clears,
                         (true, false) => s_likely_sets,
-                        (false, _) if (n + t) % 2 == 0 => s_likely,
+                        (false, _) if (n + t).is_multiple_of(2) => s_likely,
                         (false, _) => s_unlikely,
                     };
                     judged(site);
@@ -271,7 +271,7 @@ fn set_from_inside_branch_blocks() {
     let mut i = 0u64;
     let need_trap = patched && cfg!(target_arch = "x86_64");
     while i < rounds || (need_trap && static_call::stats().traps_emulated == before.traps_emulated && i < 20 * rounds) {
-        set_s(i % 3 != 0);
+        set_s(!i.is_multiple_of(3));
         // Let the runners run between sets (counting runs, no sleep), then
         // let one or both of them set S from inside a block.
         wait_runs(64);

@@ -129,7 +129,7 @@ const SITES: [[fn() -> bool; 2]; 2] = [[a_likely, a_unlikely], [b_likely, b_unli
 /// Judges one execution of a site of serialized key `k` (0, 1: branches;
 /// 2: the call key, whose result `r` says which target ran).
 fn judge(k: usize, s0: u64, s1: u64, ok: impl Fn(u64) -> bool, what: std::fmt::Arguments) {
-    if s0 == s1 && s0 % 2 == 0 {
+    if s0 == s1 && s0.is_multiple_of(2) {
         STRICT[k].fetch_add(1, Relaxed);
         if !ok(s0 / 2) {
             violation(format_args!("{what}: no set overlapped, after {} sets", s0 / 2));
@@ -164,7 +164,7 @@ fn reader(id: u64) {
 
         // R: quiescent if no set was in flight at either end and none
         // completed in between.
-        let site = if i % 2 == 0 { r_likely } else { r_unlikely };
+        let site = if i.is_multiple_of(2) { r_likely } else { r_unlikely };
         let d0 = R_DONE.load(SeqCst);
         let f0 = R_IN_FLIGHT.load(SeqCst);
         let g = R.get();
