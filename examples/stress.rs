@@ -4,7 +4,15 @@
 //! ```sh
 //! cargo run --release --example stress -- --threads 3 --seconds 10 --keys 4
 //! cargo run --release --example stress -- --threads 2 --seconds 10 --keys 4 --far
+//! cargo run --release --example stress -- --threads 3 --seconds 10 --keys 4 --branches
 //! ```
+//!
+//! With `--branches`, the keys are static branches (`#[static_branch]`),
+//! each with a `likely` and an `unlikely` site, walked through a fixed
+//! pseudo-random sequence of values (repeats included) with `set`; every
+//! few rounds all of them and the first call key change in one `batch`.
+//! Callers judge each branch execution with the same epochs (and the call
+//! key's sites as below).
 //!
 //! With `--far` (x86-64), the third target is a copy of `t3` on a page
 //! mapped at least 4 GiB from the executable: a key in that state calls it
@@ -28,7 +36,7 @@
 //! anything: on x86-64 no call met an `int3`; on aarch64, which writes no
 //! `int3`, no call overlapped an update), 4 on bad arguments.
 
-use static_call::static_call;
+use static_call::{static_branch, static_call};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
@@ -164,6 +172,161 @@ macro_rules! keys {
 
 keys!(k0, k1, k2, k3, k4, k5, k6, k7);
 
+/// What the callers and the updater need of one branch key (`--branches`).
+struct BranchOps {
+    likely: fn() -> bool,
+    unlikely: fn() -> bool,
+    set: fn(bool) -> bool,
+    add_to_batch: fn(&mut static_call::Batch, bool),
+    sites: fn() -> Vec<static_call::Site>,
+}
+
+macro_rules! branches {
+    ($($m:ident = $n:literal),* $(,)?) => {
+        $(
+            mod $m {
+                use super::*;
+                #[static_branch]
+                static KEY: bool = false;
+
+                #[inline(never)]
+                fn likely() -> bool {
+                    std::hint::black_box($n);
+                    if KEY.likely() {
+                        std::hint::black_box(true)
+                    } else {
+                        std::hint::black_box(false)
+                    }
+                }
+                #[inline(never)]
+                fn unlikely() -> bool {
+                    std::hint::black_box($n + 100);
+                    if KEY.unlikely() {
+                        std::hint::black_box(true)
+                    } else {
+                        std::hint::black_box(false)
+                    }
+                }
+                fn set(v: bool) -> bool {
+                    KEY.set(v)
+                }
+                fn add_to_batch(b: &mut static_call::Batch, v: bool) {
+                    b.set(&KEY, v);
+                }
+                fn sites() -> Vec<static_call::Site> {
+                    KEY.sites()
+                }
+                pub const OPS: BranchOps = BranchOps { likely, unlikely, set, add_to_batch, sites };
+            }
+        )*
+        const BRANCHES: &[BranchOps] = &[$($m::OPS),*];
+    };
+}
+
+branches!(b0 = 0, b1 = 1, b2 = 2, b3 = 3, b4 = 4, b5 = 5, b6 = 6, b7 = 7);
+
+/// Per branch key: 2 * completed sets, plus 1 while a set is in progress.
+static BRANCH_EPOCH: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
+
+/// The value of branch key `k` after `n` completed sets (false at first).
+fn branch_value(k: usize, n: u64) -> bool {
+    n != 0 && (n.wrapping_add((k as u64) << 40)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63 == 1
+}
+
+/// Whether a branch execution that started after epoch `e0` and ended
+/// before `e1` may have taken `r`.
+fn judge_branch(k: usize, r: bool, e0: u64, e1: u64) -> bool {
+    (e0 / 2..=e1.div_ceil(2)).any(|n| branch_value(k, n) == r)
+}
+
+fn branch_caller(id: usize, keys: usize) -> u64 {
+    let mut calls = 0u64;
+    let mut overlapped = 0u64;
+    let mut x = 1 + id as u64 * 0x1_0000_0001;
+    while !STOP.load(SeqCst) {
+        for (k, ops) in BRANCHES[..keys].iter().enumerate() {
+            for site in [ops.likely, ops.unlikely] {
+                let e0 = BRANCH_EPOCH[k].load(SeqCst);
+                let r = site();
+                std::sync::atomic::fence(SeqCst);
+                let e1 = BRANCH_EPOCH[k].load(SeqCst);
+                calls += 1;
+                if e0 % 2 == 1 || e1 != e0 {
+                    overlapped += 1;
+                }
+                if !judge_branch(k, r, e0, e1) {
+                    violation(format_args!("thread {id} branch {k}: took {r}, epochs {e0}..{e1}"));
+                }
+            }
+        }
+        // The call key that the batches retarget.
+        for site in [ALL[0].site_a, ALL[0].site_b] {
+            x = (x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) & ARG_MASK) | 1;
+            let e0 = EPOCH[0].load(SeqCst);
+            let r = site(x);
+            let e1 = EPOCH[0].load(SeqCst);
+            calls += 1;
+            if e0 % 2 == 1 || e1 != e0 {
+                overlapped += 1;
+            }
+            if !judge(0, x, r, e0, e1) {
+                violation(format_args!("thread {id} key 0: f({x:#x}) = {r:#x}, epochs {e0}..{e1}"));
+            }
+        }
+    }
+    OVERLAPPED.fetch_add(overlapped, SeqCst);
+    calls
+}
+
+/// The updater of `--branches`: sets until `deadline`; returns the sets
+/// and updates made.
+fn branch_updater(keys: usize, deadline: Instant) -> u64 {
+    let mut sets = 0u64;
+    let mut done = [0u64; 8];
+    let mut call_done = 0u64;
+    let mut round = 0u64;
+    while Instant::now() < deadline {
+        round += 1;
+        if round.is_multiple_of(8) {
+            for (k, e) in BRANCH_EPOCH[..keys].iter().enumerate() {
+                e.store(2 * done[k] + 1, SeqCst);
+            }
+            EPOCH[0].store(2 * call_done + 1, SeqCst);
+            static_call::batch(|b| {
+                for (k, ops) in BRANCHES[..keys].iter().enumerate() {
+                    (ops.add_to_batch)(b, branch_value(k, done[k] + 1));
+                }
+                (ALL[0].add_to_batch)(b, target(state(0, call_done + 1)));
+            })
+            .expect("batch");
+            for (k, e) in BRANCH_EPOCH[..keys].iter().enumerate() {
+                done[k] += 1;
+                e.store(2 * done[k], SeqCst);
+            }
+            call_done += 1;
+            EPOCH[0].store(2 * call_done, SeqCst);
+            sets += keys as u64 + 1;
+        } else {
+            let k = (round as usize) % keys;
+            let ops = &BRANCHES[k];
+            let want = branch_value(k, done[k] + 1);
+            BRANCH_EPOCH[k].store(2 * done[k] + 1, SeqCst);
+            let old = (ops.set)(want);
+            done[k] += 1;
+            BRANCH_EPOCH[k].store(2 * done[k], SeqCst);
+            sets += 1;
+            if old != branch_value(k, done[k] - 1) {
+                violation(format_args!("set of branch {k} returned {old}"));
+            }
+            // Once set returned, this thread's executions take the new branch.
+            if (ops.likely)() != want || (ops.unlikely)() != want {
+                violation(format_args!("branch {k} after set({want}) returned"));
+            }
+        }
+    }
+    sets
+}
+
 /// Per key: 2 * completed updates, plus 1 while an update is in progress.
 static EPOCH: [AtomicU64; 8] = [const { AtomicU64::new(0) }; 8];
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -175,21 +338,27 @@ struct Args {
     seconds: f64,
     keys: usize,
     far: bool,
+    branches: bool,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: stress [--threads N (default 2)] [--seconds S (default 5)] [--keys K (1..=8, default 2)] [--far]"
+        "usage: stress [--threads N (default 2)] [--seconds S (default 5)] [--keys K (1..=8, default 2)] [--far] \
+         [--branches]"
     );
     std::process::exit(4);
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { threads: 2, seconds: 5.0, keys: 2, far: false };
+    let mut a = Args { threads: 2, seconds: 5.0, keys: 2, far: false, branches: false };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--far" {
             a.far = true;
+            continue;
+        }
+        if flag == "--branches" {
+            a.branches = true;
             continue;
         }
         let value = it.next().unwrap_or_else(|| usage());
@@ -279,7 +448,7 @@ fn main() {
         .map(|id| {
             std::thread::Builder::new()
                 .name(format!("caller-{id}"))
-                .spawn(move || caller(id, args.keys))
+                .spawn(move || if args.branches { branch_caller(id, args.keys) } else { caller(id, args.keys) })
                 .expect("spawn caller")
         })
         .collect();
@@ -290,6 +459,10 @@ fn main() {
     let mut done = [0u64; 8];
     let mut round = 0u64;
     let updater = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        if args.branches {
+            updates = branch_updater(args.keys, deadline);
+            return;
+        }
         while Instant::now() < deadline {
             round += 1;
             if round.is_multiple_of(8) {
@@ -353,7 +526,16 @@ fn main() {
             let far = args.far && s.state() == static_call::SiteState::Indirect;
             !far && !matches!(s.state(), static_call::SiteState::Direct | static_call::SiteState::Zero)
         })
-        .count();
+        .count()
+        + if args.branches {
+            BRANCHES[..args.keys]
+                .iter()
+                .flat_map(|o| (o.sites)())
+                .filter(|s| !matches!(s.state(), static_call::SiteState::Taken | static_call::SiteState::NotTaken))
+                .count()
+        } else {
+            0
+        };
     let indirect = static_call::__private::indirect_traps();
     let wx = std::fs::read_to_string("/proc/self/maps")
         .map(|m| {
@@ -362,8 +544,14 @@ fn main() {
                 .count()
         })
         .unwrap_or(0);
+    let (keys, calls, updates_word, during) = if args.branches {
+        ("branch keys", "executions", "sets", "a set")
+    } else {
+        ("keys", "calls", "updates", "an update")
+    };
     println!(
-        "stress: {} threads, {} keys, {elapsed:.1} s: {} calls ({} during an update), {updates} updates ({:.0}/s), \
+        "stress: {} threads, {} {keys}, {elapsed:.1} s: {} {calls} ({} during {during}), {updates} {updates_word} \
+         ({:.0}/s), \
          traps emulated {emulated} ({} as an indirect call), rewound {rewound} ({} onto one), violations \
          {violations}, crashed threads {crashed}, sites not patched {not_direct}, W+X mappings {wx}",
         args.threads,

@@ -140,10 +140,9 @@ pub struct Registry {
     /// searches.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub addrs: Box<[usize]>,
-    /// Of those, the trampolines', sorted (the handler tells a
-    /// trampoline's patch from a site's).
+    /// Of those, the trampolines' heads, sorted.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    pub tramp_addrs: Box<[usize]>,
+    pub tramp_heads: Box<[usize]>,
 }
 
 static REGISTRY: OnceLock<Registry> = OnceLock::new();
@@ -327,13 +326,13 @@ fn build() -> Registry {
         })
         .collect();
 
-    let mut tramp_addrs: Vec<usize> = tramps.iter().filter(|t| !t.damaged).map(|t| t.at).collect();
-    tramp_addrs.sort_unstable();
-    let mut addrs = tramp_addrs.clone();
+    let mut tramp_heads: Vec<usize> = tramps.iter().filter(|t| !t.damaged).map(|t| t.at).collect();
+    tramp_heads.sort_unstable();
+    let mut addrs = tramp_heads.clone();
     addrs.extend(sites.iter().filter(|s| s.refused.is_none()).map(|s| site_patch_at(s.at)));
     addrs.extend(branches.iter().filter(|b| b.refused.is_none()).map(|b| site_patch_at(b.at)));
     addrs.sort_unstable();
-    Registry { sites, tramps, branches, addrs: addrs.into_boxed_slice(), tramp_addrs: tramp_addrs.into_boxed_slice() }
+    Registry { sites, tramps, branches, addrs: addrs.into_boxed_slice(), tramp_heads: tramp_heads.into_boxed_slice() }
 }
 
 /// The registry, built on first use.
@@ -380,10 +379,12 @@ impl Registry {
     }
 
     /// Whether `at` is where the patch of a call or branch site of ours
-    /// starts (not a trampoline's). Async-signal-safe.
+    /// starts (one of [`Registry::is_ours`] that is no trampoline's head):
+    /// the byte before it is then the site's own `cs` prefix, which this
+    /// crate never writes. Async-signal-safe.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub fn is_site_patch(&self, at: usize) -> bool {
-        self.is_ours(at) && self.tramp_addrs.binary_search(&at).is_err()
+        self.is_ours(at) && self.tramp_heads.binary_search(&at).is_err()
     }
 }
 

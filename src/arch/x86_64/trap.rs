@@ -228,24 +228,25 @@ fn on_trap(at: usize) -> Trap {
     }
 }
 
-/// Whether `at` starts the patch of one of our sites and the byte before
-/// it, one of that site's `cs` prefixes, holds an `int3` (someone else's).
+/// Whether `rip` is where a site's patch starts and the byte before it (the
+/// site's own `cs` prefix, which we never write) holds an `int3`: someone
+/// else's breakpoint, whose trap the kernel reports with rip at our patch.
 /// Async-signal-safe.
-fn foreign_int3_before_site(at: usize) -> bool {
+fn foreign_int3_before(rip: usize) -> bool {
     let Some(reg) = registry::published() else { return false };
-    if !reg.is_site_patch(at) {
-        return false;
-    }
-    // SAFETY: the byte before a site's patch is one of its `cs` prefixes,
-    // in our mapped text.
-    let byte = unsafe { std::ptr::read_volatile(at.wrapping_sub(1) as *const u8) };
-    byte == INT3
+    // SAFETY: the byte before a site's patch is its own `cs` prefix, in our
+    // text (registry), mapped readable.
+    reg.is_site_patch(rip) && unsafe { std::ptr::read_volatile(rip.wrapping_sub(1) as *const u8) } == INT3
 }
 
 /// For the SIGTRAP handler, on a trap the kernel raised for an `int3`:
 /// emulates or rewinds a trap on an address being patched; false if it is
-/// not ours. Async-signal-safe (see the module's Safety section).
-pub fn handle(uc: &mut libc::ucontext_t) -> bool {
+/// not ours. With `sent`, for a SIGTRAP a process sent, which may carry the
+/// trap of an `int3` of ours merged into it (`os::linux::signal::Ours`):
+/// only then is rip just past one of our addresses (no thread stops inside
+/// a patch otherwise), and the debugger's case below does not arise.
+/// Async-signal-safe (see the module's Safety section).
+pub fn handle(uc: &mut libc::ucontext_t, sent: bool) -> bool {
     let regs = &mut uc.uc_mcontext.gregs;
     let rip = regs[libc::REG_RIP as usize] as usize;
     // The kernel reports an int3 with rip just past it. A debugger that
@@ -254,16 +255,15 @@ pub fn handle(uc: &mut libc::ucontext_t) -> bool {
     // ends just before one of our addresses (a call site's patch starts
     // behind at least two of its own prefixes, a static-branch site's behind
     // one, a trampoline behind int3 padding),
-    // so rip at our address can only mean that.
-    //
-    // Except when the byte before is itself an `int3` and `rip` starts a
-    // site's patch: that byte is one of the site's own `cs` prefixes (for a
-    // branch site, the first byte of its instruction, where a debugger or
-    // another patcher puts a breakpoint), so the trap is that foreign
-    // `int3`'s, with rip just past it as the kernel reports every `int3`:
-    // not ours. (Before a trampoline stands padding, never executed.)
+    // so rip at our address can only mean that, unless the byte before it
+    // is an int3 that is not ours: someone else's breakpoint on a site's
+    // first `cs` prefix (where a static-branch site's `cs cs jmp` begins,
+    // which is where a debugger puts it), which the kernel reports with
+    // rip just past it, on our patch. That trap is not ours.
     let (at, trap) = match on_trap(rip.wrapping_sub(1)) {
-        Trap::NotOurs if foreign_int3_before_site(rip) => (rip, Trap::NotOurs),
+        // A sent signal may find a thread on a trampoline's head: never a
+        // trap of ours.
+        Trap::NotOurs if sent || foreign_int3_before(rip) => (rip, Trap::NotOurs),
         Trap::NotOurs => (rip, on_trap(rip)),
         trap => (rip.wrapping_sub(1), trap),
     };

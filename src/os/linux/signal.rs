@@ -217,9 +217,14 @@ use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering::SeqCst};
 
 /// What the handler asks first about a trap the kernel raised for an
-/// `int3`: whether it was ours and has been dealt with (the context
-/// changed to resume the thread). Must be async-signal-safe.
-pub type Ours = fn(&mut libc::ucontext_t) -> bool;
+/// `int3` (`sent` false): whether it was ours and has been dealt with (the
+/// context changed to resume the thread). Asked too about a SIGTRAP that a
+/// process sent (`sent` true), which may carry the trap of an `int3` of
+/// ours: the kernel keeps one SIGTRAP pending per thread, so an `int3`
+/// executed while a sent one is pending merges into it, and the thread
+/// arrives with the sent one's `siginfo` and rip just past our `int3`.
+/// Must be async-signal-safe.
+pub type Ours = fn(&mut libc::ucontext_t, bool) -> bool;
 
 /// The [`Ours`] the handler was installed with (0: none yet).
 static OURS: AtomicUsize = AtomicUsize::new(0);
@@ -928,12 +933,18 @@ extern "C" fn dispatch(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
         let to = if (*uc).uc_link as usize == entry_address() {
             // The handler we passed this very trap to passed it back.
             pass_on(sig, code, info, ctx, depth, Via::Fallback)
-        } else if (code == libc::SI_KERNEL || code == TRAP_BRKPT) && ours(&mut *uc) {
+        } else if (code == libc::SI_KERNEL || code == TRAP_BRKPT) && ours(&mut *uc, false) {
             // An int3 arrives as SI_KERNEL from Linux, as TRAP_BRKPT from
             // valgrind's emulation of it; anything else (kill, raise, single
             // steps, hardware breakpoints) is never ours.
             0
         } else {
+            if code <= 0 {
+                // Sent by a process (kill, tkill, sigqueue): the trap of an
+                // int3 of ours may have merged into it (see `Ours`). Deal
+                // with that int3 first; the sent signal still goes on.
+                ours(&mut *uc, true);
+            }
             pass_on(sig, code, info, ctx, depth, Via::Previous)
         };
         *errno = saved_errno;
@@ -942,14 +953,14 @@ extern "C" fn dispatch(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut l
 }
 
 /// Asks the function the handler was installed with.
-fn ours(uc: &mut libc::ucontext_t) -> bool {
+fn ours(uc: &mut libc::ucontext_t, sent: bool) -> bool {
     let f = OURS.load(SeqCst);
     if f == 0 {
         return false;
     }
     // SAFETY: only `install` stores here, an `Ours`.
     let f: Ours = unsafe { std::mem::transmute::<usize, Ours>(f) };
-    f(uc)
+    f(uc, sent)
 }
 
 /// Which disposition a trap that is not ours goes to.
