@@ -21,8 +21,8 @@
 mod common;
 mod plugin_support;
 
-use plugin_support::Plugin;
-use static_call::{static_branch, BranchKey, NotDirect, Site, SiteState};
+use plugin_support::{assert_branch_patched, Plugin};
+use static_call::{static_branch, BranchKey, NotDirect, SiteState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::*};
 use std::sync::Arc;
 
@@ -67,38 +67,6 @@ struct Alpha {
     init: extern "C" fn() -> i32,
 }
 
-/// The state each of `sites` is in, as (unlikely sites, likely sites): a
-/// site belongs to the function (of `unlikely`, `likely`) whose entry is the
-/// closest below it.
-fn by_polarity(sites: &[Site], unlikely: usize, likely: usize) -> (Vec<SiteState>, Vec<SiteState>) {
-    let (mut u, mut l) = (Vec::new(), Vec::new());
-    for s in sites {
-        let a = s.address();
-        let in_u = a > unlikely && (a < likely || likely < unlikely);
-        let in_l = a > likely && (a < unlikely || unlikely < likely);
-        assert!(in_u != in_l, "site {a:#x} lies after one of {unlikely:#x}, {likely:#x}: {s}");
-        if in_u {
-            u.push(s.state());
-        } else {
-            l.push(s.state());
-        }
-    }
-    (u, l)
-}
-
-/// Panics unless the unlikely and likely sites among `sites` are patched
-/// for `value`: one of each at least, unlikely ones `Taken` when set.
-#[track_caller]
-fn assert_patched(what: &str, sites: &[Site], unlikely: usize, likely: usize, value: bool) {
-    let (u, l) = by_polarity(sites, unlikely, likely);
-    let (taken, fall) = (SiteState::Taken, SiteState::NotTaken);
-    let (want_u, want_l) = if value { (taken, fall) } else { (fall, taken) };
-    assert!(!u.is_empty() && !l.is_empty(), "{what}: sites of both polarities: {sites:?}");
-    assert!(u.iter().all(|&s| s == want_u), "{what} = {value}: unlikely sites {u:?}; {sites:?}");
-    assert!(l.iter().all(|&s| s == want_l), "{what} = {value}: likely sites {l:?}; {sites:?}");
-    assert!(sites.iter().all(|s| s.reason().is_none()), "{sites:?}");
-}
-
 /// Panics unless alpha's branch is `value`, by `get()`, by what its two
 /// sites compute and by the state of each of them (in alpha's text).
 #[track_caller]
@@ -108,7 +76,7 @@ fn assert_alpha(a: &Alpha, alpha: &Plugin, value: bool) {
     assert_eq!(((a.traced)(1), (a.traced_likely)(1)), (r, r), "alpha's sites with its branch {value}");
     let sites = a.key.sites();
     assert!(sites.iter().all(|s| alpha.contains(s.address())), "alpha's sites are in alpha: {sites:?}");
-    assert_patched("alpha's branch", &sites, a.traced as usize, a.traced_likely as usize, value);
+    assert_branch_patched("alpha's branch", &sites, a.traced as usize, a.traced_likely as usize, value);
 }
 
 /// Panics unless the host's branch is `value`, by `get()`, by what its two
@@ -120,7 +88,7 @@ fn assert_host(value: bool) {
     assert_eq!((host_unlikely(1), host_likely(1)), (r, r), "the host's sites with its branch {value}");
     if HOST_PATCHES {
         let f = (host_unlikely as fn(u64) -> u64 as usize, host_likely as fn(u64) -> u64 as usize);
-        assert_patched("the host's branch", &HOST_TRACE.sites(), f.0, f.1, value);
+        assert_branch_patched("the host's branch", &HOST_TRACE.sites(), f.0, f.1, value);
     } else {
         assert!(HOST_TRACE.sites().is_empty(), "no sites on the portable backend");
     }
