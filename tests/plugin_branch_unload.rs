@@ -189,7 +189,7 @@ fn host_setter(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<bool> {
             let r = HOST_TRACE.try_set(v);
             SETTING.store(false, SeqCst);
             match r {
-                Ok(old) if old == !v => {}
+                Ok(old) if old != v => {}
                 r => fail(format!("a set of the host's branch to {v} returned {r:?}")),
             }
             let want = if v { 101 } else { 100 };
