@@ -221,17 +221,16 @@ pub extern "C" fn alpha_unload_now() -> i32 {
     i32::from(static_call::__private::unload_now() == "Clean")
 }
 
-/// Test hook (aarch64, where no SIGTRAP chain is relinked during an unload):
-/// the function `alpha_set_unload_hook` stored, run by [`ON_UNLOAD`].
-#[cfg(target_arch = "aarch64")]
+/// Test hook: the function `alpha_set_unload_hook` stored, run by
+/// [`ON_UNLOAD`] (on aarch64, where no SIGTRAP chain is relinked during an
+/// unload, the only hook inside one; on x86-64 it runs before the relink).
 static UNLOAD_HOOK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Test hook (aarch64): `hook` runs inside this library's unload, from its
+/// Test hook: `hook` runs inside this library's unload, from its
 /// own destructor, which runs before its copy of the crate shuts down (that
 /// copy's hook has priority 100: last). Its argument says what an update of
 /// `STEP` from there returned: 1 `Ok` (as expected: the copy still works),
 /// 0 `Reentrant` or `ShutDown`, 2 another error.
-#[cfg(target_arch = "aarch64")]
 #[unsafe(no_mangle)]
 pub extern "C" fn alpha_set_unload_hook(hook: Option<extern "C" fn(i32)>) {
     UNLOAD_HOOK.store(hook.map_or(0, |f| f as usize), std::sync::atomic::Ordering::SeqCst)
@@ -241,7 +240,6 @@ pub extern "C" fn alpha_set_unload_hook(hook: Option<extern "C" fn(i32)>) {
 /// own object: it runs before `static_call`'s shut-down (priority 100, which
 /// the linker sorts first in the array, and the array runs last to first).
 /// The hook's argument checks that order.
-#[cfg(target_arch = "aarch64")]
 extern "C" fn on_unload() {
     let hook = UNLOAD_HOOK.load(std::sync::atomic::Ordering::SeqCst);
     if hook != 0 {
@@ -256,7 +254,6 @@ extern "C" fn on_unload() {
     }
 }
 
-#[cfg(target_arch = "aarch64")]
 #[used]
 #[unsafe(link_section = ".fini_array")]
 static ON_UNLOAD: extern "C" fn() = on_unload;
