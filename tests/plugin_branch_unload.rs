@@ -4,25 +4,31 @@
 //! alpha -> host -> user). Alpha has a branch the host sets through the
 //! `&'static BranchKey` alpha exports.
 //!
-//! While alpha is unloaded, a host thread sets the host's branch without
-//! pause (each set then checks that the host's sites follow) and callers run
-//! the host's sites. A second thread sets alpha's branch through the host's
-//! copy until that returns `ShutDown`. Inside the unload, where alpha's copy
-//! has shut down but alpha is still mapped (x86-64: beta's writer hook,
-//! which runs while beta relinks its chain past alpha; aarch64: alpha's own
-//! unload hook, before its copy shuts down), the test waits until the
-//! plugin's setter met `ShutDown` (x86-64) or stopped (aarch64), and until
-//! the host made 20 more sets and (x86-64) its handler emulated a jump, the
-//! trap having passed through beta's handler and alpha's: host sets and
-//! traps ran inside the unload.
+//! While alpha (whose handler lies below beta's) is unloaded, a host thread
+//! sets the host's branch without pause (each set then checks that the
+//! host's sites follow) and callers run the host's sites; a second thread
+//! sets alpha's branch through the host's copy until that returns
+//! `ShutDown`. Inside the unload the test waits, in alpha's own destructor
+//! (before its copy shuts down), for 20 host sets and (x86-64) a host trap
+//! that passed through beta's and alpha's handlers; on x86-64 also in
+//! beta's writer hook, while beta relinks past alpha after alpha's copy
+//! shut down (alpha still mapped): until the plugin's setter met
+//! `ShutDown`, then again for 20 sets and a trap. On aarch64 the destructor
+//! hook stops the plugin's setter instead.
 //!
 //! After the unload, sentinel pages are mapped where alpha's branch sites
 //! were, and host sets go on: every one succeeds, and no byte of the
 //! sentinels changes (nothing writes into the unmapped text). A genuine
 //! `int3` still reaches the user's handler, `fork` works. Alpha is loaded
 //! again: its branch is back at its built-in value, its sites are patched
-//! by its new copy, the host sets it, and it is unloaded again (its handler
-//! on top this time), then beta, with the host's setter still running.
+//! by its new copy, the host sets it; (x86-64) its copy shuts down with
+//! alpha loaded, and a set of its branch, and a batch of it with a host
+//! branch, are refused, the host's part put back. Then alpha, whose handler
+//! is on top now, and beta are unloaded as docs/plugins.md says (no update
+//! while `dlclose` runs, no caller on its way into the plugin), see
+//! [`unload_on_top`]: sets running through those unloads crash the process
+//! (19 SIGSEGV and 2 spurious `HandlerDisplaced` in 40 runs of a version of
+//! this test that kept setting through every unload).
 #![cfg(all(any(target_arch = "x86_64", target_arch = "aarch64"), target_os = "linux", not(feature = "portable")))]
 
 mod common;
@@ -60,7 +66,16 @@ fn host_likely(x: u64) -> u64 {
     }
 }
 
-static PROGRESS: AtomicU64 = AtomicU64::new(0);
+/// A second host branch, set only by a batch that also sets the branch of a
+/// plugin whose copy shut down.
+#[static_branch]
+static HOST_OTHER: bool = false;
+
+#[inline(never)]
+fn host_other() -> bool {
+    HOST_OTHER.unlikely()
+}
+
 /// Completed sets of the host's branch (by the host's setter thread).
 static SETS: AtomicU64 = AtomicU64::new(0);
 /// Calls that started while the host's setter was inside a set (aarch64's
@@ -88,60 +103,88 @@ static PLUGIN_DONE: AtomicBool = AtomicBool::new(false);
 #[cfg(target_arch = "aarch64")]
 static PLUGIN_STOP: AtomicBool = AtomicBool::new(false);
 
-/// What the unload hook saw: times it ran, host sets and host traps inside.
-static HOOK_RAN: AtomicU64 = AtomicU64::new(0);
+/// What the hooks inside alpha's unload saw: times each ran, host sets and
+/// host traps inside alpha's destructor.
+static DESTRUCTOR_HOOK_RAN: AtomicU64 = AtomicU64::new(0);
+#[cfg(target_arch = "x86_64")]
+static RELINK_HOOK_RAN: AtomicU64 = AtomicU64::new(0);
 static SETS_IN_UNLOAD: AtomicU64 = AtomicU64::new(0);
 static TRAPS_IN_UNLOAD: AtomicU64 = AtomicU64::new(0);
+/// x86-64: host sets and traps inside beta's relink past alpha.
+#[cfg(target_arch = "x86_64")]
+static SETS_IN_RELINK: AtomicU64 = AtomicU64::new(0);
+#[cfg(target_arch = "x86_64")]
+static TRAPS_IN_RELINK: AtomicU64 = AtomicU64::new(0);
+/// Asks the host's setter to pause (and it says it has).
+static PAUSE: AtomicBool = AtomicBool::new(false);
+static PAUSED: AtomicBool = AtomicBool::new(false);
+
+/// What the relink hook saw, for the log.
+fn relink_text() -> String {
+    #[cfg(target_arch = "x86_64")]
+    return format!(", {} and {} inside beta's relink", SETS_IN_RELINK.load(SeqCst), TRAPS_IN_RELINK.load(SeqCst));
+    #[cfg(not(target_arch = "x86_64"))]
+    String::new()
+}
 
 fn host_traps() -> u64 {
     let s = static_call::stats();
     s.traps_emulated + s.traps_rewound
 }
 
-/// Inside alpha's unload: waits until host sets (and, x86-64, a trap) ran
-/// here, bounded by the host's progress (a missing trap is then reported by
-/// the test, not a hang).
-fn wait_for_host_sets() {
+/// Waits until the host's setter completed `n` more sets and (x86-64) the
+/// host's handler emulated one more jump, bounded by the host's progress (a
+/// missing trap is then reported by the test, not a hang); returns how many
+/// sets and traps that took.
+fn host_sets_and_a_trap(n: u64) -> (u64, u64) {
     let (s0, t0) = (SETS.load(SeqCst), host_traps());
     loop {
         let (s, t) = (SETS.load(SeqCst), host_traps());
         let trapped = !common::TRAPS || t > t0;
-        if s >= s0 + 20 && trapped || s >= s0 + 300_000 {
-            SETS_IN_UNLOAD.store(s - s0, SeqCst);
-            TRAPS_IN_UNLOAD.store(t - t0, SeqCst);
-            return;
+        if s >= s0 + n && trapped || s >= s0 + 300_000 {
+            return (s - s0, t - t0);
         }
         std::thread::yield_now();
     }
 }
 
-/// x86-64: beta's writer hook, run while beta relinks its chain past alpha,
-/// inside alpha's `dlclose`, after alpha's copy shut down: alpha is still
-/// mapped, beta's handler still passes traps to alpha's.
-#[cfg(target_arch = "x86_64")]
-extern "C" fn in_alpha_unload() {
-    HOOK_RAN.fetch_add(1, SeqCst);
-    let s0 = SETS.load(SeqCst);
-    while !PLUGIN_DONE.load(SeqCst) && SETS.load(SeqCst) < s0 + 300_000 {
-        std::thread::yield_now();
-    }
-    wait_for_host_sets();
-}
-
-/// aarch64: alpha's unload hook, in alpha's own destructor, before its copy
-/// shuts down (`update` is what a set from there returned: 1, `Ok`).
-#[cfg(target_arch = "aarch64")]
-extern "C" fn in_alpha_unload(update: i32) {
-    HOOK_RAN.fetch_add(1, SeqCst);
+/// Alpha's unload hook, in alpha's own destructor inside its `dlclose`,
+/// before its copy shuts down (`update` is what an update of alpha's key
+/// from there returned: 1, `Ok`). Host sets go on here, and the host's traps
+/// pass through beta's handler and alpha's, both still in the chain.
+/// aarch64 (no later hook): stops the plugin's setter first.
+extern "C" fn in_alpha_destructor(update: i32) {
+    DESTRUCTOR_HOOK_RAN.fetch_add(1, SeqCst);
     if update != 1 {
         fail(format!("alpha's copy refused an update in its own destructor: {update}"));
     }
-    PLUGIN_STOP.store(true, SeqCst);
-    let s0 = SETS.load(SeqCst);
-    while !PLUGIN_DONE.load(SeqCst) && SETS.load(SeqCst) < s0 + 300_000 {
+    #[cfg(target_arch = "aarch64")]
+    {
+        PLUGIN_STOP.store(true, SeqCst);
+        let s0 = SETS.load(SeqCst);
+        while !PLUGIN_DONE.load(SeqCst) && SETS.load(SeqCst) < s0 + 300_000 {
+            std::thread::yield_now();
+        }
+    }
+    let (sets, traps) = host_sets_and_a_trap(20);
+    SETS_IN_UNLOAD.store(sets, SeqCst);
+    TRAPS_IN_UNLOAD.store(traps, SeqCst);
+}
+
+/// x86-64: beta's writer hook, run while beta relinks its chain past alpha,
+/// inside alpha's `dlclose`, after alpha's copy shut down: alpha is still
+/// mapped, and beta's handler still passes traps to alpha's. Waits until
+/// the plugin's setter met `ShutDown`, then for 20 more host sets and a
+/// host trap (through beta's and alpha's handlers).
+#[cfg(target_arch = "x86_64")]
+extern "C" fn in_alpha_relink() {
+    RELINK_HOOK_RAN.fetch_add(1, SeqCst);
+    while !PLUGIN_DONE.load(SeqCst) {
         std::thread::yield_now();
     }
-    wait_for_host_sets();
+    let (sets, traps) = host_sets_and_a_trap(20);
+    SETS_IN_RELINK.store(sets, SeqCst);
+    TRAPS_IN_RELINK.store(traps, SeqCst);
 }
 
 /// Sets alpha's branch (through the host's copy) until alpha's copy shuts
@@ -172,7 +215,6 @@ fn plugin_setter() -> std::thread::JoinHandle<()> {
                     break;
                 }
             }
-            PROGRESS.fetch_add(1, SeqCst);
         }
         PLUGIN_DONE.store(true, SeqCst);
     })
@@ -184,20 +226,30 @@ fn host_setter(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<bool> {
     std::thread::spawn(move || {
         let mut v = HOST_TRACE.get();
         while !stop.load(SeqCst) {
+            if PAUSE.load(SeqCst) {
+                PAUSED.store(true, SeqCst);
+                while PAUSE.load(SeqCst) {
+                    std::thread::yield_now();
+                }
+                PAUSED.store(false, SeqCst);
+            }
             v = !v;
             SETTING.store(true, SeqCst);
             let r = HOST_TRACE.try_set(v);
             SETTING.store(false, SeqCst);
             match r {
                 Ok(old) if old != v => {}
-                r => fail(format!("a set of the host's branch to {v} returned {r:?}")),
+                r => {
+                    fail(format!("a set of the host's branch to {v} returned {r:?}"));
+                    v = HOST_TRACE.get();
+                    continue;
+                }
             }
             let want = if v { 101 } else { 100 };
             if (host_unlikely(100), host_likely(100)) != (want, want) {
                 fail(format!("the host's sites do not follow its branch set to {v}"));
             }
             SETS.fetch_add(1, SeqCst);
-            PROGRESS.fetch_add(1, SeqCst);
         }
         v
     })
@@ -206,10 +258,11 @@ fn host_setter(stop: Arc<AtomicBool>) -> std::thread::JoinHandle<bool> {
 /// Callers of the host's sites: every result is one of the two values.
 fn callers(stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
     (0..2)
-        .map(|_| {
+        .map(|i| {
             let stop = stop.clone();
             std::thread::spawn(move || {
                 while !stop.load(Relaxed) {
+                    EPOCHS[i].fetch_add(1, SeqCst);
                     let during = SETTING.load(SeqCst);
                     let (u, l) = (host_unlikely(100), host_likely(100));
                     if ![100, 101].contains(&u) || ![100, 101].contains(&l) {
@@ -218,11 +271,48 @@ fn callers(stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
                     if during {
                         OVERLAPPED.fetch_add(1, SeqCst);
                     }
-                    PROGRESS.fetch_add(1, SeqCst);
                 }
             })
         })
         .collect()
+}
+
+/// Calls each caller thread started (its epoch).
+static EPOCHS: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+
+/// Unloads `p`, whose handler is the current one, as docs/plugins.md says
+/// (steps 2 and 3): the host's setter paused (no update of any copy while
+/// `dlclose` runs), then every caller through one more call (none is still
+/// on its way into the plugin's handler). Without this, sets running
+/// through such an unload crash it (see the module docs): the copy restores
+/// the handler it replaced and waits for the threads counted in its
+/// handler, but a trap the kernel delivered to its handler before the
+/// restore, on a thread descheduled before the handler's first counting
+/// instruction, runs in the unmapped text later (the window the signal
+/// module's docs name); and a set that read the disposition before the
+/// restore reads that handler's header after the unmap. Unloading a copy
+/// whose handler is below another's is safe with sets and traps running
+/// (alpha's first unload): the copy above holds a reader count while it
+/// passes a trap to it, and waits for its readers when it relinks.
+fn unload_on_top(p: &mut Plugin) {
+    quiesce();
+    p.unload();
+    PAUSE.store(false, SeqCst);
+}
+
+/// Pauses the host's setter, then waits until every caller made one more
+/// call ([`unload_on_top`]); the caller resumes the setter (`PAUSE`).
+fn quiesce() {
+    PAUSE.store(true, SeqCst);
+    while !PAUSED.load(SeqCst) {
+        std::thread::yield_now();
+    }
+    let seen: Vec<u64> = EPOCHS.iter().map(|e| e.load(SeqCst)).collect();
+    for (e, s) in EPOCHS.iter().zip(seen) {
+        while e.load(SeqCst) < s + 2 {
+            std::thread::yield_now();
+        }
+    }
 }
 
 /// Waits until the host's setter completed `n` more sets.
@@ -313,7 +403,6 @@ fn sentinels(addrs: &[usize]) -> Vec<usize> {
 
 #[test]
 fn unloading_a_plugin_while_a_host_branch_is_set() {
-    common::watchdog("plugin unload with branch sets", &PROGRESS, std::time::Duration::from_secs(120));
     install_user_handler();
     let user = current_sigtrap_handler();
     static_call::init().unwrap();
@@ -340,6 +429,9 @@ fn unloading_a_plugin_while_a_host_branch_is_set() {
     let stop = Arc::new(AtomicBool::new(false));
     let callers = callers(stop.clone());
     let setter = host_setter(stop.clone());
+    // From now on the host's sets never stop for long: a deadlock (of a set,
+    // or of an unload waiting for one) is a failure with a message.
+    common::watchdog("host branch sets during plugin unloads", &SETS, std::time::Duration::from_secs(120));
     ALPHA_KEY.store(a.key as *const BranchKey as usize, SeqCst);
     let plugin = plugin_setter();
     host_sets(50);
@@ -351,34 +443,39 @@ fn unloading_a_plugin_while_a_host_branch_is_set() {
     #[cfg(target_arch = "x86_64")]
     let hook: extern "C" fn(Option<extern "C" fn()>) = beta.func("beta_set_writer_hook");
     #[cfg(target_arch = "x86_64")]
-    hook(Some(in_alpha_unload));
-    #[cfg(target_arch = "aarch64")]
-    alpha.func::<extern "C" fn(Option<extern "C" fn(i32)>)>("alpha_set_unload_hook")(Some(in_alpha_unload));
+    hook(Some(in_alpha_relink));
+    alpha.func::<extern "C" fn(Option<extern "C" fn(i32)>)>("alpha_set_unload_hook")(Some(in_alpha_destructor));
     alpha.unload();
     assert!(!alpha.mapped(), "dlclose unmapped {}", alpha.path.display());
     #[cfg(target_arch = "x86_64")]
     hook(None);
     plugin.join().unwrap();
-    assert_eq!(HOOK_RAN.load(SeqCst), 1, "the hook ran inside alpha's unload");
+    assert_eq!(DESTRUCTOR_HOOK_RAN.load(SeqCst), 1, "alpha's destructor hook ran inside its unload");
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(RELINK_HOOK_RAN.load(SeqCst), 1, "beta's relink hook ran inside alpha's unload");
     assert!(PLUGIN_DONE.load(SeqCst));
     assert!(PLUGIN_SETS.load(SeqCst) >= 50, "sets of alpha's branch ran before the unload");
-    if common::TRAPS {
+    #[cfg(target_arch = "x86_64")]
+    {
         assert!(PLUGIN_SHUT.load(SeqCst), "a set of alpha's branch inside the unload returned ShutDown");
+        assert!(SETS_IN_RELINK.load(SeqCst) >= 20, "host sets ran inside beta's relink past alpha");
+        assert!(TRAPS_IN_RELINK.load(SeqCst) >= 1, "a host trap passed beta's and alpha's handlers in the relink");
     }
     assert!(SETS_IN_UNLOAD.load(SeqCst) >= 20, "host sets ran inside the unload");
     if common::TRAPS {
         assert!(
             TRAPS_IN_UNLOAD.load(SeqCst) >= 1,
-            "a host trap passed beta's and alpha's handlers inside the unload ({} sets)",
+            "a host trap passed beta's and alpha's handlers inside alpha's destructor ({} sets)",
             SETS_IN_UNLOAD.load(SeqCst)
         );
         assert!(beta.contains(current_sigtrap_handler()), "beta's handler, relinked past alpha's");
     }
     eprintln!(
-        "alpha unloaded: {} sets of its branch before, {} host sets and {} host traps inside the unload",
+        "alpha unloaded: {} sets of its branch before; {} host sets and {} host traps inside its destructor{}",
         PLUGIN_SETS.load(SeqCst),
         SETS_IN_UNLOAD.load(SeqCst),
-        TRAPS_IN_UNLOAD.load(SeqCst)
+        TRAPS_IN_UNLOAD.load(SeqCst),
+        if cfg!(target_arch = "x86_64") { relink_text() } else { String::new() }
     );
 
     // Nothing writes where alpha's sites were.
@@ -412,13 +509,42 @@ fn unloading_a_plugin_while_a_host_branch_is_set() {
     assert!(!a.key.set(true));
     assert_alpha(&a, &alpha, true);
     host_sets(200);
-    alpha.unload();
+    // x86-64: alpha's copy shuts down now, alpha staying loaded (what its
+    // unload runs): its branch is frozen at true, a set of it is refused,
+    // and a batch with it and a host branch is refused as a whole (the
+    // host's part put back, if it went first).
+    #[cfg(target_arch = "x86_64")]
+    {
+        // (Its handler is on top: taken out as by `dlclose`, so as in
+        // `unload_on_top`.)
+        let unload_now: extern "C" fn() -> i32 = alpha.func("alpha_unload_now");
+        quiesce();
+        assert_eq!(unload_now(), 1, "alpha's copy shut down cleanly");
+        PAUSE.store(false, SeqCst);
+        assert!(beta.contains(current_sigtrap_handler()), "alpha's handler taken out: beta's restored");
+        assert_eq!(a.key.try_set(false), Err(Error::ShutDown));
+        let r = static_call::batch(|b| {
+            b.set(&HOST_OTHER, true);
+            b.set(a.key, false);
+        });
+        assert_eq!(r, Err(Error::ShutDown), "a batch with a shut-down copy's branch");
+        assert!(!HOST_OTHER.get() && !host_other(), "nothing of the batch kept");
+        assert!(HOST_OTHER.sites().iter().all(|s| s.state() == SiteState::NotTaken), "{:?}", HOST_OTHER.sites());
+        // Batches are applied owner by owner in the order of the owners'
+        // tables, statics of the two modules: the host's part went first
+        // (and was put back) when the executable lies below the plugin.
+        let host_first = (host_other as fn() -> bool as usize) < (a.traced as usize);
+        eprintln!("the batch's host part was applied first and put back: {host_first}");
+        assert_alpha(&a, &alpha, true);
+        host_sets(200);
+    }
+    unload_on_top(&mut alpha);
     assert!(!alpha.mapped());
     assert!(!common::TRAPS || beta.contains(current_sigtrap_handler()), "beta's handler restored");
     host_sets(200);
 
     // Unload beta, whose handler is current: the host's is restored.
-    beta.unload();
+    unload_on_top(&mut beta);
     assert!(!beta.mapped());
     assert!(!common::TRAPS || in_exe(current_sigtrap_handler()), "the host's handler is current again");
     let traps1 = host_traps();
