@@ -164,3 +164,41 @@ pub fn fork_ok() -> bool {
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
     libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
 }
+
+/// The states of a static branch's `sites`, as (sites in `unlikely`, sites
+/// in `likely`): a site belongs to whichever of the two functions (their
+/// entry addresses) starts closest below it. Panics if one lies below both.
+pub fn branch_states_by_function(
+    sites: &[static_call::Site],
+    unlikely: usize,
+    likely: usize,
+) -> (Vec<static_call::SiteState>, Vec<static_call::SiteState>) {
+    let (mut u, mut l) = (Vec::new(), Vec::new());
+    for s in sites {
+        let a = s.address();
+        let in_u = a > unlikely && (a < likely || likely < unlikely);
+        let in_l = a > likely && (a < unlikely || unlikely < likely);
+        assert!(in_u != in_l, "site {a:#x} lies after one of {unlikely:#x}, {likely:#x}: {s}");
+        if in_u {
+            u.push(s.state());
+        } else {
+            l.push(s.state());
+        }
+    }
+    (u, l)
+}
+
+/// Panics unless `sites` (of one branch) hold sites in both functions,
+/// `unlikely` (whose sites are `unlikely()`) and `likely`, each patched for
+/// `value`: `unlikely()` sites `Taken` while it is set, `likely()` sites
+/// `NotTaken`, and the other way round.
+#[track_caller]
+pub fn assert_branch_patched(what: &str, sites: &[static_call::Site], unlikely: usize, likely: usize, value: bool) {
+    use static_call::SiteState::{NotTaken, Taken};
+    let (u, l) = branch_states_by_function(sites, unlikely, likely);
+    let (want_u, want_l) = if value { (Taken, NotTaken) } else { (NotTaken, Taken) };
+    assert!(!u.is_empty() && !l.is_empty(), "{what}: sites of both polarities: {sites:?}");
+    assert!(u.iter().all(|&s| s == want_u), "{what} = {value}: unlikely sites {u:?}; {sites:?}");
+    assert!(l.iter().all(|&s| s == want_l), "{what} = {value}: likely sites {l:?}; {sites:?}");
+    assert!(sites.iter().all(|s| s.reason().is_none()), "{sites:?}");
+}

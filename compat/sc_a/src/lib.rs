@@ -6,13 +6,15 @@
 //!
 //! The call wrappers are `#[inline(always)]`: each call site is emitted in
 //! the function that calls the wrapper, so that a test can put sites of both
-//! copies' keys side by side in one function (on one page of text).
+//! copies' keys side by side in one function (on one page of text). The
+//! static branches (`B0`, `B1`) are too: each `unlikely*` / `likely*`
+//! wrapper is a branch site emitted in its caller.
 
 /// The copy of `static_call` this crate links, for its types
 /// (`SiteState`, `Error`, `Stats`).
 pub use ::static_call as copy;
 
-use ::static_call::{static_call, Error, Site, Stats};
+use ::static_call::{static_branch, static_call, BranchKey, Error, Site, Stats};
 
 /// The type of every key here.
 pub type F = extern "C" fn(u64) -> u64;
@@ -97,4 +99,77 @@ pub fn sites(key: usize) -> Vec<Site> {
         1 => K1.sites(),
         _ => K2.sites(),
     }
+}
+
+/// The number of static branches.
+pub const BRANCHES: usize = 2;
+
+/// The value each branch is declared with.
+pub const BRANCH_INITIAL: [bool; BRANCHES] = [false, true];
+
+#[static_branch]
+static B0: bool = false;
+#[static_branch]
+static B1: bool = true;
+
+const _: () = assert!(!BRANCH_INITIAL[0] && BRANCH_INITIAL[1]);
+
+/// An `unlikely` site of `B0`, emitted in the caller: its value.
+#[inline(always)]
+pub fn unlikely0() -> bool {
+    B0.unlikely()
+}
+/// A `likely` site of `B0`, emitted in the caller: its value.
+#[inline(always)]
+pub fn likely0() -> bool {
+    B0.likely()
+}
+/// An `unlikely` site of `B1`, emitted in the caller: its value.
+#[inline(always)]
+pub fn unlikely1() -> bool {
+    B1.unlikely()
+}
+/// A `likely` site of `B1`, emitted in the caller: its value.
+#[inline(always)]
+pub fn likely1() -> bool {
+    B1.likely()
+}
+
+/// Branch `b`'s key.
+pub fn branch(b: usize) -> &'static BranchKey {
+    match b {
+        0 => &B0,
+        _ => &B1,
+    }
+}
+
+/// `try_set` of branch `b`.
+pub fn set(b: usize, value: bool) -> Result<bool, Error> {
+    branch(b).try_set(value)
+}
+
+/// `get` of branch `b`.
+pub fn value(b: usize) -> bool {
+    branch(b).get()
+}
+
+/// `sites` of branch `b`.
+pub fn branch_sites(b: usize) -> Vec<Site> {
+    branch(b).sites()
+}
+
+/// Sets the branch at `key` (a key of this copy or of any other copy or
+/// version of `static_call`, as a pointer) through this crate's copy, which
+/// routes the set to the key's owner.
+///
+/// # Safety
+///
+/// `key` points to a static-branch key of some copy of `static_call`, that
+/// stays mapped during the call.
+pub unsafe fn set_any(key: *const (), value: bool) -> Result<bool, Error> {
+    // SAFETY: the caller's contract; every version's key starts with the
+    // versioned prefix that `try_set` checks before it reads anything past
+    // it (a key of another layout is `IncompatibleCopy`).
+    let key = unsafe { &*(key as *const BranchKey) };
+    key.try_set(value)
 }

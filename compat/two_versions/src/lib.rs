@@ -477,3 +477,146 @@ pub fn concurrent_updates(updates: u64) {
         }
     }
 }
+
+// ---------------------------------------------------------------- static branches
+
+/// Static branches per copy.
+pub const BRANCHES: usize = sc_a::BRANCHES;
+const _: () = assert!(sc_a::BRANCHES == sc_b::BRANCHES);
+
+/// Results of one branch-site function: eight sites, one of each polarity
+/// of each branch of each copy, in the order `a.u0 b.u0 a.l0 b.l0 a.u1 b.u1
+/// a.l1 b.l1` (see [`branch_of`]); each site returns its key's value.
+pub type BranchResults = [bool; 2 * COPIES * BRANCHES];
+
+/// The copy, branch and polarity (true: `likely`) of result `i` of a
+/// branch-site function.
+pub fn branch_of(i: usize) -> (usize, usize, bool) {
+    (i % COPIES, i / (2 * COPIES), (i / COPIES) % 2 == 1)
+}
+
+/// Sites of both polarities of every branch of both copies in one function,
+/// the two copies' sites interleaved (as [`sites_lo`]).
+#[inline(never)]
+pub fn branch_sites_lo() -> BranchResults {
+    [
+        sc_a::unlikely0(),
+        sc_b::unlikely0(),
+        sc_a::likely0(),
+        sc_b::likely0(),
+        sc_a::unlikely1(),
+        sc_b::unlikely1(),
+        sc_a::likely1(),
+        sc_b::likely1(),
+    ]
+}
+
+/// The same sites in the opposite order, in another function.
+#[inline(never)]
+pub fn branch_sites_hi() -> BranchResults {
+    let mut r = [
+        sc_b::likely1(),
+        sc_a::likely1(),
+        sc_b::unlikely1(),
+        sc_a::unlikely1(),
+        sc_b::likely0(),
+        sc_a::likely0(),
+        sc_b::unlikely0(),
+        sc_a::unlikely0(),
+    ];
+    r.reverse();
+    r
+}
+
+/// Both branch-site functions' results.
+pub fn call_branches() -> [BranchResults; 2] {
+    [branch_sites_lo(), branch_sites_hi()]
+}
+
+/// How many sites each branch has: two (one of each polarity) in each
+/// branch-site function.
+pub const BRANCH_SITES_PER_KEY: usize = 4;
+
+/// Branch `b` of copy `c`: `try_set`.
+pub fn set_branch(c: usize, b: usize, v: bool) -> Result<bool, String> {
+    let r =
+        if c == 0 { sc_a::set(b, v).map_err(|e| e.to_string()) } else { sc_b::set(b, v).map_err(|e| e.to_string()) };
+    r.map_err(|e| format!("{}: set of branch {b}: {e}", name(c)))
+}
+
+/// Branch `b` of copy `owner`, set through copy `by`'s `static_call`
+/// (the other copy's: a key across copies, routed to its owner).
+pub fn set_branch_by(by: usize, owner: usize, b: usize, v: bool) -> Result<bool, String> {
+    let key = if owner == 0 {
+        sc_a::branch(b) as *const sc_a::copy::BranchKey as *const ()
+    } else {
+        sc_b::branch(b) as *const sc_b::copy::BranchKey as *const ()
+    };
+    // SAFETY: a static branch key of one of the two copies, a static.
+    let r = unsafe {
+        if by == 0 {
+            sc_a::set_any(key, v).map_err(|e| e.to_string())
+        } else {
+            sc_b::set_any(key, v).map_err(|e| e.to_string())
+        }
+    };
+    r.map_err(|e| format!("{} setting {}'s branch {b}: {e}", name(by), name(owner)))
+}
+
+/// Branch `b` of copy `c`: `get()`.
+pub fn branch_value(c: usize, b: usize) -> bool {
+    if c == 0 {
+        sc_a::value(b)
+    } else {
+        sc_b::value(b)
+    }
+}
+
+/// Copy `c`: `stats()` as (updates, branch sites patched, traps emulated
+/// and rewound).
+pub fn branch_stats(c: usize) -> (u64, u64, u64) {
+    let f = |updates, patched, emulated: u64, rewound| (updates, patched, emulated + rewound);
+    if c == 0 {
+        let s = sc_a::stats();
+        f(s.updates, s.branch_sites_patched, s.traps_emulated, s.traps_rewound)
+    } else {
+        let s = sc_b::stats();
+        f(s.updates, s.branch_sites_patched, s.traps_emulated, s.traps_rewound)
+    }
+}
+
+/// One static-branch site as its copy reports it: address, whether it
+/// jumps (`Taken`), whether it is patched at all (`Taken` or `NotTaken`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BranchSite {
+    pub address: usize,
+    pub taken: bool,
+    pub patched: bool,
+}
+
+/// The sites of branch `b` of copy `c`, sorted by address.
+pub fn branch_sites(c: usize, b: usize) -> Vec<BranchSite> {
+    let mut v: Vec<BranchSite> = if c == 0 {
+        use sc_a::copy::SiteState::{NotTaken, Taken};
+        sc_a::branch_sites(b)
+            .iter()
+            .map(|s| BranchSite {
+                address: s.address(),
+                taken: s.state() == Taken,
+                patched: matches!(s.state(), Taken | NotTaken),
+            })
+            .collect()
+    } else {
+        use sc_b::copy::SiteState::{NotTaken, Taken};
+        sc_b::branch_sites(b)
+            .iter()
+            .map(|s| BranchSite {
+                address: s.address(),
+                taken: s.state() == Taken,
+                patched: matches!(s.state(), Taken | NotTaken),
+            })
+            .collect()
+    };
+    v.sort_by_key(|s| s.address);
+    v
+}

@@ -2,7 +2,10 @@
 //!
 //! Exports a dispatch target for the host (`alpha_dispatch`), and a key of
 //! its own (`STEP`) whose call site, inside this library, is patched by this
-//! library's copy of the crate.
+//! library's copy of the crate. A static branch of its own, `pub` and
+//! exported (`ALPHA_TRACE`, `alpha_trace_key`), whose two sites
+//! (`alpha_traced`, `alpha_traced_likely`) this library's copy patches, and
+//! that a host may set through its own copy: the set is routed here.
 //!
 //! # Safety
 //!
@@ -10,7 +13,7 @@
 //! host can look them up by name; they take and return plain integers.
 #![allow(unsafe_code)]
 
-use static_call::static_call;
+use static_call::{static_branch, static_call, BranchKey};
 
 /// What the host's dispatch key calls: `x * 3 + 1`.
 #[unsafe(no_mangle)]
@@ -114,6 +117,79 @@ pub extern "C" fn alpha_update(key: &'static StepKey, f: Option<extern "C" fn(u6
     }
 }
 
+/// This library's static branch: set by the host (through
+/// [`alpha_trace_key`]) or by this library ([`alpha_set_trace`]).
+#[static_branch]
+pub static ALPHA_TRACE: bool = false;
+
+/// An `unlikely` site of [`ALPHA_TRACE`]: `x + 1000` while it is set, else `x`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn alpha_traced(x: u64) -> u64 {
+    if ALPHA_TRACE.unlikely() {
+        x.wrapping_add(1000)
+    } else {
+        x
+    }
+}
+
+/// A `likely` site of [`ALPHA_TRACE`]: `x + 1000` while it is set, else `x`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn alpha_traced_likely(x: u64) -> u64 {
+    if ALPHA_TRACE.likely() {
+        x.wrapping_add(1000)
+    } else {
+        std::hint::black_box(x)
+    }
+}
+
+/// [`ALPHA_TRACE`]'s key, for a host (or another plugin) that sets it
+/// through its own copy of the crate: the set is made by this library's
+/// copy, which owns the branch's sites.
+#[unsafe(no_mangle)]
+pub extern "C" fn alpha_trace_key() -> &'static BranchKey {
+    &ALPHA_TRACE
+}
+
+/// Sets [`ALPHA_TRACE`] with this library's copy; the previous value (0 or
+/// 1), or -1 on error.
+#[unsafe(no_mangle)]
+pub extern "C" fn alpha_set_trace(value: bool) -> i32 {
+    set_branch(&ALPHA_TRACE, value)
+}
+
+/// Sets a static branch of another module (the host's, another plugin's)
+/// through this library's copy of the crate; the previous value (0 or 1),
+/// or -1 on error.
+#[unsafe(no_mangle)]
+pub extern "C" fn alpha_set_branch(key: &'static BranchKey, value: bool) -> i32 {
+    set_branch(key, value)
+}
+
+fn set_branch(key: &'static BranchKey, value: bool) -> i32 {
+    match key.try_set(value) {
+        Ok(old) => i32::from(old),
+        Err(e) => {
+            eprintln!("alpha: {e}");
+            -1
+        }
+    }
+}
+
+/// This copy's count of static-branch sites rewritten.
+#[unsafe(no_mangle)]
+pub extern "C" fn alpha_branch_sites_patched() -> u64 {
+    static_call::stats().branch_sites_patched
+}
+
+/// This copy's traps, emulated and rewound (x86-64; 0 on aarch64).
+#[unsafe(no_mangle)]
+pub extern "C" fn alpha_traps() -> u64 {
+    let s = static_call::stats();
+    s.traps_emulated + s.traps_rewound
+}
+
 /// A public key, so that this crate's documentation shows what a
 /// downstream crate's `pub` key looks like in rustdoc (checked by CI).
 #[static_call]
@@ -145,17 +221,16 @@ pub extern "C" fn alpha_unload_now() -> i32 {
     i32::from(static_call::__private::unload_now() == "Clean")
 }
 
-/// Test hook (aarch64, where no SIGTRAP chain is relinked during an unload):
-/// the function `alpha_set_unload_hook` stored, run by [`ON_UNLOAD`].
-#[cfg(target_arch = "aarch64")]
+/// Test hook: the function `alpha_set_unload_hook` stored, run by
+/// [`ON_UNLOAD`] (on aarch64, where no SIGTRAP chain is relinked during an
+/// unload, the only hook inside one; on x86-64 it runs before the relink).
 static UNLOAD_HOOK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Test hook (aarch64): `hook` runs inside this library's unload, from its
+/// Test hook: `hook` runs inside this library's unload, from its
 /// own destructor, which runs before its copy of the crate shuts down (that
 /// copy's hook has priority 100: last). Its argument says what an update of
 /// `STEP` from there returned: 1 `Ok` (as expected: the copy still works),
 /// 0 `Reentrant` or `ShutDown`, 2 another error.
-#[cfg(target_arch = "aarch64")]
 #[unsafe(no_mangle)]
 pub extern "C" fn alpha_set_unload_hook(hook: Option<extern "C" fn(i32)>) {
     UNLOAD_HOOK.store(hook.map_or(0, |f| f as usize), std::sync::atomic::Ordering::SeqCst)
@@ -165,7 +240,6 @@ pub extern "C" fn alpha_set_unload_hook(hook: Option<extern "C" fn(i32)>) {
 /// own object: it runs before `static_call`'s shut-down (priority 100, which
 /// the linker sorts first in the array, and the array runs last to first).
 /// The hook's argument checks that order.
-#[cfg(target_arch = "aarch64")]
 extern "C" fn on_unload() {
     let hook = UNLOAD_HOOK.load(std::sync::atomic::Ordering::SeqCst);
     if hook != 0 {
@@ -180,7 +254,6 @@ extern "C" fn on_unload() {
     }
 }
 
-#[cfg(target_arch = "aarch64")]
 #[used]
 #[unsafe(link_section = ".fini_array")]
 static ON_UNLOAD: extern "C" fn() = on_unload;

@@ -114,6 +114,20 @@ pub extern "C" fn beta_update(key: &'static StepKey, f: Option<extern "C" fn(u64
     }
 }
 
+/// Sets a static branch of another module (the host's, another plugin's)
+/// through this library's copy of the crate; the previous value (0 or 1),
+/// or -1 on error.
+#[unsafe(no_mangle)]
+pub extern "C" fn beta_set_branch(key: &'static static_call::BranchKey, value: bool) -> i32 {
+    match key.try_set(value) {
+        Ok(old) => i32::from(old),
+        Err(e) => {
+            eprintln!("beta: {e}");
+            -1
+        }
+    }
+}
+
 /// Test hook: `hook` runs while this copy rewrites its SIGTRAP chain
 /// (a relink when a copy below it is unloaded, or a re-install). x86-64
 /// only: aarch64 has no SIGTRAP handler.
