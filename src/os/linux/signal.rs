@@ -95,7 +95,8 @@
 //!
 //! # Our disposition
 //!
-//! `SA_SIGINFO | SA_NODEFER | SA_RESTART`, no `SA_ONSTACK`, and every
+//! `SA_SIGINFO | SA_RESTART` (not `SA_NODEFER`: SIGTRAP is blocked while
+//! ours runs, see [`FLAGS`]), no `SA_ONSTACK`, and every
 //! signal blocked but the synchronous ones (traps and faults). [`check`]
 //! requires all of it of the disposition the kernel runs: our entry put back
 //! by other code with another mask or flags is displaced like a foreign
@@ -656,10 +657,22 @@ fn current_action() -> Result<libc::sigaction, Error> {
 }
 
 /// The flags our handler is installed with.
-const FLAGS: libc::c_int = libc::SA_SIGINFO | libc::SA_NODEFER | libc::SA_RESTART;
+///
+/// Not `SA_NODEFER`: the kernel blocks SIGTRAP while our handler runs, as it
+/// would for a handler installed without us. With `SA_NODEFER` a thread
+/// sent SIGTRAPs faster than the kernel builds signal frames (`kill`,
+/// `pthread_kill`) nested a new frame at our entry before it ran one
+/// instruction, hundreds deep, until the stack overflowed
+/// (`tests/branch_sent_sigtrap.rs`: SIGSEGV in 8 of 8 release runs), where
+/// a program with its own handler alone has at most one pending. Nothing
+/// of ours needs SIGTRAP deliverable: the handler executes no `int3`, and
+/// a handler we pass a trap on to gets its own mask, SIGTRAP deliverable
+/// again if it has `SA_NODEFER` (`pass_on`).
+const FLAGS: libc::c_int = libc::SA_SIGINFO | libc::SA_RESTART;
 
-/// The signals that stay deliverable while our handler runs: traps and
-/// faults (a nested trap in a chained handler must work). Every other
+/// The signals our mask leaves out: traps and faults (SIGTRAP itself is
+/// blocked by the kernel while ours runs, no `SA_NODEFER`; a handler we
+/// pass a trap on to gets the mask the kernel would give it). Every other
 /// signal is blocked: a signal handler that interrupted ours while it is
 /// counted as a reader of the patch plan, and then waited for the patch
 /// lock, would wait forever on an update that waits for that reader.
@@ -682,12 +695,13 @@ fn our_action() -> libc::sigaction {
 
 /// Whether `cur` (a disposition running one of the copies' entries) has
 /// everything our handler relies on: `SA_SIGINFO` (it reads the context),
-/// `SA_NODEFER` (a nested trap in a chained handler), no `SA_RESETHAND`, no
-/// `SA_ONSTACK` (the handler and those it chains to need the thread's
-/// stack), and every signal blocked that [`our_action`] blocks.
+/// no `SA_RESETHAND`, no `SA_ONSTACK` (the handler and those it chains to
+/// need the thread's stack), and every signal blocked that [`our_action`]
+/// blocks. `SA_NODEFER` either way (see [`FLAGS`]: only a flood of sent
+/// SIGTRAPs tells the difference).
 fn flags_and_mask_ok(cur: &libc::sigaction) -> bool {
     let f = cur.sa_flags;
-    if f & libc::SA_SIGINFO == 0 || f & libc::SA_NODEFER == 0 || f & (libc::SA_RESETHAND | libc::SA_ONSTACK) != 0 {
+    if f & libc::SA_SIGINFO == 0 || f & (libc::SA_RESETHAND | libc::SA_ONSTACK) != 0 {
         return false;
     }
     let want = our_action().sa_mask;
@@ -1059,7 +1073,7 @@ unsafe fn pass_on(
 }
 
 /// The kernel's default action for SIGTRAP: restore it, unblock SIGTRAP
-/// (SA_NODEFER leaves it unblocked anyway) and raise it, which ends the
+/// (blocked while our handler runs) and raise it, which ends the
 /// process with SIGTRAP (and a core dump where enabled) before `raise`
 /// returns.
 ///
