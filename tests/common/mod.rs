@@ -451,3 +451,52 @@ pub fn run_child_bounded(
     };
     (out.status, String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
+
+/// Runs this test binary's test `child` under gdb, with `child_env` set (the
+/// child's cue), as a user would (`handle SIGTRAP nostop noprint pass`,
+/// `signal 0`), and asserts that it printed its `GDB_CHILD_DONE` summary and
+/// exited normally. Skips (with a note) where gdb is missing or ptrace is
+/// not permitted.
+pub fn child_exits_normally_under_gdb(child: &str, child_env: &str) {
+    let gdb = std::process::Command::new("gdb").arg("--version").output();
+    if !gdb.is_ok_and(|o| o.status.success()) {
+        eprintln!("NOTE: gdb is not installed: skipping the under-gdb test (apt-get install gdb)");
+        return;
+    }
+    let me = std::env::current_exe().unwrap();
+    let out = std::process::Command::new("gdb")
+        // `handle SIGTRAP pass` from the start makes gdb pass its own
+        // breakpoint traps (ld.so's event breakpoint) to the program, which
+        // dies before main: stop at main first, drop that breakpoint, pass
+        // SIGTRAP from then on, and resume without the pending stop signal.
+        .args([
+            "-batch",
+            "-nx",
+            "-ex",
+            "set startup-with-shell off",
+            "-ex",
+            "break main",
+            "-ex",
+            "run",
+            "-ex",
+            "delete",
+        ])
+        .args(["-ex", "handle SIGTRAP nostop noprint pass", "-ex", "signal 0", "--args"])
+        .arg(&me)
+        .args(["--exact", child, "--nocapture", "--test-threads=1"])
+        .env(child_env, "1")
+        .output()
+        .expect("run gdb");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let log = format!("gdb stdout:\n{stdout}\ngdb stderr:\n{stderr}");
+    if stderr.contains("ptrace: Operation not permitted") || stderr.contains("Could not trace the inferior") {
+        eprintln!("NOTE: ptrace is not permitted here: skipping the under-gdb test\n{log}");
+        return;
+    }
+    // gdb prints thread events on the same stream: the summary may not start its line.
+    let done = stdout.lines().find(|l| l.contains("GDB_CHILD_DONE"));
+    eprintln!("{}", done.unwrap_or("(no summary)"));
+    assert!(done.is_some(), "the program did not finish its updates under gdb\n{log}");
+    assert!(stdout.contains("exited normally"), "the program did not exit normally under gdb\n{log}");
+}
