@@ -122,7 +122,7 @@ pub extern "C" fn alpha_update(key: &'static StepKey, f: Option<extern "C" fn(u6
 #[static_branch]
 pub static ALPHA_TRACE: bool = false;
 
-/// An `unlikely` site of [`ALPHA_TRACE`]: `x + 1000` while it is set, else `x`.
+/// An `unlikely` site of [`ALPHA_TRACE`](static@ALPHA_TRACE): `x + 1000` while it is set, else `x`.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn alpha_traced(x: u64) -> u64 {
@@ -133,7 +133,7 @@ pub extern "C" fn alpha_traced(x: u64) -> u64 {
     }
 }
 
-/// A `likely` site of [`ALPHA_TRACE`]: `x + 1000` while it is set, else `x`.
+/// A `likely` site of [`ALPHA_TRACE`](static@ALPHA_TRACE): `x + 1000` while it is set, else `x`.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn alpha_traced_likely(x: u64) -> u64 {
@@ -144,7 +144,7 @@ pub extern "C" fn alpha_traced_likely(x: u64) -> u64 {
     }
 }
 
-/// [`ALPHA_TRACE`]'s key, for a host (or another plugin) that sets it
+/// [`ALPHA_TRACE`](static@ALPHA_TRACE)'s key, for a host (or another plugin) that sets it
 /// through its own copy of the crate: the set is made by this library's
 /// copy, which owns the branch's sites.
 #[unsafe(no_mangle)]
@@ -152,7 +152,7 @@ pub extern "C" fn alpha_trace_key() -> &'static BranchKey {
     &ALPHA_TRACE
 }
 
-/// Sets [`ALPHA_TRACE`] with this library's copy; the previous value (0 or
+/// Sets [`ALPHA_TRACE`](static@ALPHA_TRACE) with this library's copy; the previous value (0 or
 /// 1), or -1 on error.
 #[unsafe(no_mangle)]
 pub extern "C" fn alpha_set_trace(value: bool) -> i32 {
