@@ -67,10 +67,12 @@ fn host_likely(x: u64) -> u64 {
 }
 
 /// A second host branch, set only by a batch that also sets the branch of a
-/// plugin whose copy shut down.
+/// plugin whose copy shut down (x86-64 only, as that part of the test).
+#[cfg(target_arch = "x86_64")]
 #[static_branch]
 static HOST_OTHER: bool = false;
 
+#[cfg(target_arch = "x86_64")]
 #[inline(never)]
 fn host_other() -> bool {
     HOST_OTHER.unlikely()
