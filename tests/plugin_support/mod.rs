@@ -167,7 +167,9 @@ pub fn fork_ok() -> bool {
 
 /// The states of a static branch's `sites`, as (sites in `unlikely`, sites
 /// in `likely`): a site belongs to whichever of the two functions (their
-/// entry addresses) starts closest below it. Panics if one lies below both.
+/// entry addresses) starts closest at or below it (a site may be a
+/// function's first instruction: aarch64, release). Panics if one lies
+/// below both.
 pub fn branch_states_by_function(
     sites: &[static_call::Site],
     unlikely: usize,
@@ -176,8 +178,8 @@ pub fn branch_states_by_function(
     let (mut u, mut l) = (Vec::new(), Vec::new());
     for s in sites {
         let a = s.address();
-        let in_u = a > unlikely && (a < likely || likely < unlikely);
-        let in_l = a > likely && (a < unlikely || unlikely < likely);
+        let in_u = a >= unlikely && (a < likely || likely < unlikely);
+        let in_l = a >= likely && (a < unlikely || unlikely < likely);
         assert!(in_u != in_l, "site {a:#x} lies after one of {unlikely:#x}, {likely:#x}: {s}");
         if in_u {
             u.push(s.state());
