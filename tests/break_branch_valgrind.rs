@@ -9,7 +9,6 @@ mod common;
 
 use common::in_child;
 use static_call::{static_branch, SiteState};
-use std::process::Command;
 
 #[static_branch]
 static OFF: bool = false;
@@ -40,22 +39,7 @@ fn want(off: bool, on: bool) -> u64 {
 
 #[test]
 fn every_branch_form_runs_under_valgrind() {
-    if Command::new("valgrind").arg("--version").output().is_err() {
-        eprintln!("skipped: valgrind is not installed");
-        return;
-    }
-    let test = "branch_valgrind_child";
-    let out = Command::new("valgrind")
-        .args(["--smc-check=all", "--error-exitcode=99", "--quiet"])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", test, "--nocapture", "--test-threads=1"])
-        .env("STATIC_CALL_TEST_CHILD", test)
-        .env_remove("STATIC_CALL_WRITER")
-        .output()
-        .expect("run valgrind");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "under valgrind ({}):\n{text}", out.status);
-    assert!(text.contains("child branch_valgrind_child: done"), "child did not run:\n{text}");
+    common::child_runs_under_valgrind("branch_valgrind_child");
 }
 
 #[test]

@@ -11,7 +11,6 @@ mod common;
 
 use common::in_child;
 use static_call::{static_call, SiteState};
-use std::process::Command;
 
 extern "C" fn plus1(x: u64) -> u64 {
     x + 1
@@ -58,22 +57,7 @@ fn unit(x: u32) {
 
 #[test]
 fn every_site_form_runs_under_valgrind() {
-    if Command::new("valgrind").arg("--version").output().is_err() {
-        eprintln!("skipped: valgrind is not installed");
-        return;
-    }
-    let test = "valgrind_child";
-    let out = Command::new("valgrind")
-        .args(["--smc-check=all", "--error-exitcode=99", "--quiet"])
-        .arg(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", test, "--nocapture", "--test-threads=1"])
-        .env("STATIC_CALL_TEST_CHILD", test)
-        .env_remove("STATIC_CALL_WRITER")
-        .output()
-        .expect("run valgrind");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "under valgrind ({}):\n{text}", out.status);
-    assert!(text.contains("child valgrind_child: done"), "child did not run:\n{text}");
+    common::child_runs_under_valgrind("valgrind_child");
 }
 
 #[test]

@@ -500,3 +500,25 @@ pub fn child_exits_normally_under_gdb(child: &str, child_env: &str) {
     assert!(done.is_some(), "the program did not finish its updates under gdb\n{log}");
     assert!(stdout.contains("exited normally"), "the program did not exit normally under gdb\n{log}");
 }
+
+/// Runs this test binary's ignored test `child` under valgrind
+/// (`--smc-check=all`, as the README says), and asserts that it succeeded
+/// and printed `child {child}: done`. Skips where valgrind is missing.
+pub fn child_runs_under_valgrind(child: &str) {
+    use std::process::Command;
+    if Command::new("valgrind").arg("--version").output().is_err() {
+        eprintln!("skipped: valgrind is not installed");
+        return;
+    }
+    let out = Command::new("valgrind")
+        .args(["--smc-check=all", "--error-exitcode=99", "--quiet"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", child, "--nocapture", "--test-threads=1"])
+        .env("STATIC_CALL_TEST_CHILD", child)
+        .env_remove("STATIC_CALL_WRITER")
+        .output()
+        .expect("run valgrind");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "under valgrind ({}):\n{text}", out.status);
+    assert!(text.contains(&format!("child {child}: done")), "child did not run:\n{text}");
+}
