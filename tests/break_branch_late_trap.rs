@@ -8,9 +8,10 @@
 #![cfg(all(target_arch = "x86_64", target_os = "linux", not(feature = "portable")))]
 
 mod common;
+use common::trap_hold::{futex, gettid, hold, CALLER_TID, HOOK};
 
 use static_call::static_branch;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 
 #[static_branch]
 static B: bool = false;
@@ -25,48 +26,8 @@ fn site() -> u64 {
     std::hint::black_box(u64::from(taken))
 }
 
-/// Hook state: 0 idle (hold the next trap), 1 a thread is held, 2 released,
-/// 3 done (let every later trap through).
-static HOOK: AtomicU32 = AtomicU32::new(0);
-/// Set by the caller thread around its calls, read by the hook: only that
-/// thread's traps are held.
-static CALLER_TID: AtomicU64 = AtomicU64::new(0);
 static STOP: AtomicBool = AtomicBool::new(false);
 static PROGRESS: AtomicU64 = AtomicU64::new(0);
-
-fn gettid() -> u64 {
-    // SAFETY: gettid has no preconditions.
-    unsafe { libc::syscall(libc::SYS_gettid) as u64 }
-}
-
-fn futex(word: &AtomicU32, op: i32, val: u32) {
-    // SAFETY: a valid, aligned u32; FUTEX_WAIT/WAKE without timeout.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            op | libc::FUTEX_PRIVATE_FLAG,
-            val,
-            std::ptr::null::<libc::timespec>(),
-        )
-    };
-}
-
-/// Runs in the SIGTRAP handler, before it looks at the plan: the first trap of
-/// the caller thread is parked here until the test releases it.
-/// Async-signal-safe: atomics, gettid and futex only.
-extern "C" fn hold() {
-    if gettid() != CALLER_TID.load(SeqCst) {
-        return;
-    }
-    if HOOK.compare_exchange(0, 1, SeqCst, SeqCst).is_err() {
-        return;
-    }
-    futex(&HOOK, libc::FUTEX_WAKE, i32::MAX as u32);
-    while HOOK.load(SeqCst) == 1 {
-        futex(&HOOK, libc::FUTEX_WAIT, 1);
-    }
-}
 
 /// One round: flip the branch until the caller is held on an int3, make
 /// `want` the value (through at least one more `set`), release, and check

@@ -522,3 +522,51 @@ pub fn child_runs_under_valgrind(child: &str) {
     assert!(out.status.success(), "under valgrind ({}):\n{text}", out.status);
     assert!(text.contains(&format!("child {child}: done")), "child did not run:\n{text}");
 }
+
+/// A SIGTRAP-handler hook (`__private::set_trap_hook`) that parks the first
+/// trap of one thread until the test releases it (tests/late_trap.rs and
+/// tests/break_branch_late_trap.rs).
+pub mod trap_hold {
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+
+    /// Hook state: 0 idle (hold the next trap), 1 a thread is held, 2 released,
+    /// 3 done (let every later trap through).
+    pub static HOOK: AtomicU32 = AtomicU32::new(0);
+    /// Set by the caller thread around its calls, read by the hook: only that
+    /// thread's traps are held.
+    pub static CALLER_TID: AtomicU64 = AtomicU64::new(0);
+
+    pub fn gettid() -> u64 {
+        // SAFETY: gettid has no preconditions.
+        unsafe { libc::syscall(libc::SYS_gettid) as u64 }
+    }
+
+    pub fn futex(word: &AtomicU32, op: i32, val: u32) {
+        // SAFETY: a valid, aligned u32; FUTEX_WAIT/WAKE without timeout.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                op | libc::FUTEX_PRIVATE_FLAG,
+                val,
+                std::ptr::null::<libc::timespec>(),
+            )
+        };
+    }
+
+    /// Runs in the SIGTRAP handler, before it looks at the plan: the first trap of
+    /// the caller thread is parked here until the test releases it.
+    /// Async-signal-safe: atomics, gettid and futex only.
+    pub extern "C" fn hold() {
+        if gettid() != CALLER_TID.load(SeqCst) {
+            return;
+        }
+        if HOOK.compare_exchange(0, 1, SeqCst, SeqCst).is_err() {
+            return;
+        }
+        futex(&HOOK, libc::FUTEX_WAKE, i32::MAX as u32);
+        while HOOK.load(SeqCst) == 1 {
+            futex(&HOOK, libc::FUTEX_WAIT, 1);
+        }
+    }
+}
