@@ -308,3 +308,8 @@ struct ReadmeExample;
 #[cfg(doctest)]
 #[doc = include_str!("../docs/branches.md")]
 struct BranchesExample;
+
+/// The example of `docs/rust-targets.md`, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/rust-targets.md")]
+struct RustTargetsExample;
